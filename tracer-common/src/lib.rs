@@ -1,0 +1,327 @@
+//! Types shared by the eBPF programs (`tracer-ebpf`) and the daemon (`tracer`).
+//!
+//! Every type here is `#[repr(C)]` and crosses the kernel/user boundary as raw bytes (ring-buffer
+//! records, map keys and values, the read-only `CONFIG` global), so a field added here changes
+//! both sides at once. Integers are in host byte order unless a name says otherwise.
+#![no_std]
+
+/// Payload bytes carried by one ring-buffer data record at most. A syscall that moved more is split
+/// into several records, each naming its offset, so userspace rebuilds the exact stream. The
+/// per-CPU staging buffer is twice this (see tracer-ebpf), and per-CPU map values are capped at
+/// 32 KiB by the kernel.
+pub const CHUNK_SIZE: usize = 8 * 1024;
+/// Messages of one `sendmmsg`/`recvmmsg` that are copied; the rest are reported as truncated.
+pub const MAX_MMSG: u32 = 16;
+/// iovecs of one message that are walked (the kernel's own limit, UIO_MAXIOV).
+pub const MAX_IOV: u32 = 1024;
+
+/// `EventHeader::kind` values.
+pub mod kind {
+    /// A [`DataHeader`](super::DataHeader) followed by `chunk_len` payload bytes.
+    pub const DATA: u8 = 1;
+    /// A [`ConnEvent`](super::ConnEvent): a tracked connection was established or first seen.
+    pub const OPEN: u8 = 2;
+    /// A [`ConnEvent`](super::ConnEvent): a tracked connection was closed.
+    pub const CLOSE: u8 = 3;
+}
+
+/// Direction of a data record, seen from the process that made the syscall.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Bytes the process sent.
+    Egress = 0,
+    /// Bytes the process received.
+    Ingress = 1,
+}
+
+impl Direction {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Egress),
+            1 => Some(Self::Ingress),
+            _ => None,
+        }
+    }
+}
+
+/// The syscall that moved the bytes (or, for [`Syscall::Connect`]..., set up the connection).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Write = 1,
+    Writev = 2,
+    Sendto = 3,
+    Sendmsg = 4,
+    Sendmmsg = 5,
+    Read = 6,
+    Readv = 7,
+    Recvfrom = 8,
+    Recvmsg = 9,
+    Recvmmsg = 10,
+    Connect = 11,
+    Accept = 12,
+    Bind = 13,
+}
+
+impl Syscall {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Write,
+            2 => Self::Writev,
+            3 => Self::Sendto,
+            4 => Self::Sendmsg,
+            5 => Self::Sendmmsg,
+            6 => Self::Read,
+            7 => Self::Readv,
+            8 => Self::Recvfrom,
+            9 => Self::Recvmsg,
+            10 => Self::Recvmmsg,
+            11 => Self::Connect,
+            12 => Self::Accept,
+            13 => Self::Bind,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Writev => "writev",
+            Self::Sendto => "sendto",
+            Self::Sendmsg => "sendmsg",
+            Self::Sendmmsg => "sendmmsg",
+            Self::Read => "read",
+            Self::Readv => "readv",
+            Self::Recvfrom => "recvfrom",
+            Self::Recvmsg => "recvmsg",
+            Self::Recvmmsg => "recvmmsg",
+            Self::Connect => "connect",
+            Self::Accept => "accept",
+            Self::Bind => "bind",
+        }
+    }
+}
+
+/// `DataHeader::flags` and `ConnEvent::flags` bits.
+pub mod flags {
+    /// The syscall moved more than `Config::max_bytes_per_syscall` (or the mmsg/iov walk limits):
+    /// only `captured_len` of `syscall_len` bytes are sent.
+    pub const TRUNCATED: u8 = 1;
+    /// The connection is on a port outside the filter and is being sniffed: userspace decides
+    /// whether it is Kafka and answers through the `VERDICTS` map.
+    pub const SNIFF: u8 = 2;
+    /// The connection was first seen mid-stream (it existed before the tracer started).
+    pub const MIDSTREAM: u8 = 4;
+}
+
+/// TCP connection endpoints, seen from the traced process. IPv4 addresses use the first four
+/// bytes of `laddr`/`raddr`. An address unknown to the capture (fd mode, before /proc is read)
+/// is all zeroes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnTuple {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// Header of a data record. The payload follows it in the same ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    /// Always [`kind::DATA`].
+    pub kind: u8,
+    /// A [`Direction`].
+    pub direction: u8,
+    /// A [`Syscall`].
+    pub syscall: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    /// The file descriptor the syscall used.
+    pub fd: i32,
+    /// `bpf_get_current_pid_tgid()`: tgid (process id) in the high half, thread id in the low half.
+    pub pid_tgid: u64,
+    /// Unique id of the connection for the lifetime of the capture (never reused).
+    pub conn_id: u64,
+    /// Key of the connection in the `CONNS` map: the `struct sock` address in sock mode,
+    /// `tgid << 32 | fd` in fd mode. Userspace writes sniff verdicts under this key.
+    pub conn_key: u64,
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at syscall entry and exit.
+    pub ts_enter_ns: u64,
+    pub ts_exit_ns: u64,
+    /// Position, in this direction's byte stream, of the syscall's first byte. Consecutive
+    /// syscalls on a connection have consecutive offsets, so any gap (ring buffer full, read
+    /// failure, truncation) is visible to userspace.
+    pub stream_offset: u64,
+    /// Bytes the syscall transferred (its return value, or the sum over an mmsg vector).
+    pub syscall_len: u32,
+    /// Bytes of the syscall the capture copies (`<= syscall_len`).
+    pub captured_len: u32,
+    /// Offset of this record's payload within the syscall's bytes.
+    pub chunk_offset: u32,
+    /// Payload bytes that follow this header.
+    pub chunk_len: u32,
+    /// Thread name (`comm`), NUL-padded.
+    pub comm: [u8; 16],
+    pub tuple: ConnTuple,
+}
+
+pub const DATA_HEADER_SIZE: usize = core::mem::size_of::<DataHeader>();
+
+/// A connection lifecycle record ([`kind::OPEN`] or [`kind::CLOSE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub kind: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// The file descriptor, where known (fd mode), else -1.
+    pub fd: i32,
+    /// Task that caused the event. Socket state changes can run in softirq context, where this is
+    /// whatever task happened to run: data records carry the reliable owner.
+    pub pid_tgid: u64,
+    pub conn_id: u64,
+    pub conn_key: u64,
+    pub ts_ns: u64,
+    /// Total bytes sent and received on the connection while tracked (CLOSE only).
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tuple: ConnTuple,
+}
+
+/// Value of the `CONNS` map: one tracked (or sniffed) TCP connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnState {
+    pub conn_id: u64,
+    /// Next stream offsets (bytes sent / received so far); updated atomically by the kernel.
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tuple: ConnTuple,
+    /// One of the [`track`] values.
+    pub track: u8,
+    /// [`flags`] bits reported on every record of the connection.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// `ConnState::track` and `VERDICTS` values.
+pub mod track {
+    /// Capture every byte.
+    pub const FULL: u8 = 1;
+    /// Capture the first `Config::sniff_bytes` of each direction until userspace decides.
+    pub const SNIFF: u8 = 2;
+    /// Userspace decided this is not Kafka: stop copying.
+    pub const IGNORE: u8 = 3;
+}
+
+/// Field offsets in `struct sock_common`, read from the running kernel's BTF by userspace.
+/// Used in sock mode to learn the endpoints of connections that existed before the tracer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub daddr: u16,
+    pub rcv_saddr: u16,
+    pub dport: u16,
+    pub num: u16,
+    pub family: u16,
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+    /// 0 when the kernel was built without IPv6 (the two v6 offsets are then unused).
+    pub has_v6: u16,
+}
+
+/// How connections are identified; see `Config::mode`.
+pub mod mode {
+    /// `sock:sock_send_length`/`sock_recv_length` tie each syscall to its `struct sock`
+    /// (kernels 6.3 on); `sock:inet_sock_set_state` gives opens and closes.
+    pub const SOCK: u32 = 0;
+    /// Connections keyed by (tgid, fd), learnt from connect/accept/bind/close syscalls and
+    /// from /proc at startup: for kernels without the sock length tracepoints.
+    pub const FD: u32 = 1;
+}
+
+/// The eBPF programs' read-only configuration (the `CONFIG` global), set by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// A [`mode`] value.
+    pub mode: u32,
+    /// The capture's own process, never traced (its own Kafka requests, its exports).
+    pub self_tgid: u32,
+    /// Non-zero: only connections with a local or remote port in `PORTS` are captured in full.
+    pub filter_ports: u32,
+    /// Non-zero: only processes in `PIDS` are traced.
+    pub filter_pids: u32,
+    /// Non-zero: only cgroups in `CGROUPS` are traced.
+    pub filter_cgroups: u32,
+    /// Non-zero: connections outside the port filter are sniffed (see [`track::SNIFF`]).
+    pub detect: u32,
+    /// Bytes of each direction sent to userspace for a sniffed connection before a verdict.
+    pub sniff_bytes: u32,
+    /// Cap on bytes copied from one syscall; the rest is counted as truncated.
+    pub max_bytes_per_syscall: u32,
+    pub sock: SockOffsets,
+}
+
+/// Indexes of the per-CPU `COUNTERS` array: everything the kernel side loses or skips.
+pub mod counter {
+    /// Data records that did not fit in the ring buffer (consumer too slow or ring too small).
+    pub const RINGBUF_FULL_RECORDS: u32 = 0;
+    /// Payload bytes lost with them (including the rest of the syscall after the first failure).
+    pub const RINGBUF_FULL_BYTES: u32 = 1;
+    /// Connection open/close records that did not fit in the ring buffer.
+    pub const RINGBUF_FULL_CONN_EVENTS: u32 = 2;
+    /// Syscalls larger than the per-syscall cap (or the mmsg/iov walk limits).
+    pub const TRUNCATED_SYSCALLS: u32 = 3;
+    /// Bytes past the cap, not copied.
+    pub const TRUNCATED_BYTES: u32 = 4;
+    /// `bpf_probe_read_user` failures (page not resident); those bytes are not sent.
+    pub const READ_FAILURE_BYTES: u32 = 5;
+    /// Syscall argument stash (`ARGS`) insertions that failed.
+    pub const ARGS_FULL: u32 = 6;
+    /// Connections that could not be added to `CONNS`.
+    pub const CONNS_FULL: u32 = 7;
+    /// Data records sent to userspace.
+    pub const RECORDS: u32 = 8;
+    /// Payload bytes sent to userspace.
+    pub const BYTES: u32 = 9;
+    /// Bytes of sniffed connections not sent because the sniff budget was spent.
+    pub const SNIFF_SKIPPED_BYTES: u32 = 10;
+    /// `recv*(MSG_PEEK)` calls skipped (the bytes are read again by a later call).
+    pub const PEEKS: u32 = 11;
+    pub const COUNT: u32 = 12;
+}
+
+/// Stash of a syscall's arguments between its entry and exit (`ARGS`, keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallArgs {
+    /// `CONNS` key once the syscall is known to be on a tracked TCP socket, else 0.
+    pub conn_key: u64,
+    /// Buffer, iovec array, msghdr, mmsghdr array or sockaddr pointer.
+    pub buf: u64,
+    /// Length, iovec count, mmsg count, or (accept) the addrlen pointer.
+    pub count: u64,
+    pub ts_enter_ns: u64,
+    pub fd: i32,
+    /// A [`Syscall`].
+    pub syscall: u8,
+    /// A [`Direction`].
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data `#[repr(C)]` structs without padding holes that matter.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ConnState {}
+}

@@ -1,0 +1,500 @@
+//! Kernel capture: loads the eBPF programs, attaches them to tracepoints and hands the records
+//! from the ring buffer to the next stage.
+//!
+//! Two ways of identifying connections, chosen by [`CaptureMode`]:
+//! - **sock** (kernels with `sock:sock_send_length`, about 6.3 on): each syscall is tied to its
+//!   `struct sock`; `sock:inet_sock_set_state` reports opens and closes, and connections that
+//!   predate the tracer are read from the socket itself (offsets from BTF).
+//! - **fd** (older kernels: Ubuntu 22.04's 5.15, RHEL 9, Amazon Linux 2023's 6.1): connections are
+//!   `(tgid, fd)` pairs learnt from connect/accept/bind/close, seeded from /proc at startup.
+
+mod preflight;
+mod procfs;
+mod record;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tokio::io::unix::AsyncFd;
+use tracer_common::{Config, ConnState, ConnTuple, counter, flags, mode, track};
+
+pub use procfs::{ProcSocket, tcp_sockets};
+pub use record::{ConnEventExt, DataRecord, Record, RecordError, comm_str, endpoints};
+
+/// The eBPF object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// How connections are identified (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaptureMode {
+    /// sock when the kernel has the sock length tracepoints and BTF, else fd.
+    Auto,
+    /// Tie syscalls to sockets with `sock:sock_{send,recv}_length` (Linux 6.3 on).
+    Sock,
+    /// Track connections by (process, file descriptor): any kernel with syscall tracepoints.
+    Fd,
+}
+
+/// What to capture. The daemon builds this from its flags; tests build it directly.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub mode: CaptureMode,
+    /// Connections with one of these local or remote ports are captured in full. Empty: every
+    /// TCP connection is.
+    pub ports: Vec<u16>,
+    /// Sniff connections on other ports and capture those that userspace finds to be Kafka.
+    pub detect_kafka: bool,
+    /// Bytes per direction sent to userspace for a sniffed connection before its verdict.
+    pub sniff_bytes: u32,
+    /// Only these processes (empty: all).
+    pub pids: Vec<u32>,
+    /// Only these cgroups, by id (the inode number of the cgroup v2 directory; empty: all).
+    pub cgroup_ids: Vec<u64>,
+    /// Cap on bytes copied per syscall; the excess is counted as truncated.
+    pub max_bytes_per_syscall: u32,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            mode: CaptureMode::Auto,
+            ports: vec![9092],
+            detect_kafka: true,
+            sniff_bytes: 1024,
+            pids: Vec::new(),
+            cgroup_ids: Vec::new(),
+            max_bytes_per_syscall: 2 << 20,
+            ring_buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The data syscalls whose buffers are copied, as (entry program, tracepoint suffix).
+const DATA_SYSCALLS: [&str; 10] = [
+    "write", "writev", "sendto", "sendmsg", "sendmmsg", "read", "readv", "recvfrom", "recvmsg",
+    "recvmmsg",
+];
+/// fd mode: connection setup syscalls whose exits go to the shared `sys_exit` program.
+const SETUP_SYSCALLS: [&str; 4] = ["connect", "accept", "accept4", "bind"];
+/// sock mode: the socket tracepoints.
+const SOCK_TRACEPOINTS: [&str; 3] = [
+    "sock_send_length",
+    "sock_recv_length",
+    "inet_sock_set_state",
+];
+
+/// Totals of the kernel-side counters (see `tracer_common::counter`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ringbuf_full_records: u64,
+    pub ringbuf_full_bytes: u64,
+    pub ringbuf_full_conn_events: u64,
+    pub truncated_syscalls: u64,
+    pub truncated_bytes: u64,
+    pub read_failure_bytes: u64,
+    pub args_full: u64,
+    pub conns_full: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub sniff_skipped_bytes: u64,
+}
+
+impl KernelCounters {
+    /// Bytes of tracked connections that never reached userspace, for any reason.
+    pub fn lost_bytes(&self) -> u64 {
+        self.ringbuf_full_bytes + self.truncated_bytes + self.read_failure_bytes
+    }
+
+    /// `(name, value, help)` for each counter, for logs and metrics.
+    pub fn named(&self) -> [(&'static str, u64, &'static str); 11] {
+        [
+            (
+                "ringbuf_full_records",
+                self.ringbuf_full_records,
+                "data records lost: ring buffer full",
+            ),
+            (
+                "ringbuf_full_bytes",
+                self.ringbuf_full_bytes,
+                "payload bytes lost: ring buffer full",
+            ),
+            (
+                "ringbuf_full_conn_events",
+                self.ringbuf_full_conn_events,
+                "connection open/close records lost: ring buffer full",
+            ),
+            (
+                "truncated_syscalls",
+                self.truncated_syscalls,
+                "syscalls larger than --max-bytes-per-syscall",
+            ),
+            (
+                "truncated_bytes",
+                self.truncated_bytes,
+                "payload bytes past the per-syscall cap",
+            ),
+            (
+                "read_failure_bytes",
+                self.read_failure_bytes,
+                "payload bytes the kernel could not read from user memory",
+            ),
+            (
+                "args_full",
+                self.args_full,
+                "syscalls not traced: argument table full",
+            ),
+            (
+                "conns_full",
+                self.conns_full,
+                "connections not traced: connection table full",
+            ),
+            ("records", self.records, "data records delivered"),
+            ("bytes", self.bytes, "payload bytes delivered"),
+            (
+                "sniff_skipped_bytes",
+                self.sniff_skipped_bytes,
+                "bytes of not-yet-classified connections beyond the sniff budget",
+            ),
+        ]
+    }
+}
+
+/// A loaded and attached capture. Dropping it detaches every program and frees every map.
+pub struct Capture {
+    mode: CaptureMode,
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    verdicts: BpfHashMap<MapData, u64, u8>,
+    /// Owns the programs (and so their attachments) and the remaining maps.
+    _ebpf: Ebpf,
+}
+
+impl Capture {
+    /// Checks the system, loads and attaches the programs. Must run inside a tokio runtime.
+    pub fn start(cfg: &CaptureConfig) -> anyhow::Result<Self> {
+        if !cfg.ring_buffer_bytes.is_power_of_two() || cfg.ring_buffer_bytes < 4096 {
+            bail!(
+                "invalid --ring-buffer-bytes {}: it must be a power of two of at least 4096",
+                cfg.ring_buffer_bytes
+            );
+        }
+        preflight::check_privileges()?;
+        let tracefs = preflight::ensure_tracefs()?;
+        let mode = match cfg.mode {
+            CaptureMode::Auto
+                if SOCK_TRACEPOINTS
+                    .iter()
+                    .all(|t| preflight::has_tracepoint(&tracefs, "sock", t))
+                    && std::path::Path::new(crate::btf::VMLINUX_BTF).exists() =>
+            {
+                CaptureMode::Sock
+            }
+            CaptureMode::Auto => CaptureMode::Fd,
+            m => m,
+        };
+        let mut points: Vec<(&str, String)> = Vec::new();
+        for s in DATA_SYSCALLS {
+            points.push(("syscalls", format!("sys_enter_{s}")));
+            points.push(("syscalls", format!("sys_exit_{s}")));
+        }
+        match mode {
+            CaptureMode::Sock => points.extend(SOCK_TRACEPOINTS.map(|t| ("sock", t.to_string()))),
+            _ => {
+                for s in SETUP_SYSCALLS {
+                    points.push(("syscalls", format!("sys_enter_{s}")));
+                    points.push(("syscalls", format!("sys_exit_{s}")));
+                }
+                points.push(("syscalls", "sys_enter_close".into()));
+            }
+        }
+        let named: Vec<(&str, &str)> = points.iter().map(|(c, n)| (*c, n.as_str())).collect();
+        preflight::require_tracepoints(&tracefs, &named)?;
+
+        let sock = if mode == CaptureMode::Sock {
+            crate::btf::sock_offsets(&preflight::kernel_btf()?)
+                .context("reading `struct sock_common` from the kernel's BTF")?
+        } else {
+            Default::default()
+        };
+        let config = Config {
+            mode: if mode == CaptureMode::Sock {
+                mode::SOCK
+            } else {
+                mode::FD
+            },
+            self_tgid: std::process::id(),
+            filter_ports: u32::from(!cfg.ports.is_empty()),
+            filter_pids: u32::from(!cfg.pids.is_empty()),
+            filter_cgroups: u32::from(!cfg.cgroup_ids.is_empty()),
+            detect: u32::from(cfg.detect_kafka && !cfg.ports.is_empty()),
+            sniff_bytes: cfg.sniff_bytes,
+            max_bytes_per_syscall: cfg.max_bytes_per_syscall,
+            sock,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object into the kernel failed")?;
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => spawn_kernel_logger(logger)?,
+            Err(e) => tracing::debug!("eBPF programs log nothing: {e}"),
+        }
+
+        fill_set(&mut ebpf, "PORTS", cfg.ports.iter().copied())?;
+        fill_set(&mut ebpf, "PIDS", cfg.pids.iter().copied())?;
+        fill_set(&mut ebpf, "CGROUPS", cfg.cgroup_ids.iter().copied())?;
+        if mode == CaptureMode::Fd {
+            seed_fd_connections(&mut ebpf, cfg)?;
+        }
+
+        // Exits and socket ties first, entries last: an entry stashed before its exit is
+        // attached would only linger in the LRU stash.
+        let mut exits: Vec<String> = DATA_SYSCALLS
+            .iter()
+            .map(|s| format!("sys_exit_{s}"))
+            .collect();
+        if mode == CaptureMode::Fd {
+            exits.extend(SETUP_SYSCALLS.iter().map(|s| format!("sys_exit_{s}")));
+        }
+        attach(&mut ebpf, "sys_exit", "syscalls", &exits)?;
+        if mode == CaptureMode::Sock {
+            for t in SOCK_TRACEPOINTS {
+                attach(&mut ebpf, t, "sock", &[t.to_string()])?;
+            }
+        } else {
+            attach(
+                &mut ebpf,
+                "sys_enter_close",
+                "syscalls",
+                &["sys_enter_close".into()],
+            )?;
+            attach(
+                &mut ebpf,
+                "sys_enter_bind",
+                "syscalls",
+                &["sys_enter_bind".into()],
+            )?;
+            attach(
+                &mut ebpf,
+                "sys_enter_connect",
+                "syscalls",
+                &["sys_enter_connect".into()],
+            )?;
+            attach(
+                &mut ebpf,
+                "sys_enter_accept",
+                "syscalls",
+                &["sys_enter_accept".into(), "sys_enter_accept4".into()],
+            )?;
+        }
+        for s in DATA_SYSCALLS {
+            let name = format!("sys_enter_{s}");
+            attach(&mut ebpf, &name, "syscalls", std::slice::from_ref(&name))?;
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("eBPF object has no map {name}"))
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
+        // (which owns the RingBuf) is dropped.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with the runtime: {e}"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
+        let verdicts = BpfHashMap::try_from(take(&mut ebpf, "VERDICTS")?)?;
+        tracing::info!(
+            mode = ?mode,
+            ports = ?cfg.ports,
+            detect_kafka = config.detect != 0,
+            ring_buffer_bytes = cfg.ring_buffer_bytes,
+            "capture attached"
+        );
+        Ok(Self {
+            mode,
+            ring,
+            counters,
+            verdicts,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The mode in effect (never `Auto`).
+    pub fn mode(&self) -> CaptureMode {
+        self.mode
+    }
+
+    /// Waits until the ring buffer has records.
+    pub async fn readable(&mut self) -> anyhow::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Passes every record now in the ring buffer to `f`; returns how many there were.
+    /// Records the parser rejects are passed as errors (they would mean a kernel/daemon
+    /// version mismatch), so the caller counts them.
+    pub fn drain(&mut self, mut f: impl FnMut(Result<Record<'_>, RecordError>)) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            f(Record::parse(&item));
+            n += 1;
+        }
+        n
+    }
+
+    /// Current kernel counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<KernelCounters> {
+        let sum = |i: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&i, 0)?.iter().sum()) };
+        Ok(KernelCounters {
+            ringbuf_full_records: sum(counter::RINGBUF_FULL_RECORDS)?,
+            ringbuf_full_bytes: sum(counter::RINGBUF_FULL_BYTES)?,
+            ringbuf_full_conn_events: sum(counter::RINGBUF_FULL_CONN_EVENTS)?,
+            truncated_syscalls: sum(counter::TRUNCATED_SYSCALLS)?,
+            truncated_bytes: sum(counter::TRUNCATED_BYTES)?,
+            read_failure_bytes: sum(counter::READ_FAILURE_BYTES)?,
+            args_full: sum(counter::ARGS_FULL)?,
+            conns_full: sum(counter::CONNS_FULL)?,
+            records: sum(counter::RECORDS)?,
+            bytes: sum(counter::BYTES)?,
+            sniff_skipped_bytes: sum(counter::SNIFF_SKIPPED_BYTES)?,
+        })
+    }
+
+    /// Answers a sniffed connection: capture it in full (`kafka`) or stop copying it.
+    pub fn set_verdict(&mut self, conn_key: u64, kafka: bool) -> anyhow::Result<()> {
+        let v = if kafka { track::FULL } else { track::IGNORE };
+        self.verdicts
+            .insert(&conn_key, &v, 0)
+            .context("writing a sniff verdict")
+    }
+
+    /// Forgets the verdict of a closed connection (its key may be reused).
+    pub fn forget_verdict(&mut self, conn_key: u64) {
+        let _ = self.verdicts.remove(&conn_key);
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, category: &str, points: &[String]) -> anyhow::Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("eBPF object has no program {program}"))?
+        .try_into()?;
+    prog.load().with_context(|| {
+        format!("the kernel refused eBPF program {program} (see the verifier log above)")
+    })?;
+    for p in points {
+        prog.attach(category, p)
+            .with_context(|| format!("attaching {program} to tracepoint {category}:{p}"))?;
+    }
+    Ok(())
+}
+
+fn fill_set<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    map: &str,
+    keys: impl Iterator<Item = K>,
+) -> anyhow::Result<()> {
+    let mut set: BpfHashMap<_, K, u8> = BpfHashMap::try_from(
+        ebpf.map_mut(map)
+            .with_context(|| format!("eBPF object has no map {map}"))?,
+    )?;
+    for k in keys {
+        set.insert(&k, &1, 0)
+            .with_context(|| format!("filling filter map {map}"))?;
+    }
+    Ok(())
+}
+
+/// What the kernel's `classify` decides for a connection, for connections found in /proc.
+fn classify(cfg: &CaptureConfig, t: &ConnTuple) -> Option<u8> {
+    if cfg.ports.is_empty() || cfg.ports.contains(&t.lport) || cfg.ports.contains(&t.rport) {
+        Some(track::FULL)
+    } else if cfg.detect_kafka {
+        Some(track::SNIFF)
+    } else {
+        None
+    }
+}
+
+/// fd mode: registers the connections and listeners that exist before the programs attach.
+fn seed_fd_connections(ebpf: &mut Ebpf, cfg: &CaptureConfig) -> anyhow::Result<()> {
+    let me = std::process::id();
+    let sockets = tcp_sockets(std::path::Path::new("/proc"), |p| {
+        p != me && (cfg.pids.is_empty() || cfg.pids.contains(&p))
+    });
+    let key = |s: &ProcSocket| ((s.tgid as u64) << 32) | s.fd as u32 as u64;
+    {
+        let mut listeners: BpfHashMap<_, u64, u32> =
+            BpfHashMap::try_from(ebpf.map_mut("LISTENERS").context("no map LISTENERS")?)?;
+        for s in sockets.iter().filter(|s| s.listening) {
+            let v = ((s.tuple.family as u32) << 16) | s.tuple.lport as u32;
+            listeners.insert(&key(s), &v, 0)?;
+        }
+    }
+    let mut conns: BpfHashMap<_, u64, ConnState> =
+        BpfHashMap::try_from(ebpf.map_mut("CONNS").context("no map CONNS")?)?;
+    let mut seeded = 0u64;
+    for s in sockets.iter().filter(|s| !s.listening) {
+        let Some(how) = classify(cfg, &s.tuple) else {
+            continue;
+        };
+        seeded += 1;
+        let st = ConnState {
+            // The kernel's ids never have the top bit set.
+            conn_id: (1 << 63) | seeded,
+            tuple: s.tuple,
+            track: how,
+            flags: flags::MIDSTREAM | if how == track::SNIFF { flags::SNIFF } else { 0 },
+            ..Default::default()
+        };
+        conns.insert(&key(s), &st, 0)?;
+    }
+    tracing::info!(
+        connections = seeded,
+        "fd mode: seeded existing connections from /proc"
+    );
+    Ok(())
+}
+
+/// Forwards the eBPF programs' `aya-log` messages (rare, off the hot path) to `tracing`.
+fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> anyhow::Result<()> {
+    // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd owns the logger.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the eBPF log buffer with the runtime: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                break;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+/// Resolves `--cgroup` paths to cgroup ids (on cgroup v2 the id is the directory's inode).
+pub fn cgroup_ids(paths: &[PathBuf]) -> anyhow::Result<Vec<u64>> {
+    use std::os::unix::fs::MetadataExt as _;
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p).map(|m| m.ino()).with_context(|| {
+                format!(
+                    "cgroup {} not found: pass a directory under /sys/fs/cgroup",
+                    p.display()
+                )
+            })
+        })
+        .collect()
+}

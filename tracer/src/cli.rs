@@ -1,0 +1,139 @@
+//! Command-line flags. Every flag can also be set through the environment variable named in its
+//! help, which is how the DaemonSet configures the tracer.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+use crate::capture::{CaptureConfig, CaptureMode};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "kafka-tracer",
+    version,
+    about = "Traces Apache Kafka producers and consumers from the kernel with eBPF, without \
+             changing any application.",
+    long_about = None
+)]
+pub struct Args {
+    /// Kafka broker ports: connections with one of these local or remote ports are captured.
+    #[arg(
+        long,
+        env = "KAFKA_TRACER_PORTS",
+        value_delimiter = ',',
+        default_value = "9092"
+    )]
+    pub ports: Vec<u16>,
+
+    /// Capture every TCP connection, whatever its port (ignores --ports).
+    #[arg(long, env = "KAFKA_TRACER_ALL_PORTS")]
+    pub all_ports: bool,
+
+    /// Also recognise Kafka on other ports, from the first bytes of each new connection.
+    #[arg(long, env = "KAFKA_TRACER_DETECT_KAFKA", default_value_t = true, action = ArgAction::Set)]
+    pub detect_kafka: bool,
+
+    /// Bytes per direction of a connection on another port examined before deciding it is Kafka.
+    #[arg(long, env = "KAFKA_TRACER_SNIFF_BYTES", default_value_t = 1024)]
+    pub sniff_bytes: u32,
+
+    /// Trace only these process ids (repeat or comma-separate; default: all processes).
+    #[arg(long = "pid", env = "KAFKA_TRACER_PIDS", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Trace only processes in these cgroup v2 directories, e.g.
+    /// /sys/fs/cgroup/system.slice/kafka.service (default: all cgroups).
+    #[arg(long = "cgroup", env = "KAFKA_TRACER_CGROUPS", value_delimiter = ',')]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Bytes copied from one syscall at most; the rest is counted as truncated. The default
+    /// holds a 1 MiB produce request with room to spare.
+    #[arg(long, env = "KAFKA_TRACER_MAX_BYTES_PER_SYSCALL", default_value_t = 2 << 20)]
+    pub max_bytes_per_syscall: u32,
+
+    /// Size of the kernel-to-daemon ring buffer in bytes (a power of two). Larger absorbs
+    /// longer bursts before records are dropped (and counted).
+    #[arg(long, env = "KAFKA_TRACER_RING_BUFFER_BYTES", default_value_t = 16 << 20)]
+    pub ring_buffer_bytes: u32,
+
+    /// How connections are identified: `sock` needs Linux 6.3+ (socket tracepoints) and BTF,
+    /// `fd` works on any kernel with syscall tracepoints, `auto` picks sock when it can.
+    #[arg(long, env = "KAFKA_TRACER_CAPTURE_MODE", value_enum, default_value_t = CaptureMode::Auto)]
+    pub capture_mode: CaptureMode,
+
+    /// Connections followed at once in the daemon; records of further ones are counted and
+    /// dropped, bounding memory.
+    #[arg(long, env = "KAFKA_TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
+    pub max_connections: usize,
+
+    /// Seconds between log lines with the capture's counters.
+    #[arg(long, env = "KAFKA_TRACER_STATS_INTERVAL", default_value_t = 10)]
+    pub stats_interval: u64,
+
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `tracer=debug`.
+    #[arg(long, env = "KAFKA_TRACER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Args {
+    pub fn capture_config(&self) -> anyhow::Result<CaptureConfig> {
+        Ok(CaptureConfig {
+            mode: self.capture_mode,
+            ports: if self.all_ports {
+                Vec::new()
+            } else {
+                self.ports.clone()
+            },
+            detect_kafka: self.detect_kafka,
+            sniff_bytes: self.sniff_bytes,
+            pids: self.pids.clone(),
+            cgroup_ids: crate::capture::cgroup_ids(&self.cgroups)?,
+            max_bytes_per_syscall: self.max_bytes_per_syscall,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_defaults_hold() {
+        let a = Args::try_parse_from(["kafka-tracer"]).unwrap();
+        let c = a.capture_config().unwrap();
+        assert_eq!(
+            (c.ports.as_slice(), c.detect_kafka, c.max_bytes_per_syscall),
+            (&[9092][..], true, 2 << 20)
+        );
+        let a = Args::try_parse_from([
+            "kafka-tracer",
+            "--ports",
+            "9092,19092",
+            "--detect-kafka",
+            "false",
+            "--pid",
+            "1,2",
+            "--capture-mode",
+            "fd",
+            "--all-ports",
+        ])
+        .unwrap();
+        let c = a.capture_config().unwrap();
+        assert_eq!(
+            (c.ports.len(), c.detect_kafka, c.pids.as_slice(), c.mode),
+            (0, false, &[1, 2][..], CaptureMode::Fd)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_message() {
+        let e = Args::try_parse_from(["kafka-tracer", "--ports", "99999"]).unwrap_err();
+        assert!(e.to_string().contains("--ports"), "{e}");
+        let e = Args::try_parse_from(["kafka-tracer", "--capture-mode", "kprobe"]).unwrap_err();
+        assert!(e.to_string().contains("possible values"), "{e}");
+        let a = Args::try_parse_from(["kafka-tracer", "--cgroup", "/nonexistent/cg"]).unwrap();
+        let e = a.capture_config().unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/cg"));
+    }
+}

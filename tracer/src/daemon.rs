@@ -1,0 +1,212 @@
+//! The `kafka-tracer` process: runs the capture and feeds its records through the pipeline
+//! until SIGINT or SIGTERM, then detaches every program.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracer_common::Direction;
+
+use crate::{
+    capture::{Capture, ConnEventExt as _, KernelCounters, Record, comm_str, endpoints},
+    cli::Args,
+    kafka,
+    reassembly::Reassembler,
+};
+
+/// Counters of the userspace side of the pipeline.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineCounters {
+    /// Ring-buffer records that did not parse (kernel/daemon version mismatch).
+    pub bad_records: u64,
+    /// Data records of connections beyond --max-connections.
+    pub refused_records: u64,
+    /// Sniffed connections found to be Kafka, and not.
+    pub detected_kafka: u64,
+    pub detected_other: u64,
+}
+
+/// First bytes of each direction of a sniffed connection, until a verdict.
+#[derive(Default)]
+struct Sniff {
+    prefix: [Vec<u8>; 2],
+    verdict: [Option<bool>; 2],
+}
+
+/// Stages after the capture.
+pub struct Pipeline {
+    reassembly: Reassembler,
+    sniffing: HashMap<u64, Sniff>,
+    /// Verdicts to write to the kernel after the current drain, as (conn key, is Kafka).
+    verdicts: Vec<(u64, bool)>,
+    pub counters: PipelineCounters,
+}
+
+/// Bytes kept per direction while sniffing: a request header's fixed part and a client id.
+const SNIFF_PREFIX: usize = 64;
+
+impl Pipeline {
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            reassembly: Reassembler::new(max_connections),
+            sniffing: HashMap::new(),
+            verdicts: Vec::new(),
+            counters: PipelineCounters::default(),
+        }
+    }
+
+    pub fn on_record(&mut self, rec: Result<Record<'_>, crate::capture::RecordError>) {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.bad_records += 1;
+                tracing::warn!("unparsable ring-buffer record: {e}");
+                return;
+            }
+        };
+        match rec {
+            Record::Open(ev) => {
+                let (l, r) = endpoints(&ev.tuple);
+                tracing::debug!(conn = ev.conn_id, %l, %r, midstream = ev.midstream(), "connection opened");
+            }
+            Record::Close(ev) => {
+                self.sniffing.remove(&ev.conn_id);
+                if let Some(c) = self.reassembly.close(ev.conn_id, ev.tx_bytes, ev.rx_bytes) {
+                    let (l, r) = endpoints(&c.tuple);
+                    let [tx, rx] = &c.streams;
+                    tracing::info!(
+                        pid = c.tgid,
+                        comm = comm_str(&c.comm),
+                        %l,
+                        %r,
+                        sent = tx.bytes,
+                        received = rx.bytes,
+                        lost = tx.lost_bytes + rx.lost_bytes,
+                        "connection closed"
+                    );
+                }
+            }
+            Record::Data(d) => {
+                if self.reassembly.push(&d).is_none() {
+                    self.counters.refused_records = self.reassembly.refused_records;
+                    return;
+                }
+                if d.sniffing() {
+                    self.sniff(
+                        d.hdr.conn_id,
+                        d.hdr.conn_key,
+                        d.direction(),
+                        d.position(),
+                        d.payload,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Looks for a Kafka request header at the start of either direction.
+    fn sniff(&mut self, conn_id: u64, conn_key: u64, dir: Direction, pos: u64, bytes: &[u8]) {
+        let s = self.sniffing.entry(conn_id).or_default();
+        let d = dir as usize;
+        if s.verdict[d].is_some() || pos != s.prefix[d].len() as u64 {
+            return;
+        }
+        let take = bytes.len().min(SNIFF_PREFIX - s.prefix[d].len());
+        s.prefix[d].extend_from_slice(&bytes[..take]);
+        s.verdict[d] = kafka::looks_like_request(&s.prefix[d]);
+        let decided = match s.verdict {
+            [Some(true), _] | [_, Some(true)] => Some(true),
+            [Some(false), Some(false)] => Some(false),
+            _ => None,
+        };
+        if let Some(is_kafka) = decided {
+            self.sniffing.remove(&conn_id);
+            self.verdicts.push((conn_key, is_kafka));
+            if is_kafka {
+                self.counters.detected_kafka += 1;
+                tracing::info!(conn = conn_id, "Kafka detected on a port outside --ports");
+            } else {
+                self.counters.detected_other += 1;
+            }
+        }
+    }
+
+    /// Verdicts reached since the last call.
+    pub fn take_verdicts(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.verdicts)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.reassembly.len()
+    }
+}
+
+/// Runs the tracer until interrupted.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = args.capture_config()?;
+    let mut capture = Capture::start(&cfg)?;
+    let mut pipeline = Pipeline::new(args.max_connections);
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut stats = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
+    let mut last = (KernelCounters::default(), PipelineCounters::default());
+    loop {
+        tokio::select! {
+            r = capture.readable() => {
+                r?;
+                capture.drain(|rec| pipeline.on_record(rec));
+                for (key, is_kafka) in pipeline.take_verdicts() {
+                    if let Err(e) = capture.set_verdict(key, is_kafka) {
+                        tracing::warn!("{e:#}");
+                    }
+                }
+            }
+            _ = stats.tick() => {
+                let now = (capture.counters()?, pipeline.counters);
+                if now != last {
+                    log_counters(&now.0, &now.1, pipeline.connections());
+                    last = now;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    capture.drain(|rec| pipeline.on_record(rec));
+    log_counters(
+        &capture.counters()?,
+        &pipeline.counters,
+        pipeline.connections(),
+    );
+    tracing::info!("detaching");
+    Ok(())
+}
+
+fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
+    let lost = k.lost_bytes()
+        + k.ringbuf_full_conn_events
+        + k.args_full
+        + k.conns_full
+        + p.bad_records
+        + p.refused_records;
+    let fields = k
+        .named()
+        .iter()
+        .map(|(n, v, _)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if lost > 0 {
+        tracing::warn!(
+            connections,
+            bad_records = p.bad_records,
+            refused_records = p.refused_records,
+            "capture counters (losses): {fields}"
+        );
+    } else {
+        tracing::info!(
+            connections,
+            detected_kafka = p.detected_kafka,
+            "capture counters: {fields}"
+        );
+    }
+}
