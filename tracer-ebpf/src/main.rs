@@ -50,7 +50,6 @@ const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: u64 = 2;
 const EINPROGRESS: i64 = 115;
 const TCP_ESTABLISHED: i32 = 1;
-const TCP_CLOSE: i32 = 7;
 /// Upper bound on `bpf_loop` steps for one syscall: one step per chunk, per iovec and per
 /// mmsg message, far above what a capped syscall needs.
 const MAX_WALK_STEPS: u32 = 1 << 16;
@@ -432,43 +431,52 @@ fn tuple_from_sock(sk: u64, off: &SockOffsets) -> Option<ConnTuple> {
 }
 
 /// `sock:inet_sock_set_state`: skaddr@8, newstate@20, sport@24, dport@26, family@28,
-/// protocol@30, saddr@32, daddr@36, saddr_v6@40, daddr_v6@56.
+/// protocol@30, saddr@32, daddr@36, saddr_v6@40, daddr_v6@56. Only establishment is used: a
+/// socket reaches TCP_CLOSE (through TIME_WAIT, say) while its owner may still have unread
+/// bytes to receive, so the end of a connection is `tcp:tcp_destroy_sock` instead.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let proto = unsafe { ctx.read_at::<u16>(30) }.unwrap_or(0);
-    if proto != IPPROTO_TCP {
+    let newstate = unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0);
+    if proto != IPPROTO_TCP || newstate != TCP_ESTABLISHED {
         return 0;
     }
     let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
-    let newstate = unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0);
-    if newstate == TCP_CLOSE {
-        close_conn(&ctx, sk, -1);
-        let _ = IGNORED.remove(&sk);
-    } else if newstate == TCP_ESTABLISHED && unsafe { CONNS.get(&sk) }.is_none() {
-        let family = unsafe { ctx.read_at::<u16>(28) }.unwrap_or(0);
-        let mut t = ConnTuple {
-            family,
-            lport: unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0),
-            rport: unsafe { ctx.read_at::<u16>(26) }.unwrap_or(0),
-            ..ConnTuple::default()
-        };
-        if family == AF_INET {
-            t.laddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(32) }.unwrap_or([0; 4]));
-            t.raddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(36) }.unwrap_or([0; 4]));
-        } else {
-            t.laddr = unsafe { ctx.read_at::<[u8; 16]>(40) }.unwrap_or([0; 16]);
-            t.raddr = unsafe { ctx.read_at::<[u8; 16]>(56) }.unwrap_or([0; 16]);
+    if unsafe { CONNS.get(&sk) }.is_some() {
+        return 0;
+    }
+    let family = unsafe { ctx.read_at::<u16>(28) }.unwrap_or(0);
+    let mut t = ConnTuple {
+        family,
+        lport: unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0),
+        rport: unsafe { ctx.read_at::<u16>(26) }.unwrap_or(0),
+        ..ConnTuple::default()
+    };
+    if family == AF_INET {
+        t.laddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(32) }.unwrap_or([0; 4]));
+        t.raddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(36) }.unwrap_or([0; 4]));
+    } else {
+        t.laddr = unsafe { ctx.read_at::<[u8; 16]>(40) }.unwrap_or([0; 16]);
+        t.raddr = unsafe { ctx.read_at::<[u8; 16]>(56) }.unwrap_or([0; 16]);
+    }
+    let cfg = config();
+    match classify(&cfg, &t) {
+        Some(how) => {
+            open_conn(&ctx, sk, t, how, 0, -1);
         }
-        let cfg = config();
-        match classify(&cfg, &t) {
-            Some(how) => {
-                open_conn(&ctx, sk, t, how, 0, -1);
-            }
-            None => {
-                let _ = IGNORED.insert(&sk, &1, 0);
-            }
+        None => {
+            let _ = IGNORED.insert(&sk, &1, 0);
         }
     }
+    0
+}
+
+/// `tcp:tcp_destroy_sock` (skaddr@8): the socket is freed, nothing more can be read from it.
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    close_conn(&ctx, sk, -1);
+    let _ = IGNORED.remove(&sk);
     0
 }
 

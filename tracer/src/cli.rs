@@ -90,6 +90,7 @@ impl Args {
             cgroup_ids: crate::capture::cgroup_ids(&self.cgroups)?,
             max_bytes_per_syscall: self.max_bytes_per_syscall,
             ring_buffer_bytes: self.ring_buffer_bytes,
+            exclude_self: true,
         })
     }
 }

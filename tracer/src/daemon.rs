@@ -5,10 +5,11 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracer_common::Direction;
 
 use crate::{
-    capture::{Capture, ConnEventExt as _, KernelCounters, Record, comm_str, endpoints},
+    capture::{
+        Capture, ConnEventExt as _, DataRecord, KernelCounters, Record, comm_str, endpoints,
+    },
     cli::Args,
     kafka,
     reassembly::Reassembler,
@@ -92,36 +93,34 @@ impl Pipeline {
                     return;
                 }
                 if d.sniffing() {
-                    self.sniff(
-                        d.hdr.conn_id,
-                        d.hdr.conn_key,
-                        d.direction(),
-                        d.position(),
-                        d.payload,
-                    );
+                    self.sniff(&d);
                 }
             }
         }
     }
 
-    /// Looks for a Kafka request header at the start of either direction.
-    fn sniff(&mut self, conn_id: u64, conn_key: u64, dir: Direction, pos: u64, bytes: &[u8]) {
+    /// Looks for a Kafka request header at the start of the connection. Kafka clients speak
+    /// first, so on a connection seen from its start the first bytes decide; on one first seen
+    /// mid-stream either direction may begin with a request, and both must fail to reject it.
+    fn sniff(&mut self, d: &DataRecord<'_>) {
+        let conn_id = d.hdr.conn_id;
         let s = self.sniffing.entry(conn_id).or_default();
-        let d = dir as usize;
-        if s.verdict[d].is_some() || pos != s.prefix[d].len() as u64 {
+        let dir = d.direction() as usize;
+        if s.verdict[dir].is_some() || d.position() != s.prefix[dir].len() as u64 {
             return;
         }
-        let take = bytes.len().min(SNIFF_PREFIX - s.prefix[d].len());
-        s.prefix[d].extend_from_slice(&bytes[..take]);
-        s.verdict[d] = kafka::looks_like_request(&s.prefix[d]);
+        let take = d.payload.len().min(SNIFF_PREFIX - s.prefix[dir].len());
+        s.prefix[dir].extend_from_slice(&d.payload[..take]);
+        s.verdict[dir] = kafka::looks_like_request(&s.prefix[dir]);
         let decided = match s.verdict {
             [Some(true), _] | [_, Some(true)] => Some(true),
             [Some(false), Some(false)] => Some(false),
+            [Some(false), None] | [None, Some(false)] if !d.midstream() => Some(false),
             _ => None,
         };
         if let Some(is_kafka) = decided {
             self.sniffing.remove(&conn_id);
-            self.verdicts.push((conn_key, is_kafka));
+            self.verdicts.push((d.hdr.conn_key, is_kafka));
             if is_kafka {
                 self.counters.detected_kafka += 1;
                 tracing::info!(conn = conn_id, "Kafka detected on a port outside --ports");

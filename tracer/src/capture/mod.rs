@@ -3,8 +3,8 @@
 //!
 //! Two ways of identifying connections, chosen by [`CaptureMode`]:
 //! - **sock** (kernels with `sock:sock_send_length`, about 6.3 on): each syscall is tied to its
-//!   `struct sock`; `sock:inet_sock_set_state` reports opens and closes, and connections that
-//!   predate the tracer are read from the socket itself (offsets from BTF).
+//!   `struct sock`; `sock:inet_sock_set_state` reports opens and `tcp:tcp_destroy_sock` closes,
+//!   and connections that predate the tracer are read from the socket itself (offsets from BTF).
 //! - **fd** (older kernels: Ubuntu 22.04's 5.15, RHEL 9, Amazon Linux 2023's 6.1): connections are
 //!   `(tgid, fd)` pairs learnt from connect/accept/bind/close, seeded from /proc at startup.
 
@@ -59,6 +59,9 @@ pub struct CaptureConfig {
     pub max_bytes_per_syscall: u32,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
+    /// Leave out this process's own connections (the daemon's Kafka requests and exports).
+    /// Off only where this process is itself the traffic under test.
+    pub exclude_self: bool,
 }
 
 impl Default for CaptureConfig {
@@ -72,6 +75,7 @@ impl Default for CaptureConfig {
             cgroup_ids: Vec::new(),
             max_bytes_per_syscall: 2 << 20,
             ring_buffer_bytes: 16 << 20,
+            exclude_self: true,
         }
     }
 }
@@ -84,10 +88,11 @@ const DATA_SYSCALLS: [&str; 10] = [
 /// fd mode: connection setup syscalls whose exits go to the shared `sys_exit` program.
 const SETUP_SYSCALLS: [&str; 4] = ["connect", "accept", "accept4", "bind"];
 /// sock mode: the socket tracepoints.
-const SOCK_TRACEPOINTS: [&str; 3] = [
-    "sock_send_length",
-    "sock_recv_length",
-    "inet_sock_set_state",
+const SOCK_TRACEPOINTS: [(&str, &str); 4] = [
+    ("sock", "sock_send_length"),
+    ("sock", "sock_recv_length"),
+    ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_destroy_sock"),
 ];
 
 /// Totals of the kernel-side counters (see `tracer_common::counter`), summed over CPUs.
@@ -191,7 +196,7 @@ impl Capture {
             CaptureMode::Auto
                 if SOCK_TRACEPOINTS
                     .iter()
-                    .all(|t| preflight::has_tracepoint(&tracefs, "sock", t))
+                    .all(|(c, t)| preflight::has_tracepoint(&tracefs, c, t))
                     && std::path::Path::new(crate::btf::VMLINUX_BTF).exists() =>
             {
                 CaptureMode::Sock
@@ -205,7 +210,7 @@ impl Capture {
             points.push(("syscalls", format!("sys_exit_{s}")));
         }
         match mode {
-            CaptureMode::Sock => points.extend(SOCK_TRACEPOINTS.map(|t| ("sock", t.to_string()))),
+            CaptureMode::Sock => points.extend(SOCK_TRACEPOINTS.map(|(c, t)| (c, t.to_string()))),
             _ => {
                 for s in SETUP_SYSCALLS {
                     points.push(("syscalls", format!("sys_enter_{s}")));
@@ -229,7 +234,12 @@ impl Capture {
             } else {
                 mode::FD
             },
-            self_tgid: std::process::id(),
+            // tgid 0 is the idle task, which never makes syscalls.
+            self_tgid: if cfg.exclude_self {
+                std::process::id()
+            } else {
+                0
+            },
             filter_ports: u32::from(!cfg.ports.is_empty()),
             filter_pids: u32::from(!cfg.pids.is_empty()),
             filter_cgroups: u32::from(!cfg.cgroup_ids.is_empty()),
@@ -266,8 +276,8 @@ impl Capture {
         }
         attach(&mut ebpf, "sys_exit", "syscalls", &exits)?;
         if mode == CaptureMode::Sock {
-            for t in SOCK_TRACEPOINTS {
-                attach(&mut ebpf, t, "sock", &[t.to_string()])?;
+            for (c, t) in SOCK_TRACEPOINTS {
+                attach(&mut ebpf, t, c, &[t.to_string()])?;
             }
         } else {
             attach(
@@ -430,7 +440,7 @@ fn classify(cfg: &CaptureConfig, t: &ConnTuple) -> Option<u8> {
 fn seed_fd_connections(ebpf: &mut Ebpf, cfg: &CaptureConfig) -> anyhow::Result<()> {
     let me = std::process::id();
     let sockets = tcp_sockets(std::path::Path::new("/proc"), |p| {
-        p != me && (cfg.pids.is_empty() || cfg.pids.contains(&p))
+        (p != me || !cfg.exclude_self) && (cfg.pids.is_empty() || cfg.pids.contains(&p))
     });
     let key = |s: &ProcSocket| ((s.tgid as u64) << 32) | s.fd as u32 as u64;
     {

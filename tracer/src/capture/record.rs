@@ -99,6 +99,11 @@ impl DataRecord<'_> {
         self.hdr.flags & flags::SNIFF != 0
     }
 
+    /// The connection was first seen mid-stream (it predates the tracer).
+    pub fn midstream(&self) -> bool {
+        self.hdr.flags & flags::MIDSTREAM != 0
+    }
+
     pub fn comm(&self) -> &str {
         comm_str(&self.hdr.comm)
     }

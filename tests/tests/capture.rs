@@ -1,0 +1,506 @@
+//! Kernel capture against this machine's kernel: the real eBPF programs, real sockets, real
+//! syscalls. Needs root (CAP_BPF + CAP_PERFMON); `cargo xtask test` runs it so.
+
+use std::{
+    collections::HashMap,
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    process::Command,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use tests::{SendCall, messages, payload, read_to_end_alternating, send_all};
+use tracer::{
+    capture::{Capture, CaptureConfig, CaptureMode, KernelCounters, Record},
+    daemon::Pipeline,
+    reassembly::Stream,
+};
+use tracer_common::{ConnEvent, ConnTuple, DataHeader, Direction, Syscall};
+
+/// What a test saw from the capture.
+#[derive(Default)]
+struct Seen {
+    data: Vec<(DataHeader, Vec<u8>)>,
+    opens: Vec<ConnEvent>,
+    closes: Vec<ConnEvent>,
+}
+
+impl Seen {
+    fn take(&mut self, capture: &mut Capture) {
+        capture.drain(|r| match r.expect("well-formed record") {
+            Record::Data(d) => self.data.push((d.hdr, d.payload.to_vec())),
+            Record::Open(e) => self.opens.push(e),
+            Record::Close(e) => self.closes.push(e),
+        });
+    }
+
+    /// Drains until `done` holds or `timeout` passes.
+    async fn until(
+        &mut self,
+        capture: &mut Capture,
+        timeout: Duration,
+        done: impl Fn(&Seen) -> bool,
+    ) {
+        let end = Instant::now() + timeout;
+        loop {
+            self.take(capture);
+            if done(self) || Instant::now() > end {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), capture.readable()).await;
+        }
+    }
+
+    /// Rebuilds each (connection, direction) stream, settled against the close totals (so a
+    /// stream none of whose records arrived still shows its loss), with the connection's first
+    /// data header where there is one.
+    fn streams(&self) -> HashMap<(u64, Direction), (Vec<u8>, Stream, Option<DataHeader>)> {
+        let mut out: HashMap<(u64, Direction), (Vec<u8>, Stream, Option<DataHeader>)> =
+            HashMap::new();
+        for (h, bytes) in &self.data {
+            let dir = Direction::from_u8(h.direction).unwrap();
+            let e = out.entry((h.conn_id, dir)).or_default();
+            e.2.get_or_insert(*h);
+            let piece = e.1.push(h.stream_offset + h.chunk_offset as u64, bytes);
+            e.0.extend_from_slice(piece.bytes);
+        }
+        for c in &self.closes {
+            for (dir, total) in [
+                (Direction::Egress, c.tx_bytes),
+                (Direction::Ingress, c.rx_bytes),
+            ] {
+                out.entry((c.conn_id, dir)).or_default().1.finish(total);
+            }
+        }
+        out
+    }
+}
+
+/// Port filter on `port`, no detection, and this test process traced too (it runs the servers).
+fn config(port: u16) -> CaptureConfig {
+    CaptureConfig {
+        ports: vec![port],
+        detect_kafka: false,
+        exclude_self: false,
+        ..CaptureConfig::default()
+    }
+}
+
+fn has_port(t: &ConnTuple, port: u16) -> bool {
+    t.lport == port || t.rport == port
+}
+
+/// A child process (tcp-peer) talks to a server thread of this process over loopback; both
+/// sides' streams, rebuilt from the records, must equal what was sent, byte for byte.
+async fn byte_exact(mode: CaptureMode, bind: &str) {
+    let listener = TcpListener::bind(bind).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port();
+    let mut capture = Capture::start(&CaptureConfig {
+        mode,
+        ..config(port)
+    })
+    .expect("capture starts");
+    assert_eq!(capture.mode(), mode);
+
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let got = read_to_end_alternating(conn.as_raw_fd()).unwrap();
+        for (call, data) in messages(2).0 {
+            send_all(conn.as_raw_fd(), call, &data).unwrap();
+        }
+        got
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_tcp-peer"))
+        .arg(addr.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tcp-peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, client_sent) = messages(1);
+    let (_, server_sent) = messages(2);
+    assert_eq!(
+        server.join().unwrap(),
+        client_sent,
+        "the server got what the client sent"
+    );
+
+    let mut seen = Seen::default();
+    seen.until(&mut capture, Duration::from_secs(10), |s| {
+        s.closes.len() >= 2
+    })
+    .await;
+    assert_eq!(seen.closes.len(), 2, "close of both ends seen");
+    assert!(
+        seen.opens.len() >= 2,
+        "open of both ends seen: {:?}",
+        seen.opens
+    );
+
+    let me = std::process::id();
+    let streams = seen.streams();
+    let side = |mine: bool, dir: Direction| {
+        streams
+            .iter()
+            .find_map(|((_, d), (bytes, stream, h))| {
+                let h = h.as_ref()?;
+                (*d == dir && ((h.pid_tgid >> 32) as u32 == me) == mine && has_port(&h.tuple, port))
+                    .then_some((bytes, stream, h))
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {dir:?} stream of the {} side",
+                    if mine { "server" } else { "client" }
+                )
+            })
+    };
+    for (mine, dir, expected) in [
+        (false, Direction::Egress, &client_sent),
+        (false, Direction::Ingress, &server_sent),
+        (true, Direction::Ingress, &client_sent),
+        (true, Direction::Egress, &server_sent),
+    ] {
+        let (bytes, stream, h) = side(mine, dir);
+        assert_eq!(
+            stream.discontinuities,
+            0,
+            "{dir:?} stream of pid {} has gaps",
+            h.pid_tgid >> 32
+        );
+        assert_eq!(bytes.len(), expected.len());
+        assert!(
+            bytes == expected,
+            "{dir:?} stream of pid {} differs",
+            h.pid_tgid >> 32
+        );
+    }
+    // The client process is not this one; its records name the server port as remote.
+    let (_, _, client_hdr) = side(false, Direction::Egress);
+    assert_ne!(client_hdr.pid_tgid >> 32, me as u64);
+    assert_eq!(client_hdr.tuple.rport, port);
+    assert_eq!(side(true, Direction::Ingress).2.tuple.lport, port);
+    // Each syscall kind was seen where it was used.
+    let calls = |mine: bool, dir: Direction| -> Vec<Syscall> {
+        let mut v: Vec<_> = seen
+            .data
+            .iter()
+            .filter(|(h, _)| h.direction == dir as u8 && ((h.pid_tgid >> 32) as u32 == me) == mine)
+            .filter_map(|(h, _)| Syscall::from_u8(h.syscall))
+            .collect();
+        v.dedup();
+        v
+    };
+    for c in [Syscall::Write, Syscall::Writev, Syscall::Sendmsg] {
+        assert!(
+            calls(false, Direction::Egress).contains(&c),
+            "client {c:?} captured"
+        );
+        assert!(
+            calls(true, Direction::Egress).contains(&c),
+            "server {c:?} captured"
+        );
+    }
+    for c in [Syscall::Read, Syscall::Recvmsg] {
+        assert!(
+            calls(true, Direction::Ingress).contains(&c),
+            "server {c:?} captured"
+        );
+    }
+    // Close records carry the kernel's totals, which match the bytes sent.
+    let total = |c: &ConnEvent| (c.tx_bytes + c.rx_bytes) as usize;
+    assert!(
+        seen.closes
+            .iter()
+            .all(|c| total(c) == client_sent.len() + server_sent.len())
+    );
+    let k = capture.counters().unwrap();
+    assert_eq!(k.lost_bytes(), 0, "{k:?}");
+    assert!(k.bytes >= 2 * (client_sent.len() + server_sent.len()) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sock_mode_rebuilds_ipv4_streams_byte_exact() {
+    byte_exact(CaptureMode::Sock, "127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sock_mode_rebuilds_ipv6_streams_byte_exact() {
+    byte_exact(CaptureMode::Sock, "[::1]:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_mode_rebuilds_streams_byte_exact() {
+    byte_exact(CaptureMode::Fd, "127.0.0.1:0").await;
+}
+
+/// One connection on a port in the filter and one outside it, same process, same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_outside_the_port_filter_yields_no_payload() {
+    for mode in [CaptureMode::Sock, CaptureMode::Fd] {
+        let inside = TcpListener::bind("127.0.0.1:0").unwrap();
+        let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pin, pout) = (
+            inside.local_addr().unwrap().port(),
+            outside.local_addr().unwrap().port(),
+        );
+        let mut capture = Capture::start(&CaptureConfig {
+            mode,
+            ..config(pin)
+        })
+        .unwrap();
+        for (l, port) in [(&inside, pin), (&outside, pout)] {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            use std::io::{Read as _, Write as _};
+            c.write_all(&payload(port as u64, 50_000)).unwrap();
+            let mut buf = vec![0; 50_000];
+            s.read_exact(&mut buf).unwrap();
+        }
+        let mut seen = Seen::default();
+        seen.until(&mut capture, Duration::from_secs(5), |s| {
+            s.data
+                .iter()
+                .map(|(h, _)| h.chunk_len as usize)
+                .sum::<usize>()
+                >= 100_000
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen.take(&mut capture);
+        let on = |port: u16| {
+            seen.data
+                .iter()
+                .filter(|(h, _)| has_port(&h.tuple, port))
+                .map(|(h, _)| h.chunk_len as usize)
+                .sum::<usize>()
+        };
+        assert_eq!(
+            on(pin),
+            100_000,
+            "{mode:?}: both ends of the filtered port captured"
+        );
+        assert_eq!(on(pout), 0, "{mode:?}: nothing captured outside the filter");
+        assert_eq!(
+            seen.data.len(),
+            seen.data
+                .iter()
+                .filter(|(h, _)| has_port(&h.tuple, pin))
+                .count()
+        );
+    }
+}
+
+/// A ring buffer far too small for the load: records are lost, and every lost byte is counted
+/// by the kernel and shows up as a gap of exactly that size in the rebuilt streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ring_buffer_loses_bytes_only_with_a_count() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut capture = Capture::start(&CaptureConfig {
+        ring_buffer_bytes: 16 << 10,
+        ..config(port)
+    })
+    .unwrap();
+    const TOTAL: usize = 8 << 20;
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0; TOTAL];
+        use std::io::Read as _;
+        s.read_exact(&mut buf).unwrap();
+        close_rx.recv().unwrap();
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let data = payload(7, 1 << 20);
+    for _ in 0..TOTAL >> 20 {
+        send_all(client.as_raw_fd(), SendCall::Write, &data).unwrap();
+    }
+    // Let the reader finish while nobody drains the ring: it overflows.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut seen = Seen::default();
+    seen.take(&mut capture);
+    close_tx.send(()).unwrap();
+    server.join().unwrap();
+    use std::io::Write as _;
+    client.flush().unwrap();
+    drop(client);
+    seen.until(&mut capture, Duration::from_secs(5), |s| {
+        s.closes.len() >= 2
+    })
+    .await;
+    assert_eq!(
+        seen.closes.len(),
+        2,
+        "close records arrive once there is room"
+    );
+
+    let k: KernelCounters = capture.counters().unwrap();
+    assert!(
+        k.ringbuf_full_records > 0 && k.ringbuf_full_bytes > 0,
+        "overflow counted: {k:?}"
+    );
+    let streams = seen.streams();
+    let delivered: u64 = streams.values().map(|(b, _, _)| b.len() as u64).sum();
+    let gaps: u64 = streams.values().map(|(_, s, _)| s.lost_bytes).sum();
+    // Client egress and server ingress each carried TOTAL bytes. Some reads of the 8 MiB
+    // backlog may also exceed the per-syscall cap: truncation is counted the same way.
+    assert_eq!(delivered + k.lost_bytes(), 2 * TOTAL as u64, "{k:?}");
+    assert_eq!(
+        gaps,
+        k.lost_bytes(),
+        "every gap is counted, every count is a gap"
+    );
+    // Whatever did arrive sits at the right place in the stream.
+    for (bytes, _, _) in streams.values() {
+        assert!(bytes.len() <= 2 * TOTAL);
+    }
+}
+
+/// A syscall above --max-bytes-per-syscall is cut, flagged, counted, and leaves a gap of the
+/// cut size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_syscalls_are_truncated_visibly() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cap = 64 << 10;
+    let mut capture = Capture::start(&CaptureConfig {
+        max_bytes_per_syscall: cap,
+        ..config(port)
+    })
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        read_to_end_alternating(s.as_raw_fd()).unwrap().len()
+    });
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let data = payload(9, 1 << 20);
+    send_all(client.as_raw_fd(), SendCall::Write, &data).unwrap();
+    drop(client);
+    assert_eq!(server.join().unwrap(), 1 << 20);
+    let mut seen = Seen::default();
+    seen.until(&mut capture, Duration::from_secs(5), |s| {
+        s.closes.len() >= 2
+    })
+    .await;
+    let me = std::process::id() as u64;
+    let egress: Vec<_> = seen
+        .data
+        .iter()
+        .filter(|(h, _)| h.direction == Direction::Egress as u8 && h.pid_tgid >> 32 == me)
+        .collect();
+    assert!(!egress.is_empty());
+    let h = egress[0].0;
+    assert!(
+        h.flags & tracer_common::flags::TRUNCATED != 0,
+        "record flagged truncated"
+    );
+    assert_eq!((h.syscall_len as usize, h.captured_len), (1 << 20, cap));
+    let got: Vec<u8> = egress.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+    assert_eq!(got, data[..cap as usize], "the captured prefix is exact");
+    let k = capture.counters().unwrap();
+    assert!(
+        k.truncated_syscalls >= 1 && k.truncated_bytes >= (1 << 20) - cap as u64,
+        "{k:?}"
+    );
+    let streams = seen.streams();
+    let (_, s, _) = &streams[&(h.conn_id, Direction::Egress)];
+    assert_eq!(s.lost_bytes, (1 << 20) - cap as u64);
+}
+
+/// With detection on, a connection on an unlisted port that opens with a Kafka request is
+/// captured in full once userspace says so; one that opens with HTTP is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_on_an_unlisted_port_is_detected_and_other_protocols_are_dropped() {
+    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let kafka_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (pk, ph) = (
+        kafka_l.local_addr().unwrap().port(),
+        http_l.local_addr().unwrap().port(),
+    );
+    let sniff = 512;
+    let mut capture = Capture::start(&CaptureConfig {
+        detect_kafka: true,
+        sniff_bytes: sniff,
+        ..config(unused.local_addr().unwrap().port())
+    })
+    .unwrap();
+    let mut pipeline = Pipeline::new(1024);
+    // An ApiVersions v3 request header (key 18, version 3, correlation id 1, client id "probe").
+    let kafka_first = b"\x00\x00\x00\x0f\x00\x12\x00\x03\x00\x00\x00\x01\x00\x05probe\x00".to_vec();
+    let http_first = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let rest = payload(11, 200_000);
+    let mut conns = Vec::new();
+    for (l, port, first) in [(&kafka_l, pk, &kafka_first), (&http_l, ph, &http_first)] {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        send_all(c.as_raw_fd(), SendCall::Write, first).unwrap();
+        // The server reads the first request, as a broker would before anything else.
+        let mut buf = vec![0; first.len()];
+        use std::io::Read as _;
+        (&s).read_exact(&mut buf).unwrap();
+        conns.push((c, s));
+    }
+    // Feed records to the daemon's pipeline until it has seen the first bytes of both (it judges
+    // each record as it comes), then hand the verdicts to the kernel, as the daemon does. Other
+    // tests' connections are sniffed too: only ours are asserted on.
+    let mut data: Vec<(DataHeader, usize)> = Vec::new();
+    let on = |data: &[(DataHeader, usize)], port: u16| {
+        data.iter()
+            .filter(|(h, _)| has_port(&h.tuple, port))
+            .map(|(_, n)| *n)
+            .sum::<usize>()
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    while (on(&data, pk) < 2 * kafka_first.len() || on(&data, ph) < 2 * http_first.len())
+        && Instant::now() < end
+    {
+        capture.drain(|r| {
+            if let Ok(Record::Data(d)) = &r {
+                data.push((d.hdr, d.payload.len()));
+            }
+            pipeline.on_record(r);
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (key, is_kafka) in pipeline.take_verdicts() {
+        capture.set_verdict(key, is_kafka).unwrap();
+    }
+    assert!(pipeline.counters.detected_kafka >= 1 && pipeline.counters.detected_other >= 1);
+    for (c, s) in &conns {
+        send_all(c.as_raw_fd(), SendCall::Write, &rest).unwrap();
+        let mut buf = vec![0; rest.len()];
+        use std::io::Read as _;
+        (&*s).read_exact(&mut buf).unwrap();
+    }
+    drop(conns);
+    let mut seen = Seen::default();
+    seen.until(&mut capture, Duration::from_secs(5), |s| {
+        s.closes.len() >= 4
+    })
+    .await;
+    for (h, _) in &seen.data {
+        data.push((*h, h.chunk_len as usize));
+    }
+    // Kafka connection: both ends, everything after the verdict.
+    assert_eq!(on(&data, pk), 2 * (kafka_first.len() + rest.len()));
+    // HTTP connection: only the first request, nothing after the verdict.
+    assert_eq!(on(&data, ph), 2 * http_first.len());
+    assert!(capture.counters().unwrap().lost_bytes() == 0);
+}
+
+/// Bad configuration is one clear error, not a panic.
+#[tokio::test]
+async fn bad_ring_size_is_a_clear_error() {
+    let e = Capture::start(&CaptureConfig {
+        ring_buffer_bytes: 10_000,
+        ..CaptureConfig::default()
+    })
+    .err()
+    .expect("refused");
+    assert!(format!("{e:#}").contains("power of two"), "{e:#}");
+}
