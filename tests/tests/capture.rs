@@ -53,28 +53,40 @@ impl Seen {
     }
 
     /// Rebuilds each (connection, direction) stream, settled against the close totals (so a
-    /// stream none of whose records arrived still shows its loss), with the connection's first
-    /// data header where there is one.
-    fn streams(&self) -> HashMap<(u64, Direction), (Vec<u8>, Stream, Option<DataHeader>)> {
-        let mut out: HashMap<(u64, Direction), (Vec<u8>, Stream, Option<DataHeader>)> =
-            HashMap::new();
+    /// stream none of whose records arrived still shows its loss).
+    fn streams(&self) -> HashMap<(u64, Direction), Rebuilt> {
+        let mut out: HashMap<(u64, Direction), Rebuilt> = HashMap::new();
         for (h, bytes) in &self.data {
             let dir = Direction::from_u8(h.direction).unwrap();
             let e = out.entry((h.conn_id, dir)).or_default();
-            e.2.get_or_insert(*h);
-            let piece = e.1.push(h.stream_offset + h.chunk_offset as u64, bytes);
-            e.0.extend_from_slice(piece.bytes);
+            e.first.get_or_insert(*h);
+            let piece = e
+                .stream
+                .push(h.stream_offset + h.chunk_offset as u64, bytes);
+            e.bytes.extend_from_slice(piece.bytes);
         }
         for c in &self.closes {
             for (dir, total) in [
                 (Direction::Egress, c.tx_bytes),
                 (Direction::Ingress, c.rx_bytes),
             ] {
-                out.entry((c.conn_id, dir)).or_default().1.finish(total);
+                out.entry((c.conn_id, dir))
+                    .or_default()
+                    .stream
+                    .finish(total);
             }
         }
         out
     }
+}
+
+/// One direction of one connection, rebuilt from records.
+#[derive(Default)]
+struct Rebuilt {
+    bytes: Vec<u8>,
+    stream: Stream,
+    /// The first data header, where any record arrived.
+    first: Option<DataHeader>,
 }
 
 /// Port filter on `port`, no detection, and this test process traced too (it runs the servers).
@@ -146,10 +158,10 @@ async fn byte_exact(mode: CaptureMode, bind: &str) {
     let side = |mine: bool, dir: Direction| {
         streams
             .iter()
-            .find_map(|((_, d), (bytes, stream, h))| {
-                let h = h.as_ref()?;
+            .find_map(|((_, d), r)| {
+                let h = r.first.as_ref()?;
                 (*d == dir && ((h.pid_tgid >> 32) as u32 == me) == mine && has_port(&h.tuple, port))
-                    .then_some((bytes, stream, h))
+                    .then_some((&r.bytes, &r.stream, h))
             })
             .unwrap_or_else(|| {
                 panic!(
@@ -344,8 +356,8 @@ async fn a_full_ring_buffer_loses_bytes_only_with_a_count() {
         "overflow counted: {k:?}"
     );
     let streams = seen.streams();
-    let delivered: u64 = streams.values().map(|(b, _, _)| b.len() as u64).sum();
-    let gaps: u64 = streams.values().map(|(_, s, _)| s.lost_bytes).sum();
+    let delivered: u64 = streams.values().map(|r| r.bytes.len() as u64).sum();
+    let gaps: u64 = streams.values().map(|r| r.stream.lost_bytes).sum();
     // Client egress and server ingress each carried TOTAL bytes. Some reads of the 8 MiB
     // backlog may also exceed the per-syscall cap: truncation is counted the same way.
     assert_eq!(delivered + k.lost_bytes(), 2 * TOTAL as u64, "{k:?}");
@@ -355,8 +367,8 @@ async fn a_full_ring_buffer_loses_bytes_only_with_a_count() {
         "every gap is counted, every count is a gap"
     );
     // Whatever did arrive sits at the right place in the stream.
-    for (bytes, _, _) in streams.values() {
-        assert!(bytes.len() <= 2 * TOTAL);
+    for r in streams.values() {
+        assert!(r.bytes.len() <= 2 * TOTAL);
     }
 }
 
@@ -407,8 +419,8 @@ async fn oversized_syscalls_are_truncated_visibly() {
         "{k:?}"
     );
     let streams = seen.streams();
-    let (_, s, _) = &streams[&(h.conn_id, Direction::Egress)];
-    assert_eq!(s.lost_bytes, (1 << 20) - cap as u64);
+    let r = &streams[&(h.conn_id, Direction::Egress)];
+    assert_eq!(r.stream.lost_bytes, (1 << 20) - cap as u64);
 }
 
 /// With detection on, a connection on an unlisted port that opens with a Kafka request is

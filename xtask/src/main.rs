@@ -1,1 +1,136 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's own build, setup, run and test entry points, so a new
+//! machine needs nothing but rustup and cargo.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, set up, run and test kafka-tracer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: pinned toolchains, rust-src, bpf-linker; mount tracefs.
+    Setup,
+    /// Set up, build, and run kafka-tracer (as root, through sudo when needed).
+    Run {
+        /// Arguments for kafka-tracer (see `cargo xtask run -- --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, and run every test (unit and against the kernel).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup => setup::all(&root),
+        Cmd::Run { args } => {
+            setup::all(&root)?;
+            cargo(&root, &["build", "--release", "--package", "tracer"])?;
+            let bin = root.join("target/release/kafka-tracer");
+            let status = as_root(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            if !status.success() {
+                bail!("kafka-tracer exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::all(&root)?;
+            cargo(&root, &["fmt", "--all", "--", "--check"])
+                .context("formatting differs: run `cargo fmt --all`")?;
+            cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--release",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            // Default members (all but the eBPF crate, which build.rs compiles for the bpf
+            // target). Release: the tests drive real traffic, and share the build with
+            // `cargo xtask run`.
+            cargo(&root, &["build", "--release", "--all-targets"])?;
+            let mut test =
+                as_root(&std::env::var_os("CARGO").map_or("cargo".into(), PathBuf::from));
+            test.current_dir(&root)
+                .args(["test", "--release"])
+                .args(&args);
+            let status = test.status().context("starting cargo test")?;
+            if !status.success() {
+                bail!("tests failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The workspace root: this crate's parent directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs `cargo ARGS` in the workspace with the toolchain that runs xtask.
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    setup::run(Command::new(cargo).current_dir(root).args(args))
+}
+
+/// A command for `program` that runs as root: directly when this process is root, else through
+/// `sudo -E` (loading eBPF programs needs CAP_BPF and CAP_PERFMON).
+fn as_root(program: &Path) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        Command::new(program)
+    } else {
+        eprintln!(
+            "xtask: not root, running {} through sudo",
+            program.display()
+        );
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg("--").arg(program);
+        c
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -1,0 +1,162 @@
+//! `cargo xtask setup`: installs what building and running need, idempotently. Each step first
+//! checks whether its result is already there, so a set-up machine passes in well under a second.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+/// bpf-linker release whose default LLVM (23) matches the pinned nightly's.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn all(root: &Path) -> anyhow::Result<()> {
+    let nightly = ebpf_toolchain(root)?;
+    toolchain(&nightly, &["rust-src"])?;
+    bpf_linker(&nightly)?;
+    tracefs();
+    Ok(())
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            describe(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The eBPF crate's pinned nightly, from tracer-ebpf/rust-toolchain.toml (also read by
+/// tracer/build.rs).
+fn ebpf_toolchain(root: &Path) -> anyhow::Result<String> {
+    let file = root.join("tracer-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .ok_or_else(|| anyhow!("no `channel = ...` in {}", file.display()))
+}
+
+/// Installs `name` with `components` unless both are present. (The userspace toolchain needs no
+/// step: rustup installs it from rust-toolchain.toml before xtask itself can run.)
+fn toolchain(name: &str, components: &[&str]) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        name,
+    ]));
+    if let Ok(list) = &installed
+        && components.iter().all(|c| {
+            list.lines()
+                .any(|l| l.starts_with(&format!("{c}-")) || l == *c)
+        })
+    {
+        return Ok(());
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["toolchain", "install", name, "--profile", "minimal"]);
+    for c in components {
+        cmd.args(["--component", c]);
+    }
+    run(&mut cmd)
+}
+
+/// bpf-linker built against the pinned nightly's own libLLVM (no LLVM development package of the
+/// right major is available from distributions), with a stable prefix baked in as its rpath.
+fn bpf_linker(nightly: &str) -> anyhow::Result<()> {
+    if let Ok(v) = output(Command::new("bpf-linker").arg("--version"))
+        && v.contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{nightly}"))
+            .args(["--print", "sysroot"]),
+    )?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    // The real shared object (libLLVM.so.<major>-rust-...), not the libLLVM-<major>*.so linker script.
+    let lib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .ok_or_else(|| anyhow!("no libLLVM.so.*-rust-* in {}", lib_dir.display()))?;
+    let prefix = home()?.join(".local/share/kafka-tracer/llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let file_name = lib.file_name().expect("file has a name");
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(file_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), lib.display()))?;
+    }
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ]),
+    )
+}
+
+fn home() -> anyhow::Result<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")
+}
+
+/// Mounts tracefs when it is missing (the daemon also tries, and says how to fix it if it can't).
+fn tracefs() {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return;
+    }
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]);
+    if let Err(e) = run(&mut cmd) {
+        eprintln!(
+            "xtask: warning: could not mount tracefs ({e:#}); kafka-tracer will try again as root"
+        );
+    }
+}
