@@ -516,3 +516,152 @@ async fn bad_ring_size_is_a_clear_error() {
     .expect("refused");
     assert!(format!("{e:#}").contains("power of two"), "{e:#}");
 }
+
+/// Connections established before the capture starts are traced from their next syscall on:
+/// sock mode finds them by their socket, fd mode from /proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_open_before_the_capture_are_traced_mid_stream() {
+    use std::io::{Read as _, Write as _};
+    for mode in [CaptureMode::Sock, CaptureMode::Fd] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let before = payload(21, 10_000);
+        client.write_all(&before).unwrap();
+        server.read_exact(&mut vec![0; before.len()]).unwrap();
+
+        let mut capture = Capture::start(&CaptureConfig {
+            mode,
+            ..config(port)
+        })
+        .unwrap();
+        let (request, reply) = (payload(22, 30_000), payload(23, 70_000));
+        client.write_all(&request).unwrap();
+        server.read_exact(&mut vec![0; request.len()]).unwrap();
+        server.write_all(&reply).unwrap();
+        client.read_exact(&mut vec![0; reply.len()]).unwrap();
+        drop((client, server));
+
+        let mut seen = Seen::default();
+        seen.until(&mut capture, Duration::from_secs(5), |s| {
+            s.closes.len() >= 2
+        })
+        .await;
+        assert_eq!(seen.closes.len(), 2, "{mode:?}: both ends closed");
+        let streams = seen.streams();
+        let find = |dir: Direction, lport_is_server: bool| {
+            streams
+                .iter()
+                .find(|((_, d), r)| {
+                    *d == dir
+                        && r.first
+                            .is_some_and(|h| (h.tuple.lport == port) == lport_is_server)
+                })
+                .map(|(_, r)| r)
+                .unwrap_or_else(|| panic!("{mode:?}: no {dir:?} stream"))
+        };
+        for (dir, server_end, expected) in [
+            (Direction::Egress, false, &request),
+            (Direction::Ingress, true, &request),
+            (Direction::Egress, true, &reply),
+            (Direction::Ingress, false, &reply),
+        ] {
+            let r = find(dir, server_end);
+            assert!(
+                r.bytes == *expected,
+                "{mode:?} {dir:?} server_end={server_end}: bytes differ"
+            );
+            assert_eq!(r.stream.discontinuities, 0);
+            assert!(
+                r.first.unwrap().flags & tracer_common::flags::MIDSTREAM != 0,
+                "flagged mid-stream"
+            );
+        }
+    }
+}
+
+/// The cgroup v2 hierarchy (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones).
+fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].into())
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// Three captures over the same traffic: one filtered on the client's cgroup, one on the
+/// server's process, one on a process that has no traffic. Each sees exactly its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_and_cgroup_filters_select_whose_traffic_is_captured() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port();
+    let cgroup = cgroup2_root().join(format!("kafka-tracer-test-{}", std::process::id()));
+    std::fs::create_dir(&cgroup).unwrap();
+    let cg_id = tracer::capture::cgroup_ids(std::slice::from_ref(&cgroup)).unwrap();
+    let me = std::process::id();
+    let mut by_cgroup = Capture::start(&CaptureConfig {
+        cgroup_ids: cg_id,
+        ..config(port)
+    })
+    .unwrap();
+    let mut by_pid = Capture::start(&CaptureConfig {
+        pids: vec![me],
+        ..config(port)
+    })
+    .unwrap();
+    let mut by_idle_pid = Capture::start(&CaptureConfig {
+        pids: vec![1],
+        ..config(port)
+    })
+    .unwrap();
+
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        read_to_end_alternating(conn.as_raw_fd()).unwrap();
+        for (call, data) in messages(2).0 {
+            send_all(conn.as_raw_fd(), call, &data).unwrap();
+        }
+    });
+    let child = Command::new("sh")
+        .stdout(std::process::Stdio::piped())
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$0\" \"$1\"",
+            cgroup.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_tcp-peer"))
+        .arg(addr.to_string())
+        .spawn()
+        .unwrap();
+    let child_pid = child.id() as u64;
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    server.join().unwrap();
+    std::fs::remove_dir(&cgroup).unwrap();
+
+    let (mut a, mut b, mut c) = (Seen::default(), Seen::default(), Seen::default());
+    let total = (messages(1).1.len() + messages(2).1.len()) as u32;
+    let bytes = |s: &Seen| s.data.iter().map(|(h, _)| h.chunk_len).sum::<u32>();
+    a.until(&mut by_cgroup, Duration::from_secs(5), |s| {
+        bytes(s) >= total
+    })
+    .await;
+    b.until(&mut by_pid, Duration::from_secs(5), |s| bytes(s) >= total)
+        .await;
+    c.take(&mut by_idle_pid);
+    assert_eq!(
+        bytes(&a),
+        total,
+        "cgroup filter: the client's both directions"
+    );
+    assert!(a.data.iter().all(|(h, _)| h.pid_tgid >> 32 == child_pid));
+    assert_eq!(bytes(&b), total, "pid filter: the server's both directions");
+    assert!(b.data.iter().all(|(h, _)| h.pid_tgid >> 32 == me as u64));
+    assert!(c.data.is_empty(), "pid 1 sent nothing on this port");
+}

@@ -66,6 +66,11 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
     pub max_connections: usize,
 
+    /// Seconds without traffic after which a connection is forgotten (a process that exits
+    /// without closing its sockets leaves no other trace in fd mode).
+    #[arg(long, env = "KAFKA_TRACER_IDLE_TIMEOUT", default_value_t = 900)]
+    pub idle_timeout: u64,
+
     /// Seconds between log lines with the capture's counters.
     #[arg(long, env = "KAFKA_TRACER_STATS_INTERVAL", default_value_t = 10)]
     pub stats_interval: u64,

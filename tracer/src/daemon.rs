@@ -25,6 +25,8 @@ pub struct PipelineCounters {
     /// Sniffed connections found to be Kafka, and not.
     pub detected_kafka: u64,
     pub detected_other: u64,
+    /// Connections forgotten after --idle-timeout without a record.
+    pub evicted_idle: u64,
 }
 
 /// First bytes of each direction of a sniffed connection, until a verdict.
@@ -135,6 +137,17 @@ impl Pipeline {
         std::mem::take(&mut self.verdicts)
     }
 
+    /// Forgets connections idle for longer than `idle`.
+    pub fn evict_idle(&mut self, idle: Duration) {
+        let evicted = self
+            .reassembly
+            .evict_idle(monotonic_ns(), idle.as_nanos() as u64);
+        for id in &evicted {
+            self.sniffing.remove(id);
+        }
+        self.counters.evicted_idle += evicted.len() as u64;
+    }
+
     pub fn connections(&self) -> usize {
         self.reassembly.len()
     }
@@ -161,6 +174,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             _ = stats.tick() => {
+                pipeline.evict_idle(Duration::from_secs(args.idle_timeout));
                 let now = (capture.counters()?, pipeline.counters);
                 if now != last {
                     log_counters(&now.0, &now.1, pipeline.connections());
@@ -181,6 +195,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns` timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One log line with every kernel and pipeline counter; a warning when anything was lost.
 fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
     let lost = k.lost_bytes()
         + k.ringbuf_full_conn_events
@@ -188,24 +214,27 @@ fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
         + k.conns_full
         + p.bad_records
         + p.refused_records;
-    let fields = k
+    let PipelineCounters {
+        bad_records,
+        refused_records,
+        detected_kafka,
+        detected_other,
+        evicted_idle,
+    } = *p;
+    let kernel = k
         .named()
         .iter()
         .map(|(n, v, _)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join(" ");
+    let line = format!(
+        "connections={connections} bad_records={bad_records} refused_records={refused_records} \
+         detected_kafka={detected_kafka} detected_other={detected_other} \
+         evicted_idle={evicted_idle} {kernel}"
+    );
     if lost > 0 {
-        tracing::warn!(
-            connections,
-            bad_records = p.bad_records,
-            refused_records = p.refused_records,
-            "capture counters (losses): {fields}"
-        );
+        tracing::warn!("capture counters (with losses): {line}");
     } else {
-        tracing::info!(
-            connections,
-            detected_kafka = p.detected_kafka,
-            "capture counters: {fields}"
-        );
+        tracing::info!("capture counters: {line}");
     }
 }

@@ -72,6 +72,8 @@ pub struct Connection {
     pub comm: [u8; 16],
     /// Indexed by `Direction as usize`: egress, ingress.
     pub streams: [Stream; 2],
+    /// Kernel time (CLOCK_MONOTONIC ns) of the last record.
+    pub last_ns: u64,
 }
 
 /// Connection table with a bound on its size: past `max_connections`, records of new
@@ -107,10 +109,12 @@ impl Reassembler {
                 tgid: 0,
                 comm: [0; 16],
                 streams: Default::default(),
+                last_ns: 0,
             }),
         };
         conn.tgid = rec.tgid();
         conn.comm = rec.hdr.comm;
+        conn.last_ns = rec.hdr.ts_exit_ns;
         Some(conn.streams[rec.direction() as usize].push(rec.position(), rec.payload))
     }
 
@@ -124,6 +128,23 @@ impl Reassembler {
         c.streams[Direction::Egress as usize].finish(tx_total);
         c.streams[Direction::Ingress as usize].finish(rx_total);
         Some(c)
+    }
+
+    /// Drops connections with no record since `now_ns - idle_ns` and returns their ids. No close
+    /// record comes for a socket whose process exited without close() in fd mode (the kernel
+    /// closes its files without the syscall), so silence is the only sign left.
+    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64) -> Vec<u64> {
+        let cutoff = now_ns.saturating_sub(idle_ns);
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_ns < cutoff)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &idle {
+            self.conns.remove(id);
+        }
+        idle
     }
 
     pub fn len(&self) -> usize {
@@ -146,6 +167,37 @@ mod tests {
         let p = s.push(3, b"de");
         assert_eq!((p.lost, p.discontinuity, p.bytes), (0, false, &b"de"[..]));
         assert_eq!((s.bytes, s.lost_bytes, s.discontinuities), (5, 0, 0));
+    }
+
+    fn record(conn_id: u64, ts: u64, payload: &[u8]) -> DataRecord<'_> {
+        let mut hdr: tracer_common::DataHeader = unsafe { std::mem::zeroed() };
+        hdr.kind = tracer_common::kind::DATA;
+        hdr.conn_id = conn_id;
+        hdr.ts_exit_ns = ts;
+        hdr.chunk_len = payload.len() as u32;
+        hdr.captured_len = payload.len() as u32;
+        DataRecord { hdr, payload }
+    }
+
+    #[test]
+    fn table_is_bounded_and_idle_connections_are_evicted() {
+        let mut r = Reassembler::new(2);
+        assert!(r.push(&record(1, 100, b"a")).is_some());
+        assert!(r.push(&record(2, 500, b"b")).is_some());
+        assert!(
+            r.push(&record(3, 600, b"c")).is_none(),
+            "third connection refused"
+        );
+        assert_eq!(r.refused_records, 1);
+        assert_eq!(r.evict_idle(1000, 600), vec![1]);
+        assert!(r.get(1).is_none() && r.get(2).is_some());
+        assert!(
+            r.push(&record(3, 700, b"c")).is_some(),
+            "room again after eviction"
+        );
+        let c = r.close(3, 5, 0).unwrap();
+        assert_eq!((c.streams[0].bytes, c.streams[0].lost_bytes), (1, 4));
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

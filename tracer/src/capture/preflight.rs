@@ -112,3 +112,55 @@ pub fn kernel_btf() -> anyhow::Result<Vec<u8>> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake tracefs with only the named events.
+    fn fake_tracefs(events: &[&str]) -> PathBuf {
+        let root = std::env::temp_dir().join(format!(
+            "kt-tracefs-{}-{}",
+            std::process::id(),
+            events.len()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        for e in events {
+            fs::create_dir_all(root.join("events").join(e)).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn missing_tracepoints_name_cause_and_fix() {
+        let root = fake_tracefs(&["syscalls/sys_enter_write"]);
+        require_tracepoints(&root, &[("syscalls", "sys_enter_write")]).unwrap();
+        let e = require_tracepoints(&root, &[("syscalls", "sys_exit_write")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("syscalls:sys_exit_write") && e.contains("CONFIG_FTRACE_SYSCALLS"),
+            "{e}"
+        );
+        let e = require_tracepoints(&root, &[("sock", "sock_send_length")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sock:sock_send_length") && e.contains("--capture-mode fd"),
+            "{e}"
+        );
+        assert!(has_tracepoint(&root, "syscalls", "sys_enter_write"));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn this_process_privileges_are_read() {
+        // Root in CI and on the dev box; the check must agree with the capability set.
+        let caps = effective_caps().unwrap();
+        assert_eq!(
+            check_privileges().is_ok(),
+            caps & (1 << CAP_SYS_ADMIN) != 0
+                || (caps & (1 << CAP_BPF) != 0 && caps & (1 << CAP_PERFMON) != 0)
+        );
+    }
+}
