@@ -522,10 +522,16 @@ async fn bad_ring_size_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_open_before_the_capture_are_traced_mid_stream() {
     use std::io::{Read as _, Write as _};
-    for mode in [CaptureMode::Sock, CaptureMode::Fd] {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for (mode, bind) in [
+        (CaptureMode::Sock, "127.0.0.1:0"),
+        (CaptureMode::Sock, "[::1]:0"),
+        (CaptureMode::Fd, "127.0.0.1:0"),
+        (CaptureMode::Fd, "[::1]:0"),
+    ] {
+        let listener = TcpListener::bind(bind).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let port = addr.port();
+        let mut client = TcpStream::connect(addr).unwrap();
         let (mut server, _) = listener.accept().unwrap();
         let before = payload(21, 10_000);
         client.write_all(&before).unwrap();
@@ -577,6 +583,15 @@ async fn connections_open_before_the_capture_are_traced_mid_stream() {
                 r.first.unwrap().flags & tracer_common::flags::MIDSTREAM != 0,
                 "flagged mid-stream"
             );
+            // Endpoints read from the kernel's socket (sock) or /proc (fd), both families.
+            let (local, remote) = tracer::capture::endpoints(&r.first.unwrap().tuple);
+            let (server_addr, peer) = if server_end {
+                (local, remote)
+            } else {
+                (remote, local)
+            };
+            assert_eq!(server_addr, addr, "{mode:?}: server endpoint");
+            assert_eq!(peer.ip(), addr.ip(), "{mode:?}: client address");
         }
     }
 }
