@@ -1,6 +1,6 @@
-//! Kafka wire recognition.
+//! Recognising Kafka on a connection from its first bytes.
 //!
-//! For now: deciding from a stream's first bytes whether a connection on a port outside the
+//! Decides from a stream's first bytes whether a connection on a port outside the
 //! configured list speaks Kafka (the capture's sniff verdict).
 
 /// Largest request a broker accepts by default (`socket.request.max.bytes`, 100 MiB).

@@ -1,0 +1,188 @@
+//! Fetch requests (v4-v18) and responses, decoded without copying the records first. Flexible
+//! encoding from v12; topics named by id from v13; replica id moved to a tagged field in v15.
+
+use super::{
+    DecodeError, TopicRef,
+    records::Decompressor,
+    summary::{DecodeOptions, PartitionRecords},
+    wire::Reader,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// -1 for consumers; a broker id for follower replicas (v4-v14 only).
+    pub replica_id: i32,
+    pub max_wait_ms: i32,
+    pub min_bytes: i32,
+    pub isolation_level: i8,
+    pub session_id: i32,
+    pub session_epoch: i32,
+    pub partitions: Vec<FetchPartitionRequest>,
+    pub rack_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPartitionRequest {
+    pub topic: TopicRef,
+    pub partition: i32,
+    pub fetch_offset: i64,
+    pub partition_max_bytes: i32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchResponse {
+    pub throttle_time_ms: i32,
+    pub error_code: i16,
+    pub session_id: i32,
+    pub partitions: Vec<FetchPartitionResponse>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchPartitionResponse {
+    pub topic: TopicRef,
+    pub partition: i32,
+    pub error_code: i16,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    pub log_start_offset: i64,
+    pub records: PartitionRecords,
+}
+
+fn check(version: i16) -> Result<bool, DecodeError> {
+    if !(4..=18).contains(&version) {
+        return Err(DecodeError::Version {
+            api: "Fetch",
+            version,
+        });
+    }
+    Ok(version >= 12)
+}
+
+fn topic(r: &mut Reader<'_>, version: i16, flexible: bool) -> Result<TopicRef, DecodeError> {
+    Ok(if version >= 13 {
+        TopicRef::Id(r.uuid()?)
+    } else {
+        TopicRef::name(r.string(flexible)?.unwrap_or_default())
+    })
+}
+
+pub fn decode_request(body: &[u8], version: i16) -> Result<FetchRequest, DecodeError> {
+    let flexible = check(version)?;
+    let mut r = Reader::new(body);
+    let replica_id = if version <= 14 { r.i32()? } else { -1 };
+    let max_wait_ms = r.i32()?;
+    let min_bytes = r.i32()?;
+    r.i32()?; // max_bytes
+    let isolation_level = r.i8()?;
+    let (session_id, session_epoch) = if version >= 7 {
+        (r.i32()?, r.i32()?)
+    } else {
+        (0, -1)
+    };
+    let mut partitions = Vec::new();
+    for _ in 0..r.array_len(flexible, 2)? {
+        let topic = topic(&mut r, version, flexible)?;
+        for _ in 0..r.array_len(flexible, 16)? {
+            let partition = r.i32()?;
+            if version >= 9 {
+                r.i32()?; // current_leader_epoch
+            }
+            let fetch_offset = r.i64()?;
+            if version >= 12 {
+                r.i32()?; // last_fetched_epoch
+            }
+            if version >= 5 {
+                r.i64()?; // log_start_offset
+            }
+            let partition_max_bytes = r.i32()?;
+            r.skip_tags(flexible)?;
+            partitions.push(FetchPartitionRequest {
+                topic: topic.clone(),
+                partition,
+                fetch_offset,
+                partition_max_bytes,
+            });
+        }
+        r.skip_tags(flexible)?;
+    }
+    if version >= 7 {
+        for _ in 0..r.array_len(flexible, 2)? {
+            topic(&mut r, version, flexible)?;
+            for _ in 0..r.array_len(flexible, 4)? {
+                r.i32()?;
+            }
+            r.skip_tags(flexible)?;
+        }
+    }
+    let rack_id = if version >= 11 {
+        r.string(flexible)?
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    } else {
+        None
+    };
+    r.skip_tags(flexible)?;
+    Ok(FetchRequest {
+        replica_id,
+        max_wait_ms,
+        min_bytes,
+        isolation_level,
+        session_id,
+        session_epoch,
+        partitions,
+        rack_id,
+    })
+}
+
+pub fn decode_response(
+    body: &[u8],
+    version: i16,
+    opts: &DecodeOptions,
+) -> Result<FetchResponse, DecodeError> {
+    let flexible = check(version)?;
+    let mut r = Reader::new(body);
+    let throttle_time_ms = r.i32()?;
+    let (error_code, session_id) = if version >= 7 {
+        (r.i16()?, r.i32()?)
+    } else {
+        (0, 0)
+    };
+    let mut partitions = Vec::new();
+    let mut d = Decompressor::new(opts.max_decompressed);
+    for _ in 0..r.array_len(flexible, 2)? {
+        let topic = topic(&mut r, version, flexible)?;
+        for _ in 0..r.array_len(flexible, 30)? {
+            let partition = r.i32()?;
+            let error_code = r.i16()?;
+            let high_watermark = r.i64()?;
+            let last_stable_offset = r.i64()?;
+            let log_start_offset = if version >= 5 { r.i64()? } else { -1 };
+            for _ in 0..r.array_len(flexible, 16)? {
+                r.i64()?; // producer_id
+                r.i64()?; // first_offset
+                r.skip_tags(flexible)?;
+            }
+            if version >= 11 {
+                r.i32()?; // preferred_read_replica
+            }
+            let field = r.bytes_field(flexible)?.unwrap_or_default();
+            r.skip_tags(flexible)?;
+            partitions.push(FetchPartitionResponse {
+                topic: topic.clone(),
+                partition,
+                error_code,
+                high_watermark,
+                last_stable_offset,
+                log_start_offset,
+                records: PartitionRecords::collect(field, &mut d, opts),
+            });
+        }
+        r.skip_tags(flexible)?;
+    }
+    r.skip_tags(flexible)?;
+    Ok(FetchResponse {
+        throttle_time_ms,
+        error_code,
+        session_id,
+        partitions,
+    })
+}

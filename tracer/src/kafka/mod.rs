@@ -1,0 +1,179 @@
+//! Kafka wire decoding: request and response headers, Produce and Fetch (zero-copy, every
+//! version a current broker speaks, record batches with every codec and record headers), and
+//! Metadata, ApiVersions, group and offset APIs (through the `kafka-protocol` crate, which
+//! covers their every version and is fast enough at their low rate).
+//!
+//! Decoders take one complete frame body and return owned summaries: the frame buffer is reused
+//! as soon as the call returns.
+
+mod admin;
+mod fetch;
+mod header;
+mod produce;
+pub mod records;
+mod sniff;
+mod summary;
+pub mod wire;
+
+pub use admin::{
+    ApiVersionsResponse, Broker, GroupInfo, MetadataResponse, MetadataTopic, OffsetEntry,
+};
+pub use fetch::{FetchPartitionRequest, FetchPartitionResponse, FetchRequest, FetchResponse};
+pub use header::{
+    RequestHeader, ResponseHeader, api_name, flexible_request, parse_request_header,
+    parse_response_header,
+};
+pub use produce::{ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceResponse};
+pub use sniff::{MAX_REQUEST_SIZE, looks_like_request};
+pub use summary::{BatchInfo, DecodeOptions, HeaderSpan, PartitionRecords, RecordInfo};
+
+/// API keys the tracer decodes.
+pub mod api {
+    pub const PRODUCE: i16 = 0;
+    pub const FETCH: i16 = 1;
+    pub const LIST_OFFSETS: i16 = 2;
+    pub const METADATA: i16 = 3;
+    pub const OFFSET_COMMIT: i16 = 8;
+    pub const OFFSET_FETCH: i16 = 9;
+    pub const FIND_COORDINATOR: i16 = 10;
+    pub const JOIN_GROUP: i16 = 11;
+    pub const HEARTBEAT: i16 = 12;
+    pub const LEAVE_GROUP: i16 = 13;
+    pub const SYNC_GROUP: i16 = 14;
+    pub const API_VERSIONS: i16 = 18;
+}
+
+/// A topic as a message names it: by name, or (Produce v13+, Fetch v13+) by id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TopicRef {
+    Name(std::sync::Arc<str>),
+    Id([u8; 16]),
+}
+
+impl TopicRef {
+    pub(crate) fn name(bytes: &[u8]) -> Self {
+        Self::Name(String::from_utf8_lossy(bytes).into())
+    }
+}
+
+impl std::fmt::Display for TopicRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(n) => f.write_str(n),
+            Self::Id(id) => {
+                for (i, b) in id.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error(transparent)]
+    Records(#[from] records::RecordError),
+    #[error("unsupported {api} version {version}")]
+    Version { api: &'static str, version: i16 },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// A decoded request body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    /// A group API (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+    /// OffsetFetch): the group and what it says about it.
+    Group(GroupInfo),
+    /// Any other API: header only.
+    Other,
+}
+
+/// A decoded response body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    Produce(ProduceResponse),
+    Fetch(FetchResponse),
+    Metadata(MetadataResponse),
+    ApiVersions(ApiVersionsResponse),
+    Group(GroupInfo),
+    /// ListOffsets: (topic, partition, error, offset).
+    ListOffsets(Vec<OffsetEntry>),
+    /// Any other API: the top-level error code where the tracer knows where it is.
+    Other,
+}
+
+impl Response {
+    /// The first non-zero Kafka error code of the response, if any.
+    pub fn error_code(&self) -> Option<i16> {
+        let first = |mut it: Box<dyn Iterator<Item = i16> + '_>| it.find(|&e| e != 0);
+        match self {
+            Self::Produce(p) => first(Box::new(p.partitions.iter().map(|p| p.error_code))),
+            Self::Fetch(f) => (f.error_code != 0)
+                .then_some(f.error_code)
+                .or_else(|| first(Box::new(f.partitions.iter().map(|p| p.error_code)))),
+            Self::Metadata(m) => first(Box::new(m.topics.iter().map(|t| t.error_code))),
+            Self::ApiVersions(a) => (a.error_code != 0).then_some(a.error_code),
+            Self::Group(g) => (g.error_code != 0).then_some(g.error_code),
+            Self::ListOffsets(o) => first(Box::new(o.iter().map(|e| e.error_code))),
+            Self::Other => None,
+        }
+    }
+}
+
+/// Decodes a request body (the frame after its header).
+pub fn decode_request(
+    h: &RequestHeader,
+    body: &[u8],
+    opts: &DecodeOptions,
+) -> Result<Request, DecodeError> {
+    Ok(match h.api_key {
+        api::PRODUCE => Request::Produce(produce::decode_request(body, h.api_version, opts)?),
+        api::FETCH => Request::Fetch(fetch::decode_request(body, h.api_version)?),
+        api::FIND_COORDINATOR
+        | api::JOIN_GROUP
+        | api::SYNC_GROUP
+        | api::HEARTBEAT
+        | api::LEAVE_GROUP
+        | api::OFFSET_COMMIT
+        | api::OFFSET_FETCH => {
+            Request::Group(admin::decode_group_request(h.api_key, h.api_version, body)?)
+        }
+        _ => Request::Other,
+    })
+}
+
+/// Decodes a response body, given the request it answers.
+pub fn decode_response(
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+    opts: &DecodeOptions,
+) -> Result<Response, DecodeError> {
+    Ok(match api_key {
+        api::PRODUCE => Response::Produce(produce::decode_response(body, version)?),
+        api::FETCH => Response::Fetch(fetch::decode_response(body, version, opts)?),
+        api::METADATA => Response::Metadata(admin::decode_metadata(body, version)?),
+        api::API_VERSIONS => Response::ApiVersions(admin::decode_api_versions(body, version)?),
+        api::LIST_OFFSETS => Response::ListOffsets(admin::decode_list_offsets(body, version)?),
+        api::FIND_COORDINATOR
+        | api::JOIN_GROUP
+        | api::SYNC_GROUP
+        | api::HEARTBEAT
+        | api::LEAVE_GROUP
+        | api::OFFSET_COMMIT
+        | api::OFFSET_FETCH => {
+            Response::Group(admin::decode_group_response(api_key, version, body)?)
+        }
+        _ => Response::Other,
+    })
+}

@@ -1,0 +1,138 @@
+//! Produce requests (v3-v13) and responses, decoded without copying the records first.
+//! Flexible encoding from v9; topics named by id from v13.
+
+use super::{
+    DecodeError, TopicRef,
+    records::Decompressor,
+    summary::{DecodeOptions, PartitionRecords},
+    wire::Reader,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceRequest {
+    pub transactional_id: Option<String>,
+    /// 0: no response will come; 1: leader; -1: all in-sync replicas.
+    pub acks: i16,
+    pub timeout_ms: i32,
+    pub partitions: Vec<ProducePartition>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducePartition {
+    pub topic: TopicRef,
+    pub partition: i32,
+    pub records: PartitionRecords,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceResponse {
+    pub partitions: Vec<ProducePartitionResponse>,
+    pub throttle_time_ms: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducePartitionResponse {
+    pub topic: TopicRef,
+    pub partition: i32,
+    pub error_code: i16,
+    /// Offset the broker gave the first record (-1 on error).
+    pub base_offset: i64,
+    /// Broker append time, or -1 when the topic uses create time.
+    pub log_append_time_ms: i64,
+}
+
+fn check(version: i16) -> Result<bool, DecodeError> {
+    if !(3..=13).contains(&version) {
+        return Err(DecodeError::Version {
+            api: "Produce",
+            version,
+        });
+    }
+    Ok(version >= 9)
+}
+
+fn topic(r: &mut Reader<'_>, version: i16, flexible: bool) -> Result<TopicRef, DecodeError> {
+    Ok(if version >= 13 {
+        TopicRef::Id(r.uuid()?)
+    } else {
+        TopicRef::name(r.string(flexible)?.unwrap_or_default())
+    })
+}
+
+pub fn decode_request(
+    body: &[u8],
+    version: i16,
+    opts: &DecodeOptions,
+) -> Result<ProduceRequest, DecodeError> {
+    let flexible = check(version)?;
+    let mut r = Reader::new(body);
+    let transactional_id = r
+        .string(flexible)?
+        .map(|s| String::from_utf8_lossy(s).into_owned());
+    let acks = r.i16()?;
+    let timeout_ms = r.i32()?;
+    let mut partitions = Vec::new();
+    let mut d = Decompressor::new(opts.max_decompressed);
+    for _ in 0..r.array_len(flexible, 2)? {
+        let topic = topic(&mut r, version, flexible)?;
+        for _ in 0..r.array_len(flexible, 5)? {
+            let partition = r.i32()?;
+            let field = r.bytes_field(flexible)?.unwrap_or_default();
+            r.skip_tags(flexible)?;
+            partitions.push(ProducePartition {
+                topic: topic.clone(),
+                partition,
+                records: PartitionRecords::collect(field, &mut d, opts),
+            });
+        }
+        r.skip_tags(flexible)?;
+    }
+    r.skip_tags(flexible)?;
+    Ok(ProduceRequest {
+        transactional_id,
+        acks,
+        timeout_ms,
+        partitions,
+    })
+}
+
+pub fn decode_response(body: &[u8], version: i16) -> Result<ProduceResponse, DecodeError> {
+    let flexible = check(version)?;
+    let mut r = Reader::new(body);
+    let mut partitions = Vec::new();
+    for _ in 0..r.array_len(flexible, 2)? {
+        let topic = topic(&mut r, version, flexible)?;
+        for _ in 0..r.array_len(flexible, 14)? {
+            let partition = r.i32()?;
+            let error_code = r.i16()?;
+            let base_offset = r.i64()?;
+            let log_append_time_ms = r.i64()?;
+            if version >= 5 {
+                r.i64()?; // log_start_offset
+            }
+            if version >= 8 {
+                for _ in 0..r.array_len(flexible, 4)? {
+                    r.i32()?; // batch_index
+                    r.string(flexible)?; // batch_index_error_message
+                    r.skip_tags(flexible)?;
+                }
+                r.string(flexible)?; // error_message
+            }
+            r.skip_tags(flexible)?;
+            partitions.push(ProducePartitionResponse {
+                topic: topic.clone(),
+                partition,
+                error_code,
+                base_offset,
+                log_append_time_ms,
+            });
+        }
+        r.skip_tags(flexible)?;
+    }
+    let throttle_time_ms = r.i32()?;
+    r.skip_tags(flexible)?;
+    Ok(ProduceResponse {
+        partitions,
+        throttle_time_ms,
+    })
+}

@@ -1,0 +1,238 @@
+//! Owned summaries of the records in one partition's RECORDS field: what the later stages
+//! need (offsets, timestamps, sizes, headers for trace context) without keeping the frame.
+//!
+//! Per partition, headers live in one byte arena and one span list, so a batch of records costs
+//! a few vector pushes, not an allocation per record or header.
+
+use std::ops::Range;
+
+use super::records::{Batches, Compression, Decompressor, RecordError, Records};
+
+/// What to keep from records.
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    /// Keep record keys (off by default: keys may be personal data).
+    pub keys: bool,
+    /// Header values longer than this are kept only up to this length (traceparent is 55
+    /// bytes, tracestate at most 512).
+    pub max_header_value: usize,
+    /// Largest decompressed batch.
+    pub max_decompressed: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            keys: false,
+            max_header_value: 512,
+            max_decompressed: 16 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// As written: 0 in produce requests (the broker assigns offsets), the real offset in fetch
+    /// responses.
+    pub base_offset: i64,
+    pub record_count: i32,
+    pub last_offset_delta: i32,
+    pub compression: Compression,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub log_append_time: bool,
+    pub producer_id: i64,
+    pub transactional: bool,
+    pub control: bool,
+    /// Size of the batch on the wire.
+    pub bytes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// Index of the record's batch in `PartitionRecords::batches`.
+    pub batch: u32,
+    pub offset_delta: i32,
+    /// Milliseconds since the epoch (create or append time, per the batch).
+    pub timestamp: i64,
+    /// -1 for a null key or value.
+    pub key_len: i32,
+    pub value_len: i32,
+    /// The key's bytes in `PartitionRecords::arena`, when keys are kept.
+    pub key: Option<Range<u32>>,
+    /// The record's headers in `PartitionRecords::headers`.
+    pub headers: Range<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderSpan {
+    pub name: Range<u32>,
+    /// `None` for a null value.
+    pub value: Option<Range<u32>>,
+    /// The value was longer than `max_header_value` and is cut.
+    pub cut: bool,
+}
+
+/// The records of one partition in one message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionRecords {
+    pub batches: Vec<BatchInfo>,
+    pub records: Vec<RecordInfo>,
+    pub headers: Vec<HeaderSpan>,
+    pub arena: Vec<u8>,
+    /// The field ended in a partial batch (normal in fetch responses).
+    pub truncated_tail: bool,
+    /// Legacy (magic 0/1) message sets skipped.
+    pub legacy_batches: u32,
+    /// Batches whose records could not be read (corrupt data, failed or oversized
+    /// decompression); their header is still in `batches`.
+    pub undecodable_batches: u32,
+    pub last_error: Option<RecordError>,
+    pub bytes: u32,
+}
+
+impl PartitionRecords {
+    /// Reads a RECORDS field.
+    pub fn collect(field: &[u8], d: &mut Decompressor, opts: &DecodeOptions) -> Self {
+        let mut out = Self {
+            bytes: field.len() as u32,
+            ..Self::default()
+        };
+        let mut batches = Batches::new(field);
+        for batch in batches.by_ref() {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    out.undecodable_batches += 1;
+                    out.last_error = Some(e);
+                    break;
+                }
+            };
+            let h = &batch.header;
+            let compression = match h.compression() {
+                Ok(c) => c,
+                Err(e) => {
+                    out.undecodable_batches += 1;
+                    out.last_error = Some(e);
+                    continue;
+                }
+            };
+            let index = out.batches.len() as u32;
+            out.batches.push(BatchInfo {
+                base_offset: h.base_offset,
+                record_count: h.record_count,
+                last_offset_delta: h.last_offset_delta,
+                compression,
+                base_timestamp: h.base_timestamp,
+                max_timestamp: h.max_timestamp,
+                log_append_time: h.log_append_time(),
+                producer_id: h.producer_id,
+                transactional: h.transactional(),
+                control: h.control(),
+                bytes: (batch.records.len() + super::records::BATCH_HEADER_LEN) as u32,
+            });
+            if h.control() {
+                continue;
+            }
+            let data = match d.records(&batch) {
+                Ok(data) => data,
+                Err(e) => {
+                    out.undecodable_batches += 1;
+                    out.last_error = Some(e);
+                    continue;
+                }
+            };
+            for record in Records::new(data, h.record_count) {
+                let r = match record {
+                    Ok(r) => r,
+                    Err(e) => {
+                        out.undecodable_batches += 1;
+                        out.last_error = Some(e);
+                        break;
+                    }
+                };
+                let key = match (opts.keys, r.key) {
+                    (true, Some(k)) => Some(out.push_arena(k)),
+                    _ => None,
+                };
+                let first_header = out.headers.len() as u32;
+                for (name, value) in r.headers() {
+                    let name = out.push_arena(name);
+                    let (value, cut) = match value {
+                        Some(v) => {
+                            let cut = v.len() > opts.max_header_value;
+                            (
+                                Some(out.push_arena(&v[..v.len().min(opts.max_header_value)])),
+                                cut,
+                            )
+                        }
+                        None => (None, false),
+                    };
+                    out.headers.push(HeaderSpan { name, value, cut });
+                }
+                out.records.push(RecordInfo {
+                    batch: index,
+                    offset_delta: r.offset_delta,
+                    timestamp: if h.log_append_time() {
+                        h.max_timestamp
+                    } else {
+                        h.base_timestamp.saturating_add(r.timestamp_delta)
+                    },
+                    key_len: r.key.map_or(-1, |k| k.len() as i32),
+                    value_len: r.value.map_or(-1, |v| v.len() as i32),
+                    key,
+                    headers: first_header..out.headers.len() as u32,
+                });
+            }
+        }
+        out.truncated_tail = batches.truncated_tail;
+        out.legacy_batches = batches.legacy;
+        out
+    }
+
+    fn push_arena(&mut self, bytes: &[u8]) -> Range<u32> {
+        let start = self.arena.len() as u32;
+        self.arena.extend_from_slice(bytes);
+        start..self.arena.len() as u32
+    }
+
+    /// Bytes of a span in the arena.
+    pub fn slice(&self, r: &Range<u32>) -> &[u8] {
+        &self.arena[r.start as usize..r.end as usize]
+    }
+
+    /// `(name, value)` of a record's headers.
+    pub fn headers_of<'s>(
+        &'s self,
+        rec: &RecordInfo,
+    ) -> impl Iterator<Item = (&'s [u8], Option<&'s [u8]>)> + 's {
+        self.headers[rec.headers.start as usize..rec.headers.end as usize]
+            .iter()
+            .map(|h| (self.slice(&h.name), h.value.as_ref().map(|v| self.slice(v))))
+    }
+
+    /// Absolute offset of a record. In a fetch response batches carry their real base offset.
+    /// In a produce request they do not: the broker assigns `assigned_base` (from the produce
+    /// response) to the first record, and later batches follow on.
+    pub fn absolute_offset(&self, rec: &RecordInfo, assigned_base: Option<i64>) -> i64 {
+        let base = match assigned_base {
+            None => self
+                .batches
+                .get(rec.batch as usize)
+                .map_or(0, |b| b.base_offset),
+            Some(first) => {
+                first
+                    + self.batches[..rec.batch as usize]
+                        .iter()
+                        .map(|b| b.last_offset_delta as i64 + 1)
+                        .sum::<i64>()
+            }
+        };
+        base + rec.offset_delta as i64
+    }
+
+    /// Number of user records (control batches excluded).
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+}
