@@ -13,7 +13,7 @@ use std::{
 use tests::{SendCall, messages, payload, read_to_end_alternating, send_all};
 use tracer::{
     capture::{Capture, CaptureConfig, CaptureMode, KernelCounters, Record},
-    daemon::Pipeline,
+    pipeline::{Pipeline, PipelineConfig},
     reassembly::Stream,
 };
 use tracer_common::{ConnEvent, ConnTuple, DataHeader, Direction, Syscall};
@@ -441,7 +441,7 @@ async fn kafka_on_an_unlisted_port_is_detected_and_other_protocols_are_dropped()
         ..config(unused.local_addr().unwrap().port())
     })
     .unwrap();
-    let mut pipeline = Pipeline::new(1024);
+    let mut pipeline = Pipeline::new(PipelineConfig::default());
     // An ApiVersions v3 request header (key 18, version 3, correlation id 1, client id "probe").
     let kafka_first = b"\x00\x00\x00\x0f\x00\x12\x00\x03\x00\x00\x00\x01\x00\x05probe\x00".to_vec();
     let http_first = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
@@ -482,7 +482,7 @@ async fn kafka_on_an_unlisted_port_is_detected_and_other_protocols_are_dropped()
     for (key, is_kafka) in pipeline.take_verdicts() {
         capture.set_verdict(key, is_kafka).unwrap();
     }
-    assert!(pipeline.counters.detected_kafka >= 1 && pipeline.counters.detected_other >= 1);
+    assert!(pipeline.counters().detected_kafka >= 1 && pipeline.counters().detected_other >= 1);
     for (c, s) in &conns {
         send_all(c.as_raw_fd(), SendCall::Write, &rest).unwrap();
         let mut buf = vec![0; rest.len()];

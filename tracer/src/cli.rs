@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
 
-use crate::capture::{CaptureConfig, CaptureMode};
+use crate::{
+    capture::{CaptureConfig, CaptureMode},
+    kafka::DecodeOptions,
+    pipeline::PipelineConfig,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -66,6 +70,24 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
     pub max_connections: usize,
 
+    /// Bytes of one Kafka frame kept for decoding; larger frames (big fetch responses) are
+    /// decoded from their first part, and counted as partial.
+    #[arg(long, env = "KAFKA_TRACER_MAX_FRAME_BYTES", default_value_t = 8 << 20)]
+    pub max_frame_bytes: usize,
+
+    /// Bytes all connections may hold in frame buffers together; past it, bytes are skipped
+    /// and counted.
+    #[arg(long, env = "KAFKA_TRACER_MAX_BUFFERED_BYTES", default_value_t = 128 << 20)]
+    pub max_buffered_bytes: usize,
+
+    /// Requests awaiting a response per connection (Kafka clients pipeline up to 5 by default).
+    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+
+    /// Keep record keys (off by default: keys may hold personal data).
+    #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS")]
+    pub record_keys: bool,
+
     /// Seconds without traffic after which a connection is forgotten (a process that exits
     /// without closing its sockets leaves no other trace in fd mode).
     #[arg(long, env = "KAFKA_TRACER_IDLE_TIMEOUT", default_value_t = 900)]
@@ -97,6 +119,21 @@ impl Args {
             ring_buffer_bytes: self.ring_buffer_bytes,
             exclude_self: true,
         })
+    }
+}
+
+impl Args {
+    pub fn pipeline_config(&self) -> PipelineConfig {
+        PipelineConfig {
+            max_connections: self.max_connections,
+            max_frame_bytes: self.max_frame_bytes,
+            max_in_flight: self.max_in_flight,
+            max_buffered_bytes: self.max_buffered_bytes,
+            decode: DecodeOptions {
+                keys: self.record_keys,
+                ..DecodeOptions::default()
+            },
+        }
     }
 }
 

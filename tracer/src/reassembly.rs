@@ -171,7 +171,7 @@ pub struct Frame<'a> {
     pub first_ns: u64,
     pub last_ns: u64,
     /// The framer had just resynchronised: the frame start is a guess that decoding must
-    /// confirm (see [`Framer::lost_sync`]).
+    /// confirm (the consumer rejects it by returning false from `emit`).
     pub after_resync: bool,
 }
 
@@ -248,11 +248,6 @@ impl Framer {
         self.buf.capacity()
     }
 
-    /// The caller could not decode a frame found by resynchronising: the guess was wrong.
-    pub fn lost_sync(&mut self) {
-        self.unsync();
-    }
-
     fn unsync(&mut self) {
         if self.synced {
             self.counters.resyncs += 1;
@@ -265,15 +260,17 @@ impl Framer {
         self.buf.clear();
     }
 
-    /// Feeds one piece of the stream (see [`Stream::push`]); `emit` gets every frame completed.
-    /// `plausible` says whether bytes start a frame (`None`: not enough bytes to tell).
+    /// Feeds one piece of the stream (see [`Stream::push`]); `emit` gets every frame completed
+    /// and returns whether it could make sense of it: a frame found by resynchronising that it
+    /// rejects was a wrong guess, and the search resumes. `plausible` says whether bytes start
+    /// a frame (`None`: not enough bytes to tell).
     pub fn push(
         &mut self,
         piece: &Piece<'_>,
         first_ns: u64,
         last_ns: u64,
         plausible: &dyn Fn(&[u8]) -> Option<bool>,
-        emit: &mut dyn FnMut(Frame<'_>),
+        emit: &mut dyn FnMut(Frame<'_>) -> bool,
     ) {
         if piece.discontinuity {
             self.gap(piece.lost, emit);
@@ -308,7 +305,7 @@ impl Framer {
         mut bytes: &[u8],
         first_ns: u64,
         last_ns: u64,
-        emit: &mut dyn FnMut(Frame<'_>),
+        emit: &mut dyn FnMut(Frame<'_>) -> bool,
     ) -> Option<Vec<u8>> {
         while !bytes.is_empty() {
             if self.size.is_none() && self.buf.is_empty() {
@@ -346,13 +343,16 @@ impl Framer {
             bytes = &bytes[n..];
             if self.consumed == size {
                 self.finish(emit);
+                if !self.synced {
+                    return Some(bytes.to_vec());
+                }
             }
         }
         None
     }
 
     /// `lost` bytes are missing before the next piece (0: the next piece overlaps).
-    fn gap(&mut self, lost: u64, emit: &mut dyn FnMut(Frame<'_>)) {
+    fn gap(&mut self, lost: u64, emit: &mut dyn FnMut(Frame<'_>) -> bool) {
         if !self.synced {
             // Bytes on both sides of a gap are not contiguous: search again after it.
             self.counters.resync_skipped_bytes += self.buf.len() as u64;
@@ -377,13 +377,13 @@ impl Framer {
         }
     }
 
-    fn finish(&mut self, emit: &mut dyn FnMut(Frame<'_>)) {
+    fn finish(&mut self, emit: &mut dyn FnMut(Frame<'_>) -> bool) {
         let Some(size) = self.size else { return };
         self.counters.frames += 1;
         if self.damaged {
             self.counters.partial_frames += 1;
         }
-        emit(Frame {
+        let accepted = emit(Frame {
             body: &self.buf,
             size,
             complete: !self.damaged,
@@ -391,6 +391,10 @@ impl Framer {
             last_ns: self.last_ns,
             after_resync: self.after_resync,
         });
+        if !accepted && self.after_resync {
+            self.unsync();
+            return;
+        }
         self.after_resync = false;
         self.buf.clear();
         if self.buf.capacity() > RESYNC_WINDOW {
@@ -512,7 +516,8 @@ mod tests {
         for (pos, bytes) in pieces {
             let piece = s.push(*pos, bytes);
             f.push(&piece, 1, 2, plausible, &mut |fr| {
-                out.push((fr.body.to_vec(), fr.complete, fr.after_resync))
+                out.push((fr.body.to_vec(), fr.complete, fr.after_resync));
+                true
             });
         }
         out
@@ -629,6 +634,31 @@ mod tests {
         };
         let got = run(&mut f, &[(0, &stream)], plausible);
         assert_eq!(got, vec![(b"Bokay".to_vec(), true, true)]);
+    }
+
+    #[test]
+    fn a_rejected_resync_guess_resumes_the_search() {
+        // "B" frames are plausible, but the consumer only accepts bodies starting "Bok".
+        let stream = [b"zz".to_vec(), frame(&[b"Bbad!", b"xxxx", b"Bokay"])].concat();
+        let mut f = Framer::new(1 << 20, false);
+        let plausible: &dyn Fn(&[u8]) -> Option<bool> = &|b| {
+            if b.len() < 5 {
+                None
+            } else {
+                Some(b[..3] == [0, 0, 0] && b[4] == b'B')
+            }
+        };
+        let mut s = Stream::default();
+        let mut got = Vec::new();
+        let piece = s.push(0, &stream);
+        f.push(&piece, 1, 2, plausible, &mut |fr| {
+            let ok = fr.body.starts_with(b"Bok");
+            if ok {
+                got.push(fr.body.to_vec());
+            }
+            ok
+        });
+        assert_eq!(got, vec![b"Bokay".to_vec()]);
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct FetchResponse {
     pub error_code: i16,
     pub session_id: i32,
     pub partitions: Vec<FetchPartitionResponse>,
+    /// Decoded from an incomplete frame (a broker-side capture misses the records it sends
+    /// with sendfile): partitions after the cut are missing, and the last one's records may be.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,9 +136,11 @@ pub fn decode_request(body: &[u8], version: i16) -> Result<FetchRequest, DecodeE
     })
 }
 
+/// Decodes a fetch response; `partial` when `body` is only the start of the frame.
 pub fn decode_response(
     body: &[u8],
     version: i16,
+    partial: bool,
     opts: &DecodeOptions,
 ) -> Result<FetchResponse, DecodeError> {
     let flexible = check(version)?;
@@ -146,17 +151,25 @@ pub fn decode_response(
     } else {
         (0, 0)
     };
-    let mut partitions = Vec::new();
+    let mut out = FetchResponse {
+        throttle_time_ms,
+        error_code,
+        session_id,
+        partitions: Vec::new(),
+        truncated: false,
+    };
     let mut d = Decompressor::new(opts.max_decompressed);
-    for _ in 0..r.array_len(flexible, 2)? {
+    // Counts are checked against the bytes present, which a cut frame does not have.
+    let min = |n| if partial { 0 } else { n };
+    for _ in 0..r.array_len(flexible, min(2))? {
         let topic = topic(&mut r, version, flexible)?;
-        for _ in 0..r.array_len(flexible, 30)? {
+        for _ in 0..r.array_len(flexible, min(30))? {
             let partition = r.i32()?;
             let error_code = r.i16()?;
             let high_watermark = r.i64()?;
             let last_stable_offset = r.i64()?;
             let log_start_offset = if version >= 5 { r.i64()? } else { -1 };
-            for _ in 0..r.array_len(flexible, 16)? {
+            for _ in 0..r.array_len(flexible, min(16))? {
                 r.i64()?; // producer_id
                 r.i64()?; // first_offset
                 r.skip_tags(flexible)?;
@@ -164,25 +177,28 @@ pub fn decode_response(
             if version >= 11 {
                 r.i32()?; // preferred_read_replica
             }
-            let field = r.bytes_field(flexible)?.unwrap_or_default();
-            r.skip_tags(flexible)?;
-            partitions.push(FetchPartitionResponse {
+            let (field, cut) = if partial {
+                r.bytes_field_prefix(flexible)?
+            } else {
+                (r.bytes_field(flexible)?, false)
+            };
+            out.partitions.push(FetchPartitionResponse {
                 topic: topic.clone(),
                 partition,
                 error_code,
                 high_watermark,
                 last_stable_offset,
                 log_start_offset,
-                records: PartitionRecords::collect(field, &mut d, opts),
+                records: PartitionRecords::collect(field.unwrap_or_default(), &mut d, opts),
             });
+            if cut {
+                out.truncated = true;
+                return Ok(out);
+            }
+            r.skip_tags(flexible)?;
         }
         r.skip_tags(flexible)?;
     }
     r.skip_tags(flexible)?;
-    Ok(FetchResponse {
-        throttle_time_ms,
-        error_code,
-        session_id,
-        partitions,
-    })
+    Ok(out)
 }

@@ -7,10 +7,12 @@
 //! as soon as the call returns.
 
 mod admin;
+mod catalog;
 mod fetch;
 mod header;
 mod produce;
 pub mod records;
+mod session;
 mod sniff;
 mod summary;
 pub mod wire;
@@ -18,12 +20,14 @@ pub mod wire;
 pub use admin::{
     ApiVersionsResponse, Broker, GroupInfo, MetadataResponse, MetadataTopic, OffsetEntry,
 };
+pub use catalog::Catalog;
 pub use fetch::{FetchPartitionRequest, FetchPartitionResponse, FetchRequest, FetchResponse};
 pub use header::{
     RequestHeader, ResponseHeader, api_name, flexible_request, parse_request_header,
     parse_response_header,
 };
 pub use produce::{ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceResponse};
+pub use session::{Exchange, Session, SessionCounters};
 pub use sniff::{MAX_REQUEST_SIZE, looks_like_request};
 pub use summary::{BatchInfo, DecodeOptions, HeaderSpan, PartitionRecords, RecordInfo};
 
@@ -130,14 +134,17 @@ impl Response {
     }
 }
 
-/// Decodes a request body (the frame after its header).
+/// Decodes a request body (the frame after its header); `partial` when the frame was cut.
 pub fn decode_request(
     h: &RequestHeader,
     body: &[u8],
+    partial: bool,
     opts: &DecodeOptions,
 ) -> Result<Request, DecodeError> {
     Ok(match h.api_key {
-        api::PRODUCE => Request::Produce(produce::decode_request(body, h.api_version, opts)?),
+        api::PRODUCE => {
+            Request::Produce(produce::decode_request(body, h.api_version, partial, opts)?)
+        }
         api::FETCH => Request::Fetch(fetch::decode_request(body, h.api_version)?),
         api::FIND_COORDINATOR
         | api::JOIN_GROUP
@@ -152,16 +159,17 @@ pub fn decode_request(
     })
 }
 
-/// Decodes a response body, given the request it answers.
+/// Decodes a response body, given the request it answers; `partial` when the frame was cut.
 pub fn decode_response(
     api_key: i16,
     version: i16,
     body: &[u8],
+    partial: bool,
     opts: &DecodeOptions,
 ) -> Result<Response, DecodeError> {
     Ok(match api_key {
         api::PRODUCE => Response::Produce(produce::decode_response(body, version)?),
-        api::FETCH => Response::Fetch(fetch::decode_response(body, version, opts)?),
+        api::FETCH => Response::Fetch(fetch::decode_response(body, version, partial, opts)?),
         api::METADATA => Response::Metadata(admin::decode_metadata(body, version)?),
         api::API_VERSIONS => Response::ApiVersions(admin::decode_api_versions(body, version)?),
         api::LIST_OFFSETS => Response::ListOffsets(admin::decode_list_offsets(body, version)?),

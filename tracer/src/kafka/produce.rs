@@ -15,6 +15,9 @@ pub struct ProduceRequest {
     pub acks: i16,
     pub timeout_ms: i32,
     pub partitions: Vec<ProducePartition>,
+    /// Decoded from an incomplete frame: partitions after the cut are missing, and the last
+    /// one's records may be.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,9 +62,11 @@ fn topic(r: &mut Reader<'_>, version: i16, flexible: bool) -> Result<TopicRef, D
     })
 }
 
+/// Decodes a produce request; `partial` when `body` is only the start of the frame.
 pub fn decode_request(
     body: &[u8],
     version: i16,
+    partial: bool,
     opts: &DecodeOptions,
 ) -> Result<ProduceRequest, DecodeError> {
     let flexible = check(version)?;
@@ -71,29 +76,40 @@ pub fn decode_request(
         .map(|s| String::from_utf8_lossy(s).into_owned());
     let acks = r.i16()?;
     let timeout_ms = r.i32()?;
-    let mut partitions = Vec::new();
+    let mut out = ProduceRequest {
+        transactional_id,
+        acks,
+        timeout_ms,
+        partitions: Vec::new(),
+        truncated: false,
+    };
     let mut d = Decompressor::new(opts.max_decompressed);
-    for _ in 0..r.array_len(flexible, 2)? {
+    // Counts are checked against the bytes present, which a cut frame does not have.
+    let min = |n| if partial { 0 } else { n };
+    for _ in 0..r.array_len(flexible, min(2))? {
         let topic = topic(&mut r, version, flexible)?;
-        for _ in 0..r.array_len(flexible, 5)? {
+        for _ in 0..r.array_len(flexible, min(5))? {
             let partition = r.i32()?;
-            let field = r.bytes_field(flexible)?.unwrap_or_default();
-            r.skip_tags(flexible)?;
-            partitions.push(ProducePartition {
+            let (field, cut) = if partial {
+                r.bytes_field_prefix(flexible)?
+            } else {
+                (r.bytes_field(flexible)?, false)
+            };
+            out.partitions.push(ProducePartition {
                 topic: topic.clone(),
                 partition,
-                records: PartitionRecords::collect(field, &mut d, opts),
+                records: PartitionRecords::collect(field.unwrap_or_default(), &mut d, opts),
             });
+            if cut {
+                out.truncated = true;
+                return Ok(out);
+            }
+            r.skip_tags(flexible)?;
         }
         r.skip_tags(flexible)?;
     }
     r.skip_tags(flexible)?;
-    Ok(ProduceRequest {
-        transactional_id,
-        acks,
-        timeout_ms,
-        partitions,
-    })
+    Ok(out)
 }
 
 pub fn decode_response(body: &[u8], version: i16) -> Result<ProduceResponse, DecodeError> {

@@ -173,6 +173,19 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Like [`Self::bytes_field`], but for a message known to be cut short: a field announced
+    /// longer than what is left gives what is left, and `true`.
+    pub fn bytes_field_prefix(&mut self, compact: bool) -> Result<(Option<&'a [u8]>, bool)> {
+        match self.length(compact, true)? {
+            Some(n) if n > self.remaining() => {
+                let rest = self.bytes(self.remaining())?;
+                Ok((Some(rest), true))
+            }
+            Some(n) => Ok((Some(self.bytes(n)?), false)),
+            None => Ok((None, false)),
+        }
+    }
+
     /// Element count of an ARRAY (or compact/nullable array); null reads as 0. Each element
     /// takes at least `min_element` bytes, so a count that cannot fit is rejected before any
     /// caller allocates for it.

@@ -1,0 +1,135 @@
+"""Real Kafka clients for kafka-tracer's tests: produce or consume with confluent-kafka
+(librdkafka) or kafka-python, with a chosen codec and record headers.
+
+  client.py produce LIB BOOTSTRAP TOPIC COUNT CODEC [--traceparent TP] [--partition P] [--acks A]
+  client.py consume LIB BOOTSTRAP TOPIC COUNT [--group G] [--partition P]
+
+Prints one JSON line: what it produced (partition, offset, headers) or consumed.
+"""
+import argparse
+import json
+import sys
+import time
+
+
+def produce_confluent(a):
+    from confluent_kafka import Producer
+
+    conf = {
+        "bootstrap.servers": a.bootstrap,
+        "compression.type": a.codec,
+        "acks": str(a.acks),
+        "linger.ms": 5,
+        "client.id": "tracer-test-confluent",
+    }
+    p = Producer(conf)
+    out = []
+
+    def done(err, msg):
+        if err is not None:
+            print(json.dumps({"error": str(err)}), file=sys.stderr)
+            sys.exit(1)
+        out.append({"partition": msg.partition(), "offset": msg.offset()})
+
+    for i in range(a.count):
+        headers = [("traceparent", a.traceparent.encode())] if a.traceparent else []
+        headers.append(("seq", str(i).encode()))
+        kwargs = {"partition": a.partition} if a.partition is not None else {}
+        p.produce(a.topic, value=(f"value-{i}-" + "x" * a.size).encode(), key=f"key-{i}".encode(),
+                  headers=headers, on_delivery=done, **kwargs)
+    p.flush(30)
+    return out
+
+
+def produce_kafka_python(a):
+    from kafka import KafkaProducer
+
+    codec = None if a.codec == "none" else a.codec
+    p = KafkaProducer(bootstrap_servers=a.bootstrap, compression_type=codec, acks=a.acks,
+                      client_id="tracer-test-kafka-python", linger_ms=5)
+    futures = []
+    for i in range(a.count):
+        headers = [("traceparent", a.traceparent.encode())] if a.traceparent else []
+        headers.append(("seq", str(i).encode()))
+        futures.append(p.send(a.topic, value=(f"value-{i}-" + "x" * a.size).encode(),
+                              key=f"key-{i}".encode(), headers=headers, partition=a.partition))
+    p.flush(30)
+    out = []
+    for f in futures:
+        m = f.get(timeout=30)
+        out.append({"partition": m.partition, "offset": m.offset})
+    p.close()
+    return out
+
+
+def consume_confluent(a):
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = {"bootstrap.servers": a.bootstrap, "group.id": a.group or "tracer-test",
+            "auto.offset.reset": "earliest", "enable.auto.commit": True,
+            "client.id": "tracer-test-confluent"}
+    c = Consumer(conf)
+    if a.group:
+        c.subscribe([a.topic])
+    else:
+        c.assign([TopicPartition(a.topic, a.partition or 0, 0)])
+    out = []
+    deadline = time.time() + a.timeout
+    while len(out) < a.count and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        out.append({"partition": m.partition(), "offset": m.offset(),
+                    "headers": {k: v.decode() for k, v in (m.headers() or [])}})
+    if a.group:
+        c.commit(asynchronous=False)
+    c.close()
+    return out
+
+
+def consume_kafka_python(a):
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=a.bootstrap, group_id=a.group, auto_offset_reset="earliest",
+                      client_id="tracer-test-kafka-python", enable_auto_commit=bool(a.group))
+    if a.group:
+        c.subscribe([a.topic])
+    else:
+        tp = TopicPartition(a.topic, a.partition or 0)
+        c.assign([tp])
+        c.seek(tp, 0)
+    out = []
+    deadline = time.time() + a.timeout
+    while len(out) < a.count and time.time() < deadline:
+        for tp, msgs in c.poll(timeout_ms=500).items():
+            for m in msgs:
+                out.append({"partition": m.partition, "offset": m.offset,
+                            "headers": {k: v.decode() for k, v in m.headers}})
+    if a.group:
+        c.commit()
+    c.close()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("op", choices=["produce", "consume"])
+    ap.add_argument("lib", choices=["confluent", "kafka-python"])
+    ap.add_argument("bootstrap")
+    ap.add_argument("topic")
+    ap.add_argument("count", type=int)
+    ap.add_argument("codec", nargs="?", default="none")
+    ap.add_argument("--traceparent")
+    ap.add_argument("--partition", type=int)
+    ap.add_argument("--acks", type=int, default=1)
+    ap.add_argument("--group")
+    ap.add_argument("--size", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=60)
+    a = ap.parse_args()
+    fn = {("produce", "confluent"): produce_confluent, ("produce", "kafka-python"): produce_kafka_python,
+          ("consume", "confluent"): consume_confluent, ("consume", "kafka-python"): consume_kafka_python}
+    print(json.dumps(fn[(a.op, a.lib)](a)))
+
+
+if __name__ == "__main__":
+    main()

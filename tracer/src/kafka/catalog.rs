@@ -1,0 +1,99 @@
+//! What the wire teaches about the cluster, shared by all connections: topic ids to names and
+//! cluster ids (from Metadata responses), and the consumer group of each client (from group
+//! requests, which go to the coordinator while fetches go to partition leaders, so the group is
+//! keyed by process and client id).
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use super::{Request, Response, TopicRef, session::Exchange};
+
+/// Entries kept per table; past it new entries are refused and counted.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    topics: HashMap<[u8; 16], Arc<str>>,
+    clusters: HashMap<SocketAddr, Arc<str>>,
+    groups: HashMap<(u32, String), Arc<str>>,
+    /// Entries refused because a table was full.
+    pub refused: u64,
+}
+
+fn insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: V, refused: &mut u64) {
+    if map.len() < MAX_ENTRIES || map.contains_key(&k) {
+        map.insert(k, v);
+    } else {
+        *refused += 1;
+    }
+}
+
+impl Catalog {
+    /// Learns from an exchange of process `tgid` with the broker at `broker`.
+    pub fn learn(&mut self, ex: &Exchange, tgid: u32, broker: SocketAddr) {
+        if let Some(Ok(Response::Metadata(m))) = &ex.response {
+            if let Some(c) = &m.cluster_id {
+                insert(
+                    &mut self.clusters,
+                    broker,
+                    c.as_str().into(),
+                    &mut self.refused,
+                );
+                for b in &m.brokers {
+                    if let Ok(ip) = b.host.parse::<std::net::IpAddr>()
+                        && let Ok(port) = u16::try_from(b.port)
+                    {
+                        insert(
+                            &mut self.clusters,
+                            SocketAddr::new(ip, port),
+                            c.as_str().into(),
+                            &mut self.refused,
+                        );
+                    }
+                }
+            }
+            for t in &m.topics {
+                if let Some(name) = &t.name
+                    && t.topic_id != [0; 16]
+                {
+                    insert(
+                        &mut self.topics,
+                        t.topic_id,
+                        name.as_str().into(),
+                        &mut self.refused,
+                    );
+                }
+            }
+        }
+        if let (Ok(Request::Group(g)), Some(client)) = (&ex.request, &ex.header.client_id)
+            && let Some(group) = &g.group_id
+        {
+            insert(
+                &mut self.groups,
+                (tgid, client.clone()),
+                group.as_str().into(),
+                &mut self.refused,
+            );
+        }
+    }
+
+    /// The topic's name, resolving ids seen in Metadata responses.
+    pub fn topic_name(&self, t: &TopicRef) -> Option<Arc<str>> {
+        match t {
+            TopicRef::Name(n) => Some(n.clone()),
+            TopicRef::Id(id) => self.topics.get(id).cloned(),
+        }
+    }
+
+    /// Teaches a topic id's name learnt elsewhere (an active Metadata lookup).
+    pub fn add_topic(&mut self, id: [u8; 16], name: &str) {
+        insert(&mut self.topics, id, name.into(), &mut self.refused);
+    }
+
+    pub fn cluster_id(&self, broker: &SocketAddr) -> Option<Arc<str>> {
+        self.clusters.get(broker).cloned()
+    }
+
+    pub fn group(&self, tgid: u32, client_id: &str) -> Option<Arc<str>> {
+        self.groups.get(&(tgid, client_id.to_string())).cloned()
+    }
+}

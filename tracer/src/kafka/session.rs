@@ -1,0 +1,284 @@
+//! One Kafka connection: which side is the client, the frames of both directions, requests
+//! waiting for their responses (pipelined, matched by correlation id), and the exchanges they
+//! make. Works the same whether the traced process is the client or the broker.
+
+use std::collections::VecDeque;
+
+use tracer_common::Direction;
+
+use super::{
+    DecodeError, DecodeOptions, Request, RequestHeader, Response, decode_request, decode_response,
+    looks_like_request, parse_request_header, parse_response_header,
+};
+use crate::reassembly::{Frame, Framer, Piece};
+
+/// A request and, where one came, its response.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub header: RequestHeader,
+    pub request: Result<Request, DecodeError>,
+    /// False when the request frame was cut (bytes lost or over the frame cap).
+    pub request_complete: bool,
+    /// `None` when no response is expected (Produce with acks=0) or none came.
+    pub response: Option<Result<Response, DecodeError>>,
+    pub response_complete: bool,
+    /// The traced process sent the request (it is the client: producer, consumer, admin);
+    /// false when it is the broker.
+    pub client_side: bool,
+    /// Kernel times (CLOCK_MONOTONIC ns) of the request's first and last byte, and the
+    /// response's.
+    pub request_ns: (u64, u64),
+    pub response_ns: Option<(u64, u64)>,
+}
+
+/// Counters of the decoding stage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCounters {
+    pub requests: u64,
+    pub responses: u64,
+    /// Frames whose header or body did not decode.
+    pub undecodable_requests: u64,
+    pub undecodable_responses: u64,
+    /// Responses whose request was never seen (lost, or before the tracer attached).
+    pub unmatched_responses: u64,
+    /// Requests that never got a response (a later one was answered first, or the in-flight
+    /// table overflowed).
+    pub unanswered_requests: u64,
+    /// Produce requests with acks=0 (no response, so no offsets).
+    pub acks0_produces: u64,
+    /// Frames seen before the connection's client side was known.
+    pub frames_before_role: u64,
+}
+
+struct Pending {
+    header: RequestHeader,
+    request: Result<Request, DecodeError>,
+    complete: bool,
+    ns: (u64, u64),
+}
+
+pub struct Session {
+    /// Direction of requests, once a request has been seen.
+    request_dir: Option<Direction>,
+    framers: [Framer; 2],
+    inflight: VecDeque<Pending>,
+    max_inflight: usize,
+}
+
+/// The bytes start a response to one of the requests in flight (`corrs`).
+fn plausible_response(b: &[u8], corrs: &[i32]) -> Option<bool> {
+    if b.len() < 8 {
+        return None;
+    }
+    let size = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let corr = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+    Some((4..=super::MAX_REQUEST_SIZE).contains(&size) && corrs.contains(&corr))
+}
+
+/// A frame body (size prefix removed) that reads as a request header.
+fn starts_like_request(body: &[u8], size: usize) -> bool {
+    let mut head = [0u8; 4 + 64];
+    head[..4].copy_from_slice(&(size as i32).to_be_bytes());
+    let n = body.len().min(64);
+    head[4..4 + n].copy_from_slice(&body[..n]);
+    looks_like_request(&head[..4 + n]) == Some(true)
+}
+
+/// Handles a request frame; false rejects a frame found by resynchronising.
+fn on_request(
+    f: Frame<'_>,
+    dir: Direction,
+    inflight: &mut VecDeque<Pending>,
+    max_inflight: usize,
+    opts: &DecodeOptions,
+    counters: &mut SessionCounters,
+    out: &mut dyn FnMut(Exchange),
+) -> bool {
+    let Ok((header, at)) = parse_request_header(f.body) else {
+        counters.undecodable_requests += 1;
+        return !f.after_resync;
+    };
+    let request = decode_request(&header, &f.body[at..], !f.complete, opts);
+    if request.is_err() {
+        counters.undecodable_requests += 1;
+        if f.after_resync {
+            return false;
+        }
+    }
+    counters.requests += 1;
+    let client_side = dir == Direction::Egress;
+    let ns = (f.first_ns, f.last_ns);
+    if let Ok(Request::Produce(p)) = &request
+        && p.acks == 0
+    {
+        counters.acks0_produces += 1;
+        out(Exchange {
+            header,
+            request,
+            request_complete: f.complete,
+            response: None,
+            response_complete: false,
+            client_side,
+            request_ns: ns,
+            response_ns: None,
+        });
+        return true;
+    }
+    if inflight.len() >= max_inflight
+        && let Some(old) = inflight.pop_front()
+    {
+        counters.unanswered_requests += 1;
+        out(unanswered(old, client_side));
+    }
+    inflight.push_back(Pending {
+        header,
+        request,
+        complete: f.complete,
+        ns,
+    });
+    true
+}
+
+/// Handles a response frame; false rejects a frame found by resynchronising.
+fn on_response(
+    f: Frame<'_>,
+    dir: Direction,
+    inflight: &mut VecDeque<Pending>,
+    opts: &DecodeOptions,
+    counters: &mut SessionCounters,
+    out: &mut dyn FnMut(Exchange),
+) -> bool {
+    let client_side = dir == Direction::Ingress;
+    let corr = f
+        .body
+        .get(..4)
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let Some(i) = corr.and_then(|c| inflight.iter().position(|p| p.header.correlation_id == c))
+    else {
+        counters.unmatched_responses += 1;
+        return !f.after_resync;
+    };
+    // Responses come in request order: those before this one will never come.
+    for old in inflight.drain(..i) {
+        counters.unanswered_requests += 1;
+        out(unanswered(old, client_side));
+    }
+    let p = inflight.pop_front().expect("position found");
+    let (key, version) = (p.header.api_key, p.header.api_version);
+    let response = parse_response_header(f.body, key, version)
+        .and_then(|(_, at)| decode_response(key, version, &f.body[at..], !f.complete, opts));
+    if response.is_err() {
+        counters.undecodable_responses += 1;
+    }
+    counters.responses += 1;
+    out(Exchange {
+        header: p.header,
+        request: p.request,
+        request_complete: p.complete,
+        response: Some(response),
+        response_complete: f.complete,
+        client_side,
+        request_ns: p.ns,
+        response_ns: Some((f.first_ns, f.last_ns)),
+    });
+    true
+}
+
+impl Session {
+    /// `midstream`: the connection existed before the tracer, so neither stream starts at a
+    /// frame boundary.
+    pub fn new(midstream: bool, max_frame: usize, max_inflight: usize) -> Self {
+        Self {
+            request_dir: None,
+            framers: [
+                Framer::new(max_frame, !midstream),
+                Framer::new(max_frame, !midstream),
+            ],
+            inflight: VecDeque::new(),
+            max_inflight,
+        }
+    }
+
+    pub fn framers(&self) -> &[Framer; 2] {
+        &self.framers
+    }
+
+    /// Bytes buffered by this connection's framers.
+    pub fn buffered(&self) -> usize {
+        self.framers.iter().map(Framer::buffered).sum()
+    }
+
+    /// Feeds a piece of one direction; completed exchanges go to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        dir: Direction,
+        piece: &Piece<'_>,
+        first_ns: u64,
+        last_ns: u64,
+        opts: &DecodeOptions,
+        counters: &mut SessionCounters,
+        out: &mut dyn FnMut(Exchange),
+    ) {
+        let Self {
+            request_dir,
+            framers,
+            inflight,
+            max_inflight,
+        } = self;
+        // Before the role is known both directions look for requests; after, the response
+        // direction looks for a response to a request in flight (ids copied: the frame handler
+        // below changes the in-flight list).
+        let corrs: Vec<i32> = inflight.iter().map(|p| p.header.correlation_id).collect();
+        let plausible_req = |b: &[u8]| looks_like_request(b);
+        let plausible_resp = |b: &[u8]| plausible_response(b, &corrs);
+        let plausible: &dyn Fn(&[u8]) -> Option<bool> = if request_dir.is_none_or(|d| d == dir) {
+            &plausible_req
+        } else {
+            &plausible_resp
+        };
+        let mut on_frame = |f: Frame<'_>| -> bool {
+            let as_request = match *request_dir {
+                Some(d) => d == dir,
+                None if starts_like_request(f.body, f.size) => {
+                    // The client speaks first: the first frame that reads as a request names
+                    // the request direction.
+                    *request_dir = Some(dir);
+                    true
+                }
+                None => {
+                    counters.frames_before_role += 1;
+                    return !f.after_resync;
+                }
+            };
+            if as_request {
+                on_request(f, dir, inflight, *max_inflight, opts, counters, out)
+            } else {
+                on_response(f, dir, inflight, opts, counters, out)
+            }
+        };
+        framers[dir as usize].push(piece, first_ns, last_ns, plausible, &mut on_frame);
+    }
+
+    /// The connection closed: requests still waiting will get no response.
+    pub fn close(&mut self, counters: &mut SessionCounters, out: &mut dyn FnMut(Exchange)) {
+        let client_side = self.request_dir != Some(Direction::Ingress);
+        for p in self.inflight.drain(..) {
+            counters.unanswered_requests += 1;
+            out(unanswered(p, client_side));
+        }
+    }
+}
+
+fn unanswered(p: Pending, client_side: bool) -> Exchange {
+    Exchange {
+        header: p.header,
+        request: p.request,
+        request_complete: p.complete,
+        response: None,
+        response_complete: false,
+        client_side,
+        request_ns: p.ns,
+        response_ns: None,
+    }
+}

@@ -1,0 +1,303 @@
+//! The userspace stages after the capture, for every connection: byte streams (reassembly),
+//! frames and decoded request/response exchanges (kafka), and the sniff verdicts that tell the
+//! kernel which connections on unlisted ports are Kafka.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use tracer_common::ConnTuple;
+
+use crate::{
+    capture::{ConnEventExt as _, DataRecord, Record, RecordError, comm_str, endpoints},
+    kafka::{self, Catalog, DecodeOptions, Exchange, Session, SessionCounters},
+    reassembly::{FramerCounters, Piece, Reassembler},
+};
+
+/// Limits of the pipeline; each bounds memory, and each overflow is counted.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub max_connections: usize,
+    /// Bytes of one frame kept for decoding; larger frames are decoded from this prefix.
+    pub max_frame_bytes: usize,
+    /// Requests awaiting a response, per connection.
+    pub max_in_flight: usize,
+    /// Bytes buffered by all connections' framers together.
+    pub max_buffered_bytes: usize,
+    pub decode: DecodeOptions,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 65536,
+            max_frame_bytes: 8 << 20,
+            max_in_flight: 256,
+            max_buffered_bytes: 128 << 20,
+            decode: DecodeOptions::default(),
+        }
+    }
+}
+
+/// Counters of the userspace side of the pipeline.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineCounters {
+    /// Ring-buffer records that did not parse (kernel/daemon version mismatch).
+    pub bad_records: u64,
+    /// Data records of connections beyond --max-connections.
+    pub refused_records: u64,
+    /// Sniffed connections found to be Kafka, and not.
+    pub detected_kafka: u64,
+    pub detected_other: u64,
+    /// Connections forgotten after --idle-timeout without a record.
+    pub evicted_idle: u64,
+    /// Bytes not framed because all framers together held --max-buffered-bytes.
+    pub buffer_full_bytes: u64,
+    /// Catalog entries (topic ids, clusters, groups) refused because a table was full.
+    pub catalog_refused: u64,
+    pub framing: FramerCounters,
+    pub kafka: SessionCounters,
+}
+
+/// A request/response exchange and the connection it happened on.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub conn_id: u64,
+    /// The traced process and thread name.
+    pub tgid: u32,
+    pub comm: [u8; 16],
+    pub tuple: ConnTuple,
+    pub exchange: Exchange,
+}
+
+impl Observed {
+    /// The broker's address: the remote end for a client, the local end for a broker.
+    pub fn broker(&self) -> SocketAddr {
+        let (local, remote) = endpoints(&self.tuple);
+        if self.exchange.client_side {
+            remote
+        } else {
+            local
+        }
+    }
+}
+
+/// First bytes of each direction of a sniffed connection, until a verdict.
+#[derive(Default)]
+struct Sniff {
+    prefix: [Vec<u8>; 2],
+    verdict: [Option<bool>; 2],
+}
+
+/// Bytes kept per direction while sniffing: a request header's fixed part and a client id.
+const SNIFF_PREFIX: usize = 64;
+
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    reassembly: Reassembler,
+    sessions: HashMap<u64, Session>,
+    /// Bytes held by all sessions' framers.
+    buffered: usize,
+    /// Framing counters of sessions already gone.
+    closed_framing: FramerCounters,
+    sniffing: HashMap<u64, Sniff>,
+    /// Verdicts to write to the kernel after the current drain, as (conn key, is Kafka).
+    verdicts: Vec<(u64, bool)>,
+    exchanges: Vec<Observed>,
+    pub catalog: Catalog,
+    counters: PipelineCounters,
+}
+
+impl Pipeline {
+    pub fn new(cfg: PipelineConfig) -> Self {
+        Self {
+            reassembly: Reassembler::new(cfg.max_connections),
+            cfg,
+            sessions: HashMap::new(),
+            buffered: 0,
+            closed_framing: FramerCounters::default(),
+            sniffing: HashMap::new(),
+            verdicts: Vec::new(),
+            exchanges: Vec::new(),
+            catalog: Catalog::default(),
+            counters: PipelineCounters::default(),
+        }
+    }
+
+    pub fn on_record(&mut self, rec: Result<Record<'_>, RecordError>) {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.bad_records += 1;
+                tracing::warn!("unparsable ring-buffer record: {e}");
+                return;
+            }
+        };
+        match rec {
+            Record::Open(ev) => {
+                let (l, r) = endpoints(&ev.tuple);
+                tracing::debug!(conn = ev.conn_id, %l, %r, midstream = ev.midstream(), "connection opened");
+            }
+            Record::Close(ev) => {
+                self.sniffing.remove(&ev.conn_id);
+                self.end_session(ev.conn_id);
+                if let Some(c) = self.reassembly.close(ev.conn_id, ev.tx_bytes, ev.rx_bytes) {
+                    let (l, r) = endpoints(&c.tuple);
+                    let [tx, rx] = &c.streams;
+                    tracing::debug!(
+                        pid = c.tgid,
+                        comm = comm_str(&c.comm),
+                        %l,
+                        %r,
+                        sent = tx.bytes,
+                        received = rx.bytes,
+                        lost = tx.lost_bytes + rx.lost_bytes,
+                        "connection closed"
+                    );
+                }
+            }
+            Record::Data(d) => self.on_data(&d),
+        }
+    }
+
+    fn on_data(&mut self, d: &DataRecord<'_>) {
+        let Some(mut piece) = self.reassembly.push(d) else {
+            self.counters.refused_records = self.reassembly.refused_records;
+            return;
+        };
+        if d.sniffing() {
+            self.sniff(d);
+        }
+        let conn_id = d.hdr.conn_id;
+        let (cfg, sessions) = (&self.cfg, &mut self.sessions);
+        let session = sessions
+            .entry(conn_id)
+            .or_insert_with(|| Session::new(d.midstream(), cfg.max_frame_bytes, cfg.max_in_flight));
+        if self.buffered > self.cfg.max_buffered_bytes && !piece.bytes.is_empty() {
+            // Over the global bound: this piece becomes a gap the framer knows the size of.
+            self.counters.buffer_full_bytes += piece.bytes.len() as u64;
+            piece = Piece {
+                lost: piece.lost + piece.bytes.len() as u64,
+                discontinuity: true,
+                bytes: &[],
+            };
+        }
+        let before = session.buffered();
+        let (exchanges, catalog) = (&mut self.exchanges, &mut self.catalog);
+        let (tgid, comm, tuple) = (d.tgid(), d.hdr.comm, d.hdr.tuple);
+        session.push(
+            d.direction(),
+            &piece,
+            d.hdr.ts_enter_ns,
+            d.hdr.ts_exit_ns,
+            &self.cfg.decode,
+            &mut self.counters.kafka,
+            &mut |exchange| {
+                let o = Observed {
+                    conn_id,
+                    tgid,
+                    comm,
+                    tuple,
+                    exchange,
+                };
+                catalog.learn(&o.exchange, tgid, o.broker());
+                exchanges.push(o);
+            },
+        );
+        self.buffered = self.buffered - before + session.buffered();
+    }
+
+    fn end_session(&mut self, conn_id: u64) {
+        let Some(mut s) = self.sessions.remove(&conn_id) else {
+            return;
+        };
+        self.buffered -= s.buffered();
+        for f in s.framers() {
+            self.closed_framing.add(&f.counters);
+        }
+        if let Some(c) = self.reassembly.get(conn_id) {
+            let (tgid, comm, tuple) = (c.tgid, c.comm, c.tuple);
+            let exchanges = &mut self.exchanges;
+            s.close(&mut self.counters.kafka, &mut |exchange| {
+                exchanges.push(Observed {
+                    conn_id,
+                    tgid,
+                    comm,
+                    tuple,
+                    exchange,
+                })
+            });
+        }
+    }
+
+    /// Looks for a Kafka request header at the start of the connection. Kafka clients speak
+    /// first, so on a connection seen from its start the first bytes decide; on one first seen
+    /// mid-stream either direction may begin with a request, and both must fail to reject it.
+    fn sniff(&mut self, d: &DataRecord<'_>) {
+        let conn_id = d.hdr.conn_id;
+        let s = self.sniffing.entry(conn_id).or_default();
+        let dir = d.direction() as usize;
+        if s.verdict[dir].is_some() || d.position() != s.prefix[dir].len() as u64 {
+            return;
+        }
+        let take = d.payload.len().min(SNIFF_PREFIX - s.prefix[dir].len());
+        s.prefix[dir].extend_from_slice(&d.payload[..take]);
+        s.verdict[dir] = kafka::looks_like_request(&s.prefix[dir]);
+        let decided = match s.verdict {
+            [Some(true), _] | [_, Some(true)] => Some(true),
+            [Some(false), Some(false)] => Some(false),
+            [Some(false), None] | [None, Some(false)] if !d.midstream() => Some(false),
+            _ => None,
+        };
+        if let Some(is_kafka) = decided {
+            self.sniffing.remove(&conn_id);
+            self.verdicts.push((d.hdr.conn_key, is_kafka));
+            if is_kafka {
+                self.counters.detected_kafka += 1;
+                tracing::info!(conn = conn_id, "Kafka detected on a port outside --ports");
+            } else {
+                self.counters.detected_other += 1;
+            }
+        }
+    }
+
+    /// Verdicts reached since the last call.
+    pub fn take_verdicts(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.verdicts)
+    }
+
+    /// Exchanges completed since the last call.
+    pub fn take_exchanges(&mut self) -> Vec<Observed> {
+        std::mem::take(&mut self.exchanges)
+    }
+
+    /// Forgets connections with no record for `idle_ns` before `now_ns` (kernel clock).
+    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64) {
+        let evicted = self.reassembly.evict_idle(now_ns, idle_ns);
+        for id in &evicted {
+            self.sniffing.remove(id);
+            self.end_session(*id);
+        }
+        self.counters.evicted_idle += evicted.len() as u64;
+    }
+
+    pub fn connections(&self) -> usize {
+        self.reassembly.len()
+    }
+
+    /// Bytes held by the framers of all connections.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    pub fn counters(&self) -> PipelineCounters {
+        let mut c = self.counters;
+        c.refused_records = self.reassembly.refused_records;
+        c.catalog_refused = self.catalog.refused;
+        c.framing = self.closed_framing;
+        for s in self.sessions.values() {
+            for f in s.framers() {
+                c.framing.add(&f.counters);
+            }
+        }
+        c
+    }
+}
