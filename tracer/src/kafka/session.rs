@@ -60,6 +60,9 @@ struct Pending {
 pub struct Session {
     /// Direction of requests, once a request has been seen.
     request_dir: Option<Direction>,
+    /// The client id of this connection's requests (clients keep one per connection): a frame
+    /// found by resynchronising must carry it.
+    client_id: Option<Option<String>>,
     framers: [Framer; 2],
     inflight: VecDeque<Pending>,
     max_inflight: usize,
@@ -75,6 +78,17 @@ fn plausible_response(b: &[u8], corrs: &[i32]) -> Option<bool> {
     Some((4..=super::MAX_REQUEST_SIZE).contains(&size) && corrs.contains(&corr))
 }
 
+/// Whether the request header at the start of `b` (size prefix included) carries `known` as
+/// its client id; `None` until the id's bytes are there.
+fn same_client_id(b: &[u8], known: Option<&str>) -> Option<bool> {
+    let len = i16::from_be_bytes([*b.get(12)?, *b.get(13)?]);
+    match (len, known) {
+        (-1, None) => Some(true),
+        (n, Some(k)) if n >= 0 => Some(b.get(14..14 + n as usize)? == k.as_bytes()),
+        _ => Some(false),
+    }
+}
+
 /// A frame body (size prefix removed) that reads as a request header.
 fn starts_like_request(body: &[u8], size: usize) -> bool {
     let mut head = [0u8; 4 + 64];
@@ -85,9 +99,11 @@ fn starts_like_request(body: &[u8], size: usize) -> bool {
 }
 
 /// Handles a request frame; false rejects a frame found by resynchronising.
+#[allow(clippy::too_many_arguments)]
 fn on_request(
     f: Frame<'_>,
     dir: Direction,
+    client_id: &mut Option<Option<String>>,
     inflight: &mut VecDeque<Pending>,
     max_inflight: usize,
     opts: &DecodeOptions,
@@ -98,6 +114,11 @@ fn on_request(
         counters.undecodable_requests += 1;
         return !f.after_resync;
     };
+    match client_id {
+        Some(known) if f.after_resync && *known != header.client_id => return false,
+        Some(_) => {}
+        None => *client_id = Some(header.client_id.clone()),
+    }
     let request = decode_request(&header, &f.body[at..], !f.complete, opts);
     if request.is_err() {
         counters.undecodable_requests += 1;
@@ -190,6 +211,7 @@ impl Session {
     pub fn new(midstream: bool, max_frame: usize, max_inflight: usize) -> Self {
         Self {
             request_dir: None,
+            client_id: None,
             framers: [
                 Framer::new(max_frame, !midstream),
                 Framer::new(max_frame, !midstream),
@@ -222,6 +244,7 @@ impl Session {
     ) {
         let Self {
             request_dir,
+            client_id,
             framers,
             inflight,
             max_inflight,
@@ -230,7 +253,16 @@ impl Session {
         // direction looks for a response to a request in flight (ids copied: the frame handler
         // below changes the in-flight list).
         let corrs: Vec<i32> = inflight.iter().map(|p| p.header.correlation_id).collect();
-        let plausible_req = |b: &[u8]| looks_like_request(b);
+        // Only a framer searching for a frame start asks; copy the id only then.
+        let known_client = if framers[dir as usize].synced() {
+            None
+        } else {
+            client_id.clone()
+        };
+        let plausible_req = |b: &[u8]| match (looks_like_request(b), &known_client) {
+            (Some(true), Some(known)) => same_client_id(b, known.as_deref()),
+            (v, _) => v,
+        };
         let plausible_resp = |b: &[u8]| plausible_response(b, &corrs);
         let plausible: &dyn Fn(&[u8]) -> Option<bool> = if request_dir.is_none_or(|d| d == dir) {
             &plausible_req
@@ -252,7 +284,16 @@ impl Session {
                 }
             };
             if as_request {
-                on_request(f, dir, inflight, *max_inflight, opts, counters, out)
+                on_request(
+                    f,
+                    dir,
+                    client_id,
+                    inflight,
+                    *max_inflight,
+                    opts,
+                    counters,
+                    out,
+                )
             } else {
                 on_response(f, dir, inflight, opts, counters, out)
             }

@@ -39,6 +39,14 @@ pub fn looks_like_request(bytes: &[u8]) -> Option<bool> {
     if !(0..=MAX_API_VERSION).contains(&api_version) {
         return Some(false);
     }
+    // Keys and versions the protocol defines, from Kafka's message definitions (keys unknown to
+    // them pass on the ranges above, so newer clients are still recognised).
+    if let Ok(key) = kafka_protocol::messages::ApiKey::try_from(api_key) {
+        let v = key.valid_versions();
+        if api_version < v.min || api_version > v.max {
+            return Some(false);
+        }
+    }
     if be32(8)? < 0 {
         return Some(false); // correlation ids count up from 0
     }
