@@ -5,7 +5,7 @@ use super::{
     DecodeError, TopicRef,
     records::Decompressor,
     summary::{DecodeOptions, PartitionRecords},
-    wire::Reader,
+    wire::{Reader, WireError},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,44 +161,55 @@ pub fn decode_response(
     let mut d = Decompressor::new(opts.max_decompressed);
     // Counts are checked against the bytes present, which a cut frame does not have.
     let min = |n| if partial { 0 } else { n };
-    for _ in 0..r.array_len(flexible, min(2))? {
-        let topic = topic(&mut r, version, flexible)?;
-        for _ in 0..r.array_len(flexible, min(30))? {
-            let partition = r.i32()?;
-            let error_code = r.i16()?;
-            let high_watermark = r.i64()?;
-            let last_stable_offset = r.i64()?;
-            let log_start_offset = if version >= 5 { r.i64()? } else { -1 };
-            for _ in 0..r.array_len(flexible, min(16))? {
-                r.i64()?; // producer_id
-                r.i64()?; // first_offset
+    // A cut frame ends wherever its bytes end: what was decoded up to there is the result.
+    let walked = (|| -> Result<(), DecodeError> {
+        for _ in 0..r.array_len(flexible, min(2))? {
+            let topic = topic(&mut r, version, flexible)?;
+            for _ in 0..r.array_len(flexible, min(30))? {
+                let partition = r.i32()?;
+                let error_code = r.i16()?;
+                let high_watermark = r.i64()?;
+                let last_stable_offset = r.i64()?;
+                let log_start_offset = if version >= 5 { r.i64()? } else { -1 };
+                for _ in 0..r.array_len(flexible, min(16))? {
+                    r.i64()?; // producer_id
+                    r.i64()?; // first_offset
+                    r.skip_tags(flexible)?;
+                }
+                if version >= 11 {
+                    r.i32()?; // preferred_read_replica
+                }
+                let (field, cut) = if partial {
+                    r.bytes_field_prefix(flexible)?
+                } else {
+                    (r.bytes_field(flexible)?, false)
+                };
+                out.partitions.push(FetchPartitionResponse {
+                    topic: topic.clone(),
+                    partition,
+                    error_code,
+                    high_watermark,
+                    last_stable_offset,
+                    log_start_offset,
+                    records: PartitionRecords::collect(field.unwrap_or_default(), &mut d, opts),
+                });
+                if cut {
+                    out.truncated = true;
+                    return Ok(());
+                }
                 r.skip_tags(flexible)?;
-            }
-            if version >= 11 {
-                r.i32()?; // preferred_read_replica
-            }
-            let (field, cut) = if partial {
-                r.bytes_field_prefix(flexible)?
-            } else {
-                (r.bytes_field(flexible)?, false)
-            };
-            out.partitions.push(FetchPartitionResponse {
-                topic: topic.clone(),
-                partition,
-                error_code,
-                high_watermark,
-                last_stable_offset,
-                log_start_offset,
-                records: PartitionRecords::collect(field.unwrap_or_default(), &mut d, opts),
-            });
-            if cut {
-                out.truncated = true;
-                return Ok(out);
             }
             r.skip_tags(flexible)?;
         }
         r.skip_tags(flexible)?;
+        Ok(())
+    })();
+    match walked {
+        Ok(()) => Ok(out),
+        Err(DecodeError::Wire(WireError::Short { .. })) if partial => {
+            out.truncated = true;
+            Ok(out)
+        }
+        Err(e) => Err(e),
     }
-    r.skip_tags(flexible)?;
-    Ok(out)
 }

@@ -5,7 +5,7 @@ use super::{
     DecodeError, TopicRef,
     records::Decompressor,
     summary::{DecodeOptions, PartitionRecords},
-    wire::Reader,
+    wire::{Reader, WireError},
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,30 +86,41 @@ pub fn decode_request(
     let mut d = Decompressor::new(opts.max_decompressed);
     // Counts are checked against the bytes present, which a cut frame does not have.
     let min = |n| if partial { 0 } else { n };
-    for _ in 0..r.array_len(flexible, min(2))? {
-        let topic = topic(&mut r, version, flexible)?;
-        for _ in 0..r.array_len(flexible, min(5))? {
-            let partition = r.i32()?;
-            let (field, cut) = if partial {
-                r.bytes_field_prefix(flexible)?
-            } else {
-                (r.bytes_field(flexible)?, false)
-            };
-            out.partitions.push(ProducePartition {
-                topic: topic.clone(),
-                partition,
-                records: PartitionRecords::collect(field.unwrap_or_default(), &mut d, opts),
-            });
-            if cut {
-                out.truncated = true;
-                return Ok(out);
+    // A cut frame ends wherever its bytes end: what was decoded up to there is the result.
+    let walked = (|| -> Result<(), DecodeError> {
+        for _ in 0..r.array_len(flexible, min(2))? {
+            let topic = topic(&mut r, version, flexible)?;
+            for _ in 0..r.array_len(flexible, min(5))? {
+                let partition = r.i32()?;
+                let (field, cut) = if partial {
+                    r.bytes_field_prefix(flexible)?
+                } else {
+                    (r.bytes_field(flexible)?, false)
+                };
+                out.partitions.push(ProducePartition {
+                    topic: topic.clone(),
+                    partition,
+                    records: PartitionRecords::collect(field.unwrap_or_default(), &mut d, opts),
+                });
+                if cut {
+                    out.truncated = true;
+                    return Ok(());
+                }
+                r.skip_tags(flexible)?;
             }
             r.skip_tags(flexible)?;
         }
         r.skip_tags(flexible)?;
+        Ok(())
+    })();
+    match walked {
+        Ok(()) => Ok(out),
+        Err(DecodeError::Wire(WireError::Short { .. })) if partial => {
+            out.truncated = true;
+            Ok(out)
+        }
+        Err(e) => Err(e),
     }
-    r.skip_tags(flexible)?;
-    Ok(out)
 }
 
 pub fn decode_response(body: &[u8], version: i16) -> Result<ProduceResponse, DecodeError> {
