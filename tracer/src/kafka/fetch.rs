@@ -3,7 +3,7 @@
 
 use super::{
     DecodeError, TopicRef,
-    records::Decompressor,
+    records::with_decompressor,
     summary::{DecodeOptions, PartitionRecords},
     wire::{Reader, WireError},
 };
@@ -158,11 +158,10 @@ pub fn decode_response(
         partitions: Vec::new(),
         truncated: false,
     };
-    let mut d = Decompressor::new(opts.max_decompressed);
     // Counts are checked against the bytes present, which a cut frame does not have.
     let min = |n| if partial { 0 } else { n };
     // A cut frame ends wherever its bytes end: what was decoded up to there is the result.
-    let walked = (|| -> Result<(), DecodeError> {
+    let walked = with_decompressor(opts.max_decompressed, |d| -> Result<(), DecodeError> {
         for _ in 0..r.array_len(flexible, min(2))? {
             let topic = topic(&mut r, version, flexible)?;
             for _ in 0..r.array_len(flexible, min(30))? {
@@ -191,7 +190,7 @@ pub fn decode_response(
                     high_watermark,
                     last_stable_offset,
                     log_start_offset,
-                    records: PartitionRecords::collect(field.unwrap_or_default(), &mut d, opts),
+                    records: PartitionRecords::collect(field.unwrap_or_default(), d, opts),
                 });
                 if cut {
                     out.truncated = true;
@@ -203,7 +202,7 @@ pub fn decode_response(
         }
         r.skip_tags(flexible)?;
         Ok(())
-    })();
+    });
     match walked {
         Ok(()) => Ok(out),
         Err(DecodeError::Wire(WireError::Short { .. })) if partial => {
