@@ -2,7 +2,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::kafka::{DecodeOptions, RequestHeader, decode_request, decode_response, parse_request_header, parse_response_header};
+use tracer::kafka::{
+    DecodeOptions, RequestHeader, decode_request, decode_response, parse_request_header,
+    parse_response_header,
+};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {

@@ -24,8 +24,16 @@ fuzz_target!(|data: &[u8]| {
     let mut counters = SessionCounters::default();
     // Each piece: a control byte (direction, bytes lost before it, length), then its bytes.
     while let Some((&ctl, tail)) = rest.split_first() {
-        let dir = if ctl & 0x80 != 0 { Direction::Ingress } else { Direction::Egress };
-        let lost = if ctl & 0x40 != 0 { (ctl & 0x0f) as u64 } else { 0 };
+        let dir = if ctl & 0x80 != 0 {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let lost = if ctl & 0x40 != 0 {
+            (ctl & 0x0f) as u64
+        } else {
+            0
+        };
         let len = (((ctl & 0x30) >> 4) as usize + 1) * 16;
         let (piece, next) = tail.split_at(len.min(tail.len()));
         rest = next;

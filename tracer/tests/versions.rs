@@ -22,12 +22,12 @@ use tracer::kafka::{
     decode_response, records::Compression,
 };
 
-const ID: [u8; 16] = [
+pub(crate) const ID: [u8; 16] = [
     0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c,
 ];
 const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-fn encode<T: Encodable>(m: &T, version: i16) -> Vec<u8> {
+pub(crate) fn encode<T: Encodable>(m: &T, version: i16) -> Vec<u8> {
     let mut b = BytesMut::new();
     m.encode(&mut b, version).unwrap();
     b.to_vec()
@@ -78,7 +78,7 @@ fn codecs() -> [(KCompression, Compression); 5] {
     ]
 }
 
-fn header(api_key: i16, version: i16) -> RequestHeader {
+pub(crate) fn header(api_key: i16, version: i16) -> RequestHeader {
     RequestHeader {
         api_key,
         api_version: version,
@@ -266,6 +266,296 @@ fn fetch_every_version_and_codec() {
                     t.truncated && t.partitions[0].records.record_count() <= 3,
                     "v{version} cut {cut}"
                 );
+            }
+        }
+    }
+}
+
+mod admin {
+    use kafka_protocol::messages::{
+        ApiVersionsResponse, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+        HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, ListOffsetsResponse,
+        MetadataResponse, OffsetCommitRequest, OffsetFetchResponse, SyncGroupResponse, TopicName,
+        api_versions_response::ApiVersion,
+        find_coordinator_response::Coordinator,
+        list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
+        metadata_response::{
+            MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+        },
+        offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
+        offset_fetch_response::{
+            OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+            OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+        },
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use tracer::kafka::{
+        DecodeOptions, Request, Response, TopicRef, api, decode_request, decode_response,
+    };
+
+    use super::{ID, encode, header};
+
+    fn s(v: &str) -> StrBytes {
+        StrBytes::from_string(v.to_string())
+    }
+
+    /// Versions of a message type both sides of a current broker speak.
+    fn versions<T: kafka_protocol::protocol::Message>() -> std::ops::RangeInclusive<i16> {
+        T::VERSIONS.min..=T::VERSIONS.max
+    }
+
+    fn response(key: i16, version: i16, body: &[u8]) -> Response {
+        decode_response(key, version, body, false, &DecodeOptions::default())
+            .unwrap_or_else(|e| panic!("{key} v{version}: {e}"))
+    }
+
+    fn group_request(key: i16, version: i16, body: &[u8]) -> tracer::kafka::GroupInfo {
+        match decode_request(
+            &header(key, version),
+            body,
+            false,
+            &DecodeOptions::default(),
+        ) {
+            Ok(Request::Group(g)) => g,
+            other => panic!("{key} v{version}: {other:?}"),
+        }
+    }
+
+    fn group_response(key: i16, version: i16, body: &[u8]) -> tracer::kafka::GroupInfo {
+        match response(key, version, body) {
+            Response::Group(g) => g,
+            other => panic!("{key} v{version}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn metadata_every_version() {
+        for v in versions::<MetadataResponse>() {
+            let m = MetadataResponse::default()
+                .with_cluster_id(Some(s("cluster-1")))
+                .with_controller_id(BrokerId(1))
+                .with_brokers(vec![
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host(s("10.0.0.1"))
+                        .with_port(9092),
+                ])
+                .with_topics(vec![
+                    MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(s("orders"))))
+                        .with_topic_id(uuid::Uuid::from_bytes(ID))
+                        .with_partitions(vec![
+                            MetadataResponsePartition::default()
+                                .with_partition_index(3)
+                                .with_leader_id(BrokerId(1))
+                                .with_replica_nodes(vec![BrokerId(1), BrokerId(2)]),
+                        ]),
+                ]);
+            let Response::Metadata(d) = response(api::METADATA, v, &encode(&m, v)) else {
+                panic!()
+            };
+            assert_eq!(d.brokers.len(), 1, "v{v}");
+            assert_eq!(
+                (d.brokers[0].host.as_str(), d.brokers[0].port),
+                ("10.0.0.1", 9092)
+            );
+            assert_eq!(
+                d.cluster_id.as_deref(),
+                (v >= 2).then_some("cluster-1"),
+                "v{v}"
+            );
+            assert_eq!(d.topics[0].name.as_deref(), Some("orders"));
+            assert_eq!(
+                d.topics[0].topic_id,
+                if v >= 10 { ID } else { [0; 16] },
+                "v{v}"
+            );
+            assert_eq!(d.topics[0].partitions, vec![(3, 1)], "v{v}");
+        }
+    }
+
+    #[test]
+    fn api_versions_every_version() {
+        for v in versions::<ApiVersionsResponse>() {
+            let m = ApiVersionsResponse::default().with_api_keys(vec![
+                ApiVersion::default()
+                    .with_api_key(0)
+                    .with_min_version(3)
+                    .with_max_version(13),
+            ]);
+            let Response::ApiVersions(d) = response(api::API_VERSIONS, v, &encode(&m, v)) else {
+                panic!()
+            };
+            assert_eq!(d.apis, vec![(0, 3, 13)], "v{v}");
+        }
+    }
+
+    #[test]
+    fn list_offsets_every_version() {
+        for v in versions::<ListOffsetsResponse>() {
+            let m = ListOffsetsResponse::default().with_topics(vec![
+                ListOffsetsTopicResponse::default()
+                    .with_name(TopicName(s("orders")))
+                    .with_partitions(vec![
+                        ListOffsetsPartitionResponse::default()
+                            .with_partition_index(2)
+                            .with_offset(77),
+                    ]),
+            ]);
+            let Response::ListOffsets(d) = response(api::LIST_OFFSETS, v, &encode(&m, v)) else {
+                panic!()
+            };
+            assert_eq!(
+                (d[0].topic.to_string().as_str(), d[0].partition, d[0].offset),
+                ("orders", 2, 77),
+                "v{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_apis_every_version() {
+        for v in versions::<FindCoordinatorRequest>() {
+            let req = if v >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g1")])
+            } else {
+                FindCoordinatorRequest::default().with_key(s("g1"))
+            };
+            assert_eq!(
+                group_request(api::FIND_COORDINATOR, v, &encode(&req, v))
+                    .group_id
+                    .as_deref(),
+                Some("g1"),
+                "v{v}"
+            );
+            let resp = if v >= 4 {
+                FindCoordinatorResponse::default().with_coordinators(vec![
+                    Coordinator::default()
+                        .with_key(s("g1"))
+                        .with_node_id(BrokerId(4))
+                        .with_host(s("b4"))
+                        .with_port(9094),
+                ])
+            } else {
+                FindCoordinatorResponse::default()
+                    .with_node_id(BrokerId(4))
+                    .with_host(s("b4"))
+                    .with_port(9094)
+            };
+            let g = group_response(api::FIND_COORDINATOR, v, &encode(&resp, v));
+            assert_eq!(g.coordinator, Some((4, "b4".to_string(), 9094)), "v{v}");
+        }
+        for v in versions::<JoinGroupRequest>() {
+            let req = JoinGroupRequest::default()
+                .with_group_id(GroupId(s("g1")))
+                .with_member_id(s("m1"));
+            let g = group_request(api::JOIN_GROUP, v, &encode(&req, v));
+            assert_eq!(
+                (g.group_id.as_deref(), g.member_id.as_deref()),
+                (Some("g1"), Some("m1")),
+                "v{v}"
+            );
+            let resp = JoinGroupResponse::default()
+                .with_generation_id(5)
+                .with_member_id(s("m1"))
+                .with_leader(s("m1"))
+                .with_error_code(0);
+            let g = group_response(api::JOIN_GROUP, v, &encode(&resp, v));
+            assert_eq!(
+                (g.generation, g.member_id.as_deref()),
+                (Some(5), Some("m1")),
+                "v{v}"
+            );
+        }
+        for v in versions::<HeartbeatRequest>() {
+            let req = HeartbeatRequest::default()
+                .with_group_id(GroupId(s("g1")))
+                .with_generation_id(5)
+                .with_member_id(s("m1"));
+            let g = group_request(api::HEARTBEAT, v, &encode(&req, v));
+            assert_eq!(
+                (g.group_id.as_deref(), g.generation, g.member_id.as_deref()),
+                (Some("g1"), Some(5), Some("m1")),
+                "v{v}"
+            );
+        }
+        for v in versions::<SyncGroupResponse>() {
+            let resp = SyncGroupResponse::default().with_error_code(27);
+            assert_eq!(
+                group_response(api::SYNC_GROUP, v, &encode(&resp, v)).error_code,
+                27,
+                "v{v}"
+            );
+        }
+        for v in versions::<OffsetCommitRequest>() {
+            let t = OffsetCommitRequestTopic::default().with_partitions(vec![
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(2)
+                    .with_committed_offset(41),
+            ]);
+            let t = if v >= 10 {
+                t.with_topic_id(uuid::Uuid::from_bytes(ID))
+            } else {
+                t.with_name(TopicName(s("orders")))
+            };
+            let req = OffsetCommitRequest::default()
+                .with_group_id(GroupId(s("g1")))
+                .with_topics(vec![t]);
+            let g = group_request(api::OFFSET_COMMIT, v, &encode(&req, v));
+            assert_eq!(g.group_id.as_deref(), Some("g1"));
+            let topic = if v >= 10 {
+                TopicRef::Id(ID)
+            } else {
+                TopicRef::Name("orders".into())
+            };
+            assert_eq!(
+                g.offsets,
+                vec![tracer::kafka::OffsetEntry {
+                    topic,
+                    partition: 2,
+                    error_code: 0,
+                    offset: 41
+                }],
+                "v{v}"
+            );
+        }
+        for v in versions::<OffsetFetchResponse>() {
+            let resp = if v >= 8 {
+                let t = OffsetFetchResponseTopics::default().with_partitions(vec![
+                    OffsetFetchResponsePartitions::default()
+                        .with_partition_index(2)
+                        .with_committed_offset(41),
+                ]);
+                let t = if v >= 10 {
+                    t.with_topic_id(uuid::Uuid::from_bytes(ID))
+                } else {
+                    t.with_name(TopicName(s("orders")))
+                };
+                OffsetFetchResponse::default().with_groups(vec![
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(GroupId(s("g1")))
+                        .with_topics(vec![t]),
+                ])
+            } else {
+                OffsetFetchResponse::default().with_topics(vec![
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(s("orders")))
+                        .with_partitions(vec![
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(2)
+                                .with_committed_offset(41),
+                        ]),
+                ])
+            };
+            let g = group_response(api::OFFSET_FETCH, v, &encode(&resp, v));
+            assert_eq!(g.offsets.len(), 1, "v{v}");
+            assert_eq!(
+                (g.offsets[0].partition, g.offsets[0].offset),
+                (2, 41),
+                "v{v}"
+            );
+            if v >= 8 {
+                assert_eq!(g.group_id.as_deref(), Some("g1"));
             }
         }
     }

@@ -1,29 +1,9 @@
-//! Metadata, ApiVersions, ListOffsets and the consumer-group APIs, through the `kafka-protocol`
-//! crate: these are rare next to Produce and Fetch, so a copy of the body costs nothing that
-//! matters, and the crate's generated decoders cover every version.
+//! Metadata, ApiVersions, ListOffsets and the consumer-group APIs: only the fields the tracer
+//! uses, read with the bounds-checked [`Reader`]. (The `kafka-protocol` crate decodes these too,
+//! but it sizes vectors from the untrusted element counts before reading them, so hostile bytes
+//! could make it allocate gigabytes; its encoders serve as the reference in the tests.)
 
-use bytes::Bytes;
-use kafka_protocol::{
-    messages::{
-        ApiVersionsResponse as KApiVersions, FindCoordinatorRequest, FindCoordinatorResponse,
-        HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
-        LeaveGroupRequest, LeaveGroupResponse, ListOffsetsResponse, MetadataResponse as KMetadata,
-        OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-        SyncGroupRequest, SyncGroupResponse,
-    },
-    protocol::Decodable,
-};
-
-use super::{DecodeError, TopicRef, api};
-
-fn decode<T: Decodable>(body: &[u8], version: i16) -> Result<T, DecodeError> {
-    T::decode(&mut Bytes::copy_from_slice(body), version)
-        .map_err(|e| DecodeError::Protocol(format!("{e:#}")))
-}
-
-fn text(s: &str) -> String {
-    s.to_string()
-}
+use super::{DecodeError, TopicRef, api, header::flexible_request, wire::Reader};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broker {
@@ -80,63 +60,166 @@ pub struct GroupInfo {
     pub coordinator: Option<(i32, String, i32)>,
 }
 
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A STRING or NULLABLE_STRING as text.
+fn string(r: &mut Reader<'_>, flexible: bool) -> Result<Option<String>, DecodeError> {
+    Ok(r.string(flexible)?.map(text))
+}
+
+/// An array of INT32, skipped.
+fn skip_i32s(r: &mut Reader<'_>, flexible: bool) -> Result<(), DecodeError> {
+    for _ in 0..r.array_len(flexible, 4)? {
+        r.i32()?;
+    }
+    Ok(())
+}
+
+/// A topic named (up to `id_from`) or identified (from `id_from`).
+fn topic(
+    r: &mut Reader<'_>,
+    flexible: bool,
+    version: i16,
+    id_from: i16,
+) -> Result<TopicRef, DecodeError> {
+    Ok(if version >= id_from {
+        TopicRef::Id(r.uuid()?)
+    } else {
+        TopicRef::name(r.string(flexible)?.unwrap_or_default())
+    })
+}
+
+fn check(
+    api: &'static str,
+    version: i16,
+    range: std::ops::RangeInclusive<i16>,
+) -> Result<(), DecodeError> {
+    if range.contains(&version) {
+        Ok(())
+    } else {
+        Err(DecodeError::Version { api, version })
+    }
+}
+
 pub fn decode_metadata(body: &[u8], version: i16) -> Result<MetadataResponse, DecodeError> {
-    let m: KMetadata = decode(body, version)?;
+    check("Metadata", version, 0..=13)?;
+    let flex = flexible_request(api::METADATA, version);
+    let mut r = Reader::new(body);
+    if version >= 3 {
+        r.i32()?; // throttle_time_ms
+    }
+    let mut brokers = Vec::new();
+    for _ in 0..r.array_len(flex, 10)? {
+        let node_id = r.i32()?;
+        let host = string(&mut r, flex)?.unwrap_or_default();
+        let port = r.i32()?;
+        let rack = if version >= 1 {
+            string(&mut r, flex)?
+        } else {
+            None
+        };
+        r.skip_tags(flex)?;
+        brokers.push(Broker {
+            node_id,
+            host,
+            port,
+            rack,
+        });
+    }
+    let cluster_id = if version >= 2 {
+        string(&mut r, flex)?
+    } else {
+        None
+    };
+    let controller_id = if version >= 1 { r.i32()? } else { -1 };
+    let mut topics = Vec::new();
+    for _ in 0..r.array_len(flex, 4)? {
+        let error_code = r.i16()?;
+        let name = string(&mut r, flex)?;
+        let topic_id = if version >= 10 { r.uuid()? } else { [0; 16] };
+        if version >= 1 {
+            r.i8()?; // is_internal
+        }
+        let mut partitions = Vec::new();
+        for _ in 0..r.array_len(flex, 10)? {
+            r.i16()?; // error_code
+            let index = r.i32()?;
+            let leader = r.i32()?;
+            if version >= 7 {
+                r.i32()?; // leader_epoch
+            }
+            skip_i32s(&mut r, flex)?; // replica_nodes
+            skip_i32s(&mut r, flex)?; // isr_nodes
+            if version >= 5 {
+                skip_i32s(&mut r, flex)?; // offline_replicas
+            }
+            r.skip_tags(flex)?;
+            partitions.push((index, leader));
+        }
+        if version >= 8 {
+            r.i32()?; // topic_authorized_operations
+        }
+        r.skip_tags(flex)?;
+        topics.push(MetadataTopic {
+            name,
+            topic_id,
+            error_code,
+            partitions,
+        });
+    }
     Ok(MetadataResponse {
-        cluster_id: m.cluster_id.as_deref().map(text),
-        controller_id: *m.controller_id,
-        brokers: m
-            .brokers
-            .iter()
-            .map(|b| Broker {
-                node_id: *b.node_id,
-                host: text(&b.host),
-                port: b.port,
-                rack: b.rack.as_deref().map(text),
-            })
-            .collect(),
-        topics: m
-            .topics
-            .iter()
-            .map(|t| MetadataTopic {
-                name: t.name.as_deref().map(|n| text(n)),
-                topic_id: t.topic_id.into_bytes(),
-                error_code: t.error_code,
-                partitions: t
-                    .partitions
-                    .iter()
-                    .map(|p| (p.partition_index, *p.leader_id))
-                    .collect(),
-            })
-            .collect(),
+        cluster_id,
+        controller_id,
+        brokers,
+        topics,
     })
 }
 
 pub fn decode_api_versions(body: &[u8], version: i16) -> Result<ApiVersionsResponse, DecodeError> {
-    let a: KApiVersions = decode(body, version)?;
-    Ok(ApiVersionsResponse {
-        error_code: a.error_code,
-        apis: a
-            .api_keys
-            .iter()
-            .map(|k| (k.api_key, k.min_version, k.max_version))
-            .collect(),
-    })
+    check("ApiVersions", version, 0..=4)?;
+    let flex = version >= 3;
+    let mut r = Reader::new(body);
+    let error_code = r.i16()?;
+    let mut apis = Vec::new();
+    for _ in 0..r.array_len(flex, 6)? {
+        let entry = (r.i16()?, r.i16()?, r.i16()?);
+        r.skip_tags(flex)?;
+        apis.push(entry);
+    }
+    Ok(ApiVersionsResponse { error_code, apis })
 }
 
 pub fn decode_list_offsets(body: &[u8], version: i16) -> Result<Vec<OffsetEntry>, DecodeError> {
-    let l: ListOffsetsResponse = decode(body, version)?;
-    Ok(l.topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions.iter().map(|p| OffsetEntry {
-                topic: TopicRef::name(t.name.as_bytes()),
-                partition: p.partition_index,
-                error_code: p.error_code,
-                offset: p.offset,
-            })
-        })
-        .collect())
+    check("ListOffsets", version, 1..=10)?;
+    let flex = flexible_request(api::LIST_OFFSETS, version);
+    let mut r = Reader::new(body);
+    if version >= 2 {
+        r.i32()?; // throttle_time_ms
+    }
+    let mut out = Vec::new();
+    for _ in 0..r.array_len(flex, 2)? {
+        let topic = topic(&mut r, flex, version, i16::MAX)?;
+        for _ in 0..r.array_len(flex, 22)? {
+            let partition = r.i32()?;
+            let error_code = r.i16()?;
+            r.i64()?; // timestamp
+            let offset = r.i64()?;
+            if version >= 4 {
+                r.i32()?; // leader_epoch
+            }
+            r.skip_tags(flex)?;
+            out.push(OffsetEntry {
+                topic: topic.clone(),
+                partition,
+                error_code,
+                offset,
+            });
+        }
+        r.skip_tags(flex)?;
+    }
+    Ok(out)
 }
 
 pub fn decode_group_request(
@@ -144,70 +227,99 @@ pub fn decode_group_request(
     version: i16,
     body: &[u8],
 ) -> Result<GroupInfo, DecodeError> {
+    let flex = flexible_request(api_key, version);
+    let mut r = Reader::new(body);
     let mut g = GroupInfo {
         api_key,
         ..GroupInfo::default()
     };
     match api_key {
         api::FIND_COORDINATOR => {
-            let r: FindCoordinatorRequest = decode(body, version)?;
+            check("FindCoordinator", version, 0..=6)?;
+            let key = if version <= 3 {
+                string(&mut r, flex)?
+            } else {
+                None
+            };
+            let key_type = if version >= 1 { r.i8()? } else { 0 };
+            let keys = if version >= 4 {
+                let n = r.array_len(flex, 1)?;
+                let first = if n > 0 { string(&mut r, flex)? } else { None };
+                for _ in 1..n {
+                    r.string(flex)?;
+                }
+                first
+            } else {
+                key
+            };
             // key_type 0 is a group (1 a transactional id).
-            if r.key_type == 0 {
-                g.group_id = if version >= 4 {
-                    r.coordinator_keys.first().map(|k| text(k))
-                } else {
-                    Some(text(&r.key))
-                };
+            if key_type == 0 {
+                g.group_id = keys;
             }
         }
-        api::JOIN_GROUP => {
-            let r: JoinGroupRequest = decode(body, version)?;
-            g.group_id = Some(text(&r.group_id));
-            g.member_id = Some(text(&r.member_id)).filter(|m| !m.is_empty());
-        }
-        api::SYNC_GROUP => {
-            let r: SyncGroupRequest = decode(body, version)?;
-            g.group_id = Some(text(&r.group_id));
-            g.member_id = Some(text(&r.member_id));
-            g.generation = Some(r.generation_id);
-        }
-        api::HEARTBEAT => {
-            let r: HeartbeatRequest = decode(body, version)?;
-            g.group_id = Some(text(&r.group_id));
-            g.member_id = Some(text(&r.member_id));
-            g.generation = Some(r.generation_id);
+        api::JOIN_GROUP | api::SYNC_GROUP | api::HEARTBEAT => {
+            check("group", version, 0..=9)?;
+            g.group_id = string(&mut r, flex)?;
+            if api_key == api::JOIN_GROUP {
+                r.i32()?; // session_timeout_ms
+                if version >= 1 {
+                    r.i32()?; // rebalance_timeout_ms
+                }
+            } else {
+                g.generation = Some(r.i32()?);
+            }
+            g.member_id = string(&mut r, flex)?.filter(|m| !m.is_empty());
         }
         api::LEAVE_GROUP => {
-            let r: LeaveGroupRequest = decode(body, version)?;
-            g.group_id = Some(text(&r.group_id));
+            check("LeaveGroup", version, 0..=5)?;
+            g.group_id = string(&mut r, flex)?;
         }
         api::OFFSET_COMMIT => {
-            let r: OffsetCommitRequest = decode(body, version)?;
-            g.group_id = Some(text(&r.group_id));
-            g.member_id = Some(text(&r.member_id));
-            g.generation = Some(r.generation_id_or_member_epoch);
-            for t in &r.topics {
-                let topic = if version >= 10 {
-                    TopicRef::Id(t.topic_id.into_bytes())
-                } else {
-                    TopicRef::name(t.name.as_bytes())
-                };
-                for p in &t.partitions {
+            check("OffsetCommit", version, 0..=10)?;
+            g.group_id = string(&mut r, flex)?;
+            if version >= 1 {
+                g.generation = Some(r.i32()?);
+                g.member_id = string(&mut r, flex)?;
+            }
+            if version >= 7 {
+                r.string(flex)?; // group_instance_id
+            }
+            if (2..=4).contains(&version) {
+                r.i64()?; // retention_time_ms
+            }
+            for _ in 0..r.array_len(flex, 2)? {
+                let topic = topic(&mut r, flex, version, 10)?;
+                for _ in 0..r.array_len(flex, 14)? {
+                    let partition = r.i32()?;
+                    let offset = r.i64()?;
+                    if version >= 6 {
+                        r.i32()?; // committed_leader_epoch
+                    }
+                    if version == 1 {
+                        r.i64()?; // commit_timestamp
+                    }
+                    r.string(flex)?; // committed_metadata
+                    r.skip_tags(flex)?;
                     g.offsets.push(OffsetEntry {
                         topic: topic.clone(),
-                        partition: p.partition_index,
+                        partition,
                         error_code: 0,
-                        offset: p.committed_offset,
+                        offset,
                     });
                 }
+                r.skip_tags(flex)?;
             }
         }
         api::OFFSET_FETCH => {
-            let r: OffsetFetchRequest = decode(body, version)?;
+            check("OffsetFetch", version, 0..=10)?;
             g.group_id = if version >= 8 {
-                r.groups.first().map(|x| text(&x.group_id))
+                if r.array_len(flex, 1)? > 0 {
+                    string(&mut r, flex)?
+                } else {
+                    None
+                }
             } else {
-                Some(text(&r.group_id))
+                string(&mut r, flex)?
             };
         }
         _ => {}
@@ -220,75 +332,113 @@ pub fn decode_group_response(
     version: i16,
     body: &[u8],
 ) -> Result<GroupInfo, DecodeError> {
+    let flex = flexible_request(api_key, version);
+    let mut r = Reader::new(body);
     let mut g = GroupInfo {
         api_key,
         ..GroupInfo::default()
     };
+    // throttle_time_ms leads every one of these responses from the version given.
+    let throttle_from = match api_key {
+        api::JOIN_GROUP => 2,
+        api::OFFSET_COMMIT | api::OFFSET_FETCH => 3,
+        _ => 1,
+    };
+    if version >= throttle_from {
+        r.i32()?;
+    }
     match api_key {
         api::FIND_COORDINATOR => {
-            let r: FindCoordinatorResponse = decode(body, version)?;
+            check("FindCoordinator", version, 0..=6)?;
             if version >= 4 {
-                if let Some(c) = r.coordinators.first() {
-                    g.error_code = c.error_code;
-                    g.group_id = Some(text(&c.key));
-                    g.coordinator = Some((*c.node_id, text(&c.host), c.port));
+                let n = r.array_len(flex, 12)?;
+                if n > 0 {
+                    g.group_id = string(&mut r, flex)?;
+                    let node = r.i32()?;
+                    let host = string(&mut r, flex)?.unwrap_or_default();
+                    let port = r.i32()?;
+                    g.error_code = r.i16()?;
+                    g.coordinator = Some((node, host, port));
                 }
             } else {
-                g.error_code = r.error_code;
-                g.coordinator = Some((*r.node_id, text(&r.host), r.port));
+                g.error_code = r.i16()?;
+                if version >= 1 {
+                    r.string(flex)?; // error_message
+                }
+                let node = r.i32()?;
+                let host = string(&mut r, flex)?.unwrap_or_default();
+                g.coordinator = Some((node, host, r.i32()?));
             }
         }
         api::JOIN_GROUP => {
-            let r: JoinGroupResponse = decode(body, version)?;
-            g.error_code = r.error_code;
-            g.member_id = Some(text(&r.member_id));
-            g.generation = Some(r.generation_id);
+            check("JoinGroup", version, 0..=9)?;
+            g.error_code = r.i16()?;
+            g.generation = Some(r.i32()?);
+            if version >= 7 {
+                r.string(flex)?; // protocol_type
+            }
+            r.string(flex)?; // protocol_name
+            r.string(flex)?; // leader
+            if version >= 9 {
+                r.i8()?; // skip_assignment
+            }
+            g.member_id = string(&mut r, flex)?;
         }
-        api::SYNC_GROUP => g.error_code = decode::<SyncGroupResponse>(body, version)?.error_code,
-        api::HEARTBEAT => g.error_code = decode::<HeartbeatResponse>(body, version)?.error_code,
-        api::LEAVE_GROUP => g.error_code = decode::<LeaveGroupResponse>(body, version)?.error_code,
+        api::SYNC_GROUP | api::HEARTBEAT | api::LEAVE_GROUP => {
+            check("group", version, 0..=5)?;
+            g.error_code = r.i16()?;
+        }
         api::OFFSET_COMMIT => {
-            let r: OffsetCommitResponse = decode(body, version)?;
-            g.error_code = r
-                .topics
-                .iter()
-                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
-                .find(|&e| e != 0)
-                .unwrap_or(0);
-        }
-        api::OFFSET_FETCH => {
-            let r: OffsetFetchResponse = decode(body, version)?;
-            if version >= 8 {
-                if let Some(grp) = r.groups.first() {
-                    g.group_id = Some(text(&grp.group_id));
-                    g.error_code = grp.error_code;
-                    for t in &grp.topics {
-                        let topic = if version >= 10 {
-                            TopicRef::Id(t.topic_id.into_bytes())
-                        } else {
-                            TopicRef::name(t.name.as_bytes())
-                        };
-                        for p in &t.partitions {
-                            g.offsets.push(OffsetEntry {
-                                topic: topic.clone(),
-                                partition: p.partition_index,
-                                error_code: p.error_code,
-                                offset: p.committed_offset,
-                            });
-                        }
+            check("OffsetCommit", version, 0..=10)?;
+            'topics: for _ in 0..r.array_len(flex, 2)? {
+                topic(&mut r, flex, version, 10)?;
+                for _ in 0..r.array_len(flex, 6)? {
+                    r.i32()?;
+                    let e = r.i16()?;
+                    r.skip_tags(flex)?;
+                    if e != 0 {
+                        g.error_code = e;
+                        break 'topics;
                     }
                 }
-            } else {
-                g.error_code = r.error_code;
-                for t in &r.topics {
-                    for p in &t.partitions {
+                r.skip_tags(flex)?;
+            }
+        }
+        api::OFFSET_FETCH => {
+            check("OffsetFetch", version, 0..=10)?;
+            let topics = |r: &mut Reader<'_>, g: &mut GroupInfo| -> Result<(), DecodeError> {
+                for _ in 0..r.array_len(flex, 2)? {
+                    let topic = topic(r, flex, version, 10)?;
+                    for _ in 0..r.array_len(flex, 16)? {
+                        let partition = r.i32()?;
+                        let offset = r.i64()?;
+                        if version >= 5 {
+                            r.i32()?; // committed_leader_epoch
+                        }
+                        r.string(flex)?; // metadata
+                        let error_code = r.i16()?;
+                        r.skip_tags(flex)?;
                         g.offsets.push(OffsetEntry {
-                            topic: TopicRef::name(t.name.as_bytes()),
-                            partition: p.partition_index,
-                            error_code: p.error_code,
-                            offset: p.committed_offset,
+                            topic: topic.clone(),
+                            partition,
+                            error_code,
+                            offset,
                         });
                     }
+                    r.skip_tags(flex)?;
+                }
+                Ok(())
+            };
+            if version >= 8 {
+                if r.array_len(flex, 4)? > 0 {
+                    g.group_id = string(&mut r, flex)?;
+                    topics(&mut r, &mut g)?;
+                    g.error_code = r.i16()?;
+                }
+            } else {
+                topics(&mut r, &mut g)?;
+                if version >= 2 {
+                    g.error_code = r.i16()?;
                 }
             }
         }
