@@ -71,15 +71,17 @@ fn seed_session_corpus(root: &Path) -> anyhow::Result<()> {
     let corpus = root.join("fuzz/corpus/session");
     std::fs::create_dir_all(&corpus)?;
     let fixtures = root.join("tracer/tests/fixtures");
-    for case in std::fs::read_dir(&fixtures)
-        .with_context(|| format!("reading {}", fixtures.display()))?
-        .flatten()
-    {
-        for rec in std::fs::read_dir(case.path())?.flatten().map(|e| e.path()) {
+    let cases =
+        std::fs::read_dir(&fixtures).with_context(|| format!("reading {}", fixtures.display()))?;
+    for case in cases.flatten().filter(|e| e.path().is_dir()) {
+        let recordings = std::fs::read_dir(case.path())
+            .with_context(|| format!("reading {}", case.path().display()))?;
+        for rec in recordings.flatten().map(|e| e.path()) {
             if rec.extension().is_none_or(|x| x != "rec") {
                 continue;
             }
-            let bytes = std::fs::read(&rec)?;
+            let bytes =
+                std::fs::read(&rec).with_context(|| format!("reading {}", rec.display()))?;
             let mut seed = vec![0u8];
             let mut at = 0;
             while at + 5 <= bytes.len() {
@@ -97,7 +99,8 @@ fn seed_session_corpus(root: &Path) -> anyhow::Result<()> {
                 case.file_name().to_string_lossy(),
                 rec.file_name().unwrap_or_default().to_string_lossy()
             );
-            std::fs::write(corpus.join(name), seed)?;
+            std::fs::write(corpus.join(&name), seed)
+                .with_context(|| format!("writing fuzz seed {name}"))?;
         }
     }
     Ok(())

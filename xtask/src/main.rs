@@ -127,15 +127,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             test.current_dir(&root)
                 .args(["test", "--release"])
                 .args(&args);
-            let status = test.status().context("starting cargo test")?;
+            let (status, passed, failed) = run_counting_tests(&mut test)?;
             if !status.success() {
-                bail!("tests failed ({status})");
+                bail!("tests failed ({status}): {passed} passed, {failed} failed");
             }
             // A short run of every fuzz target: seconds, not minutes (`cargo xtask fuzz` is the
             // long one).
-            fuzz::run(&root, 10, &[])
+            fuzz::run(&root, 10, &[])?;
+            // One closing line for the whole run: cargo's own last line is a doc-test summary.
+            println!("tests: {passed} passed, {failed} failed");
+            Ok(())
         }
     }
+}
+
+/// Runs `cargo test`, passing its output through and adding up its `test result:` lines.
+fn run_counting_tests(cmd: &mut Command) -> anyhow::Result<(std::process::ExitStatus, u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    let count = |line: &str, word: &str| -> u64 {
+        line.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if line.starts_with("test result:") {
+            passed += count(&line, "passed");
+            failed += count(&line, "failed");
+        }
+    }
+    Ok((child.wait()?, passed, failed))
 }
 
 /// The workspace root: this crate's parent directory.
