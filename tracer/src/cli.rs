@@ -84,6 +84,11 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
 
+    /// Ask a broker for its topic metadata when traffic names a topic only by id (Produce and
+    /// Fetch v13+) and no Metadata response naming it has been seen yet.
+    #[arg(long, env = "KAFKA_TRACER_RESOLVE_TOPIC_IDS", default_value_t = true, action = ArgAction::Set)]
+    pub resolve_topic_ids: bool,
+
     /// Keep record keys (off by default: keys may hold personal data).
     #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS")]
     pub record_keys: bool,

@@ -1,7 +1,11 @@
 //! The `kafka-tracer` process: runs the capture and feeds its records through the pipeline
 //! until SIGINT or SIGTERM, then detaches every program.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -9,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     capture::{Capture, KernelCounters, comm_str},
     cli::Args,
-    kafka::{Request, Response, api_name},
+    kafka::{MetadataResponse, Request, Response, api_name, lookup},
     pipeline::{Observed, Pipeline, PipelineCounters},
 };
 
@@ -22,6 +26,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut stats = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
     let mut last = (KernelCounters::default(), PipelineCounters::default());
+    let (lookup_tx, mut lookup_rx) =
+        tokio::sync::mpsc::channel::<(SocketAddr, anyhow::Result<MetadataResponse>)>(64);
+    let mut last_lookup: HashMap<SocketAddr, Instant> = HashMap::new();
     loop {
         tokio::select! {
             r = capture.readable() => {
@@ -35,7 +42,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 for o in pipeline.take_exchanges() {
                     log_exchange(&o, &pipeline);
                 }
+                for broker in pipeline.take_unknown_topic_brokers() {
+                    if args.resolve_topic_ids && lookup_due(&mut last_lookup, broker) {
+                        let tx = lookup_tx.clone();
+                        tokio::spawn(async move {
+                            let r = lookup::metadata(broker, LOOKUP_TIMEOUT).await;
+                            let _ = tx.send((broker, r)).await;
+                        });
+                    }
+                }
             }
+            Some((broker, result)) = lookup_rx.recv() => pipeline.learn_lookup(broker, result),
             _ = stats.tick() => {
                 pipeline.evict_idle(monotonic_ns(), Duration::from_secs(args.idle_timeout).as_nanos() as u64);
                 let now = (capture.counters()?, pipeline.counters());
@@ -56,6 +73,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     tracing::info!("detaching");
     Ok(())
+}
+
+/// A broker is asked for its topics at most this often.
+const LOOKUP_INTERVAL: Duration = Duration::from_secs(30);
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `broker` may be asked now; notes the time if so. The table is bounded: brokers are
+/// few, and a flood of addresses only resets the rate limit.
+fn lookup_due(last: &mut HashMap<SocketAddr, Instant>, broker: SocketAddr) -> bool {
+    if last
+        .get(&broker)
+        .is_some_and(|t| t.elapsed() < LOOKUP_INTERVAL)
+    {
+        return false;
+    }
+    if last.len() >= 4096 {
+        last.clear();
+    }
+    last.insert(broker, Instant::now());
+    true
 }
 
 /// One debug line per exchange (spans come from the export stage).
@@ -169,7 +206,7 @@ fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
          detected_other={} evicted_idle={} buffer_full_bytes={} frames={} partial_frames={} \
          resyncs={} resync_skipped_bytes={} requests={} responses={} undecodable_requests={} \
          undecodable_responses={} unmatched_responses={} unanswered_requests={} acks0_produces={} \
-         {kernel}",
+         topic_lookups={} topic_lookup_failures={} {kernel}",
         p.bad_records,
         p.refused_records,
         p.detected_kafka,
@@ -187,6 +224,8 @@ fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
         s.unmatched_responses,
         s.unanswered_requests,
         s.acks0_produces,
+        p.topic_lookups,
+        p.topic_lookup_failures,
     );
     if lost > 0 {
         tracing::warn!("counters (with losses): {line}");

@@ -53,6 +53,9 @@ pub struct PipelineCounters {
     pub buffer_full_bytes: u64,
     /// Catalog entries (topic ids, clusters, groups) refused because a table was full.
     pub catalog_refused: u64,
+    /// Metadata lookups sent to brokers for unknown topic ids, and those that failed.
+    pub topic_lookups: u64,
+    pub topic_lookup_failures: u64,
     pub framing: FramerCounters,
     pub kafka: SessionCounters,
 }
@@ -102,6 +105,8 @@ pub struct Pipeline {
     /// Verdicts to write to the kernel after the current drain, as (conn key, is Kafka).
     verdicts: Vec<(u64, bool)>,
     exchanges: Vec<Observed>,
+    /// Brokers whose exchanges named topic ids the catalog does not know.
+    unknown_topic_brokers: std::collections::HashSet<SocketAddr>,
     pub catalog: Catalog,
     counters: PipelineCounters,
 }
@@ -117,6 +122,7 @@ impl Pipeline {
             sniffing: HashMap::new(),
             verdicts: Vec::new(),
             exchanges: Vec::new(),
+            unknown_topic_brokers: std::collections::HashSet::new(),
             catalog: Catalog::default(),
             counters: PipelineCounters::default(),
         }
@@ -181,7 +187,11 @@ impl Pipeline {
             };
         }
         let before = session.buffered();
-        let (exchanges, catalog) = (&mut self.exchanges, &mut self.catalog);
+        let (exchanges, catalog, unknown) = (
+            &mut self.exchanges,
+            &mut self.catalog,
+            &mut self.unknown_topic_brokers,
+        );
         let (tgid, comm, tuple) = (d.tgid(), d.hdr.comm, d.hdr.tuple);
         session.push(
             d.direction(),
@@ -199,6 +209,9 @@ impl Pipeline {
                     exchange,
                 };
                 catalog.learn(&o.exchange, tgid, o.broker());
+                if catalog.has_unknown_topic(&o.exchange) {
+                    unknown.insert(o.broker());
+                }
                 exchanges.push(o);
             },
         );
@@ -262,6 +275,27 @@ impl Pipeline {
     /// Verdicts reached since the last call.
     pub fn take_verdicts(&mut self) -> Vec<(u64, bool)> {
         std::mem::take(&mut self.verdicts)
+    }
+
+    /// Takes the answer of a Metadata lookup at `broker`.
+    pub fn learn_lookup(
+        &mut self,
+        broker: SocketAddr,
+        result: anyhow::Result<kafka::MetadataResponse>,
+    ) {
+        self.counters.topic_lookups += 1;
+        match result {
+            Ok(m) => self.catalog.learn_metadata(&m, broker),
+            Err(e) => {
+                self.counters.topic_lookup_failures += 1;
+                tracing::debug!("topic id lookup failed: {e:#}");
+            }
+        }
+    }
+
+    /// Brokers that named topics by ids not yet known, since the last call.
+    pub fn take_unknown_topic_brokers(&mut self) -> Vec<SocketAddr> {
+        self.unknown_topic_brokers.drain().collect()
     }
 
     /// Exchanges completed since the last call.

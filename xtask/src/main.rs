@@ -73,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::all(&root)?;
             cargo(&root, &["build", "--release", "--package", "tracer"])?;
             let bin = root.join("target/release/kafka-tracer");
-            let status = as_root(&bin)
+            let status = setup::as_root(&bin)
                 .args(&args)
                 .status()
                 .with_context(|| format!("starting {}", bin.display()))?;
@@ -123,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // `cargo xtask run`.
             cargo(&root, &["build", "--release", "--all-targets"])?;
             let mut test =
-                as_root(&std::env::var_os("CARGO").map_or("cargo".into(), PathBuf::from));
+                setup::as_root(&std::env::var_os("CARGO").map_or("cargo".into(), PathBuf::from));
             test.current_dir(&root)
                 .args(["test", "--release"])
                 .args(&args);
@@ -179,26 +179,4 @@ fn workspace_root() -> PathBuf {
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     setup::run(Command::new(cargo).current_dir(root).args(args))
-}
-
-/// A command for `program` that runs as root: directly when this process is root, else through
-/// `sudo -E` (loading eBPF programs needs CAP_BPF and CAP_PERFMON).
-fn as_root(program: &Path) -> Command {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } == 0 {
-        Command::new(program)
-    } else {
-        eprintln!(
-            "xtask: not root, running {} through sudo",
-            program.display()
-        );
-        let mut c = Command::new("sudo");
-        c.arg("-E").arg("--").arg(program);
-        c
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

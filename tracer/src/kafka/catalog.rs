@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use super::{Request, Response, TopicRef, session::Exchange};
+use super::{MetadataResponse, Request, Response, TopicRef, session::Exchange};
 
 /// Entries kept per table; past it new entries are refused and counted.
 const MAX_ENTRIES: usize = 100_000;
@@ -31,38 +31,7 @@ impl Catalog {
     /// Learns from an exchange of process `tgid` with the broker at `broker`.
     pub fn learn(&mut self, ex: &Exchange, tgid: u32, broker: SocketAddr) {
         if let Some(Ok(Response::Metadata(m))) = &ex.response {
-            if let Some(c) = &m.cluster_id {
-                insert(
-                    &mut self.clusters,
-                    broker,
-                    c.as_str().into(),
-                    &mut self.refused,
-                );
-                for b in &m.brokers {
-                    if let Ok(ip) = b.host.parse::<std::net::IpAddr>()
-                        && let Ok(port) = u16::try_from(b.port)
-                    {
-                        insert(
-                            &mut self.clusters,
-                            SocketAddr::new(ip, port),
-                            c.as_str().into(),
-                            &mut self.refused,
-                        );
-                    }
-                }
-            }
-            for t in &m.topics {
-                if let Some(name) = &t.name
-                    && t.topic_id != [0; 16]
-                {
-                    insert(
-                        &mut self.topics,
-                        t.topic_id,
-                        name.as_str().into(),
-                        &mut self.refused,
-                    );
-                }
-            }
+            self.learn_metadata(m, broker);
         }
         if let (Ok(Request::Group(g)), Some(client)) = (&ex.request, &ex.header.client_id)
             && let Some(group) = &g.group_id
@@ -76,17 +45,61 @@ impl Catalog {
         }
     }
 
+    /// Learns from a Metadata response (seen on the wire, or asked of `broker` directly): topic
+    /// id names, and the cluster id of `broker` and of every broker the response lists.
+    pub fn learn_metadata(&mut self, m: &MetadataResponse, broker: SocketAddr) {
+        if let Some(c) = &m.cluster_id {
+            insert(
+                &mut self.clusters,
+                broker,
+                c.as_str().into(),
+                &mut self.refused,
+            );
+            for b in &m.brokers {
+                if let Ok(ip) = b.host.parse::<std::net::IpAddr>()
+                    && let Ok(port) = u16::try_from(b.port)
+                {
+                    insert(
+                        &mut self.clusters,
+                        SocketAddr::new(ip, port),
+                        c.as_str().into(),
+                        &mut self.refused,
+                    );
+                }
+            }
+        }
+        for t in &m.topics {
+            if let Some(name) = &t.name
+                && t.topic_id != [0; 16]
+            {
+                insert(
+                    &mut self.topics,
+                    t.topic_id,
+                    name.as_str().into(),
+                    &mut self.refused,
+                );
+            }
+        }
+    }
+
+    /// Whether the exchange names a topic by an id this catalog cannot resolve.
+    pub fn has_unknown_topic(&self, ex: &Exchange) -> bool {
+        let unknown = |t: &TopicRef| matches!(t, TopicRef::Id(id) if !self.topics.contains_key(id));
+        let in_request = match &ex.request {
+            Ok(Request::Produce(p)) => p.partitions.iter().any(|p| unknown(&p.topic)),
+            Ok(Request::Fetch(f)) => f.partitions.iter().any(|p| unknown(&p.topic)),
+            _ => false,
+        };
+        in_request
+            || matches!(&ex.response, Some(Ok(Response::Fetch(f))) if f.partitions.iter().any(|p| unknown(&p.topic)))
+    }
+
     /// The topic's name, resolving ids seen in Metadata responses.
     pub fn topic_name(&self, t: &TopicRef) -> Option<Arc<str>> {
         match t {
             TopicRef::Name(n) => Some(n.clone()),
             TopicRef::Id(id) => self.topics.get(id).cloned(),
         }
-    }
-
-    /// Teaches a topic id's name learnt elsewhere (an active Metadata lookup).
-    pub fn add_topic(&mut self, id: [u8; 16], name: &str) {
-        insert(&mut self.topics, id, name.into(), &mut self.refused);
     }
 
     pub fn cluster_id(&self, broker: &SocketAddr) -> Option<Arc<str>> {

@@ -10,6 +10,7 @@ mod admin;
 mod catalog;
 mod fetch;
 mod header;
+pub mod lookup;
 mod produce;
 pub mod records;
 mod session;
