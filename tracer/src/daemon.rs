@@ -206,7 +206,8 @@ fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
          detected_other={} evicted_idle={} buffer_full_bytes={} frames={} partial_frames={} \
          resyncs={} resync_skipped_bytes={} requests={} responses={} undecodable_requests={} \
          undecodable_responses={} unmatched_responses={} unanswered_requests={} acks0_produces={} \
-         topic_lookups={} topic_lookup_failures={} {kernel}",
+         legacy_batches={} undecodable_batches={} topic_lookups={} topic_lookup_failures={} \
+         {kernel}",
         p.bad_records,
         p.refused_records,
         p.detected_kafka,
@@ -224,6 +225,8 @@ fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
         s.unmatched_responses,
         s.unanswered_requests,
         s.acks0_produces,
+        s.legacy_batches,
+        s.undecodable_batches,
         p.topic_lookups,
         p.topic_lookup_failures,
     );

@@ -48,6 +48,20 @@ pub struct SessionCounters {
     pub acks0_produces: u64,
     /// Frames seen before the connection's client side was known.
     pub frames_before_role: u64,
+    /// Legacy (magic 0/1) message sets skipped, and record batches that could not be read
+    /// (corrupt, or failed or oversized decompression), in Produce requests and Fetch responses.
+    pub legacy_batches: u64,
+    pub undecodable_batches: u64,
+}
+
+impl SessionCounters {
+    /// Counts the batches of a decoded message that were skipped.
+    fn batches(&mut self, parts: impl Iterator<Item = (u32, u32)>) {
+        for (legacy, bad) in parts {
+            self.legacy_batches += legacy as u64;
+            self.undecodable_batches += bad as u64;
+        }
+    }
 }
 
 struct Pending {
@@ -120,6 +134,13 @@ fn on_request(
         None => *client_id = Some(header.client_id.clone()),
     }
     let request = decode_request(&header, &f.body[at..], !f.complete, opts);
+    if let Ok(Request::Produce(p)) = &request {
+        counters.batches(
+            p.partitions
+                .iter()
+                .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
+        );
+    }
     if request.is_err() {
         counters.undecodable_requests += 1;
         if f.after_resync {
@@ -190,6 +211,13 @@ fn on_response(
         .and_then(|(_, at)| decode_response(key, version, &f.body[at..], !f.complete, opts));
     if response.is_err() {
         counters.undecodable_responses += 1;
+    }
+    if let Ok(Response::Fetch(f)) = &response {
+        counters.batches(
+            f.partitions
+                .iter()
+                .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
+        );
     }
     counters.responses += 1;
     out(Exchange {
@@ -321,5 +349,121 @@ fn unanswered(p: Pending, client_side: bool) -> Exchange {
         client_side,
         request_ns: p.ns,
         response_ns: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reassembly::Stream;
+
+    /// A request frame: header v1 (client id "c"), then `body`.
+    fn request(key: i16, version: i16, corr: i32, body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend(key.to_be_bytes());
+        f.extend(version.to_be_bytes());
+        f.extend(corr.to_be_bytes());
+        f.extend(1i16.to_be_bytes());
+        f.push(b'c');
+        f.extend_from_slice(body);
+        [(f.len() as i32).to_be_bytes().to_vec(), f].concat()
+    }
+
+    /// An ApiVersions v0 response: correlation id, no error, no APIs.
+    fn api_versions_response(corr: i32) -> Vec<u8> {
+        let mut f = corr.to_be_bytes().to_vec();
+        f.extend(0i16.to_be_bytes());
+        f.extend(0i32.to_be_bytes());
+        [(f.len() as i32).to_be_bytes().to_vec(), f].concat()
+    }
+
+    struct Conn {
+        session: Session,
+        streams: [Stream; 2],
+        counters: SessionCounters,
+        out: Vec<Exchange>,
+    }
+
+    impl Conn {
+        fn new() -> Self {
+            Self {
+                session: Session::new(false, 1 << 20, 4),
+                streams: Default::default(),
+                counters: Default::default(),
+                out: Vec::new(),
+            }
+        }
+        fn push(&mut self, dir: Direction, bytes: &[u8]) {
+            let s = &mut self.streams[dir as usize];
+            let pos = s.bytes;
+            let piece = s.push(pos, bytes);
+            let out = &mut self.out;
+            self.session.push(
+                dir,
+                &piece,
+                1,
+                2,
+                &DecodeOptions::default(),
+                &mut self.counters,
+                &mut |e| out.push(e),
+            );
+        }
+    }
+
+    #[test]
+    fn broker_side_pipelined_requests_pair_in_order() {
+        let mut c = Conn::new();
+        // The broker receives three requests at once, then answers.
+        let reqs = [
+            request(18, 0, 1, b""),
+            request(18, 0, 2, b""),
+            request(18, 0, 3, b""),
+        ]
+        .concat();
+        c.push(Direction::Ingress, &reqs);
+        assert!(c.out.is_empty(), "nothing answered yet");
+        c.push(
+            Direction::Egress,
+            &[api_versions_response(1), api_versions_response(2)].concat(),
+        );
+        c.push(Direction::Egress, &api_versions_response(3));
+        let ids: Vec<i32> = c.out.iter().map(|e| e.header.correlation_id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert!(c.out.iter().all(|e| !e.client_side && matches!(e.response, Some(Ok(Response::ApiVersions(_))))));
+        assert_eq!((c.counters.requests, c.counters.responses), (3, 3));
+    }
+
+    #[test]
+    fn skipped_responses_leave_requests_unanswered_and_acks0_needs_none() {
+        let mut c = Conn::new();
+        c.push(
+            Direction::Egress,
+            &[request(18, 0, 4, b""), request(18, 0, 5, b"")].concat(),
+        );
+        c.push(Direction::Ingress, &api_versions_response(5));
+        assert_eq!(c.out.len(), 2);
+        assert_eq!(
+            (c.out[0].header.correlation_id, c.out[0].response.is_none()),
+            (4, true)
+        );
+        assert_eq!(c.counters.unanswered_requests, 1);
+        assert!(c.out[1].client_side);
+        // Produce v3, acks=0, no topics: reported at once, no response awaited.
+        let mut body = (-1i16).to_be_bytes().to_vec(); // transactional id: null
+        body.extend(0i16.to_be_bytes());
+        body.extend(1000i32.to_be_bytes());
+        body.extend(0i32.to_be_bytes());
+        c.push(Direction::Egress, &request(0, 3, 6, &body));
+        assert_eq!(c.out.len(), 3);
+        assert!(matches!(&c.out[2].request, Ok(Request::Produce(p)) if p.acks == 0));
+        assert_eq!(c.counters.acks0_produces, 1);
+        // An unmatched response is counted, not paired.
+        c.push(Direction::Ingress, &api_versions_response(99));
+        assert_eq!((c.out.len(), c.counters.unmatched_responses), (3, 1));
+        // Requests beyond the in-flight bound (4) push the oldest out, unanswered.
+        for corr in 10..16 {
+            c.push(Direction::Egress, &request(18, 0, corr, b""));
+        }
+        assert_eq!(c.counters.unanswered_requests, 3);
     }
 }
