@@ -3,7 +3,9 @@
 //! but it sizes vectors from the untrusted element counts before reading them, so hostile bytes
 //! could make it allocate gigabytes; its encoders serve as the reference in the tests.)
 
-use super::{DecodeError, TopicRef, api, header::flexible_request, wire::Reader};
+use super::{
+    DecodeError, TopicRef, api, check_version, header::flexible_request, read_topic, wire::Reader,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broker {
@@ -77,34 +79,8 @@ fn skip_i32s(r: &mut Reader<'_>, flexible: bool) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// A topic named (up to `id_from`) or identified (from `id_from`).
-fn topic(
-    r: &mut Reader<'_>,
-    flexible: bool,
-    version: i16,
-    id_from: i16,
-) -> Result<TopicRef, DecodeError> {
-    Ok(if version >= id_from {
-        TopicRef::Id(r.uuid()?)
-    } else {
-        TopicRef::name(r.string(flexible)?.unwrap_or_default())
-    })
-}
-
-fn check(
-    api: &'static str,
-    version: i16,
-    range: std::ops::RangeInclusive<i16>,
-) -> Result<(), DecodeError> {
-    if range.contains(&version) {
-        Ok(())
-    } else {
-        Err(DecodeError::Version { api, version })
-    }
-}
-
 pub fn decode_metadata(body: &[u8], version: i16) -> Result<MetadataResponse, DecodeError> {
-    check("Metadata", version, 0..=13)?;
+    check_version("Metadata", version, 0..=13)?;
     let flex = flexible_request(api::METADATA, version);
     let mut r = Reader::new(body);
     if version >= 3 {
@@ -178,7 +154,7 @@ pub fn decode_metadata(body: &[u8], version: i16) -> Result<MetadataResponse, De
 }
 
 pub fn decode_api_versions(body: &[u8], version: i16) -> Result<ApiVersionsResponse, DecodeError> {
-    check("ApiVersions", version, 0..=4)?;
+    check_version("ApiVersions", version, 0..=4)?;
     let flex = version >= 3;
     let mut r = Reader::new(body);
     let error_code = r.i16()?;
@@ -192,7 +168,7 @@ pub fn decode_api_versions(body: &[u8], version: i16) -> Result<ApiVersionsRespo
 }
 
 pub fn decode_list_offsets(body: &[u8], version: i16) -> Result<Vec<OffsetEntry>, DecodeError> {
-    check("ListOffsets", version, 1..=10)?;
+    check_version("ListOffsets", version, 1..=10)?;
     let flex = flexible_request(api::LIST_OFFSETS, version);
     let mut r = Reader::new(body);
     if version >= 2 {
@@ -200,7 +176,7 @@ pub fn decode_list_offsets(body: &[u8], version: i16) -> Result<Vec<OffsetEntry>
     }
     let mut out = Vec::new();
     for _ in 0..r.array_len(flex, 2)? {
-        let topic = topic(&mut r, flex, version, i16::MAX)?;
+        let topic = read_topic(&mut r, flex, version, i16::MAX)?;
         for _ in 0..r.array_len(flex, 22)? {
             let partition = r.i32()?;
             let error_code = r.i16()?;
@@ -235,7 +211,7 @@ pub fn decode_group_request(
     };
     match api_key {
         api::FIND_COORDINATOR => {
-            check("FindCoordinator", version, 0..=6)?;
+            check_version("FindCoordinator", version, 0..=6)?;
             let key = if version <= 3 {
                 string(&mut r, flex)?
             } else {
@@ -258,7 +234,7 @@ pub fn decode_group_request(
             }
         }
         api::JOIN_GROUP | api::SYNC_GROUP | api::HEARTBEAT => {
-            check("group", version, 0..=9)?;
+            check_version("group", version, 0..=9)?;
             g.group_id = string(&mut r, flex)?;
             if api_key == api::JOIN_GROUP {
                 r.i32()?; // session_timeout_ms
@@ -271,11 +247,11 @@ pub fn decode_group_request(
             g.member_id = string(&mut r, flex)?.filter(|m| !m.is_empty());
         }
         api::LEAVE_GROUP => {
-            check("LeaveGroup", version, 0..=5)?;
+            check_version("LeaveGroup", version, 0..=5)?;
             g.group_id = string(&mut r, flex)?;
         }
         api::OFFSET_COMMIT => {
-            check("OffsetCommit", version, 0..=10)?;
+            check_version("OffsetCommit", version, 0..=10)?;
             g.group_id = string(&mut r, flex)?;
             if version >= 1 {
                 g.generation = Some(r.i32()?);
@@ -288,7 +264,7 @@ pub fn decode_group_request(
                 r.i64()?; // retention_time_ms
             }
             for _ in 0..r.array_len(flex, 2)? {
-                let topic = topic(&mut r, flex, version, 10)?;
+                let topic = read_topic(&mut r, flex, version, 10)?;
                 for _ in 0..r.array_len(flex, 14)? {
                     let partition = r.i32()?;
                     let offset = r.i64()?;
@@ -311,7 +287,7 @@ pub fn decode_group_request(
             }
         }
         api::OFFSET_FETCH => {
-            check("OffsetFetch", version, 0..=10)?;
+            check_version("OffsetFetch", version, 0..=10)?;
             g.group_id = if version >= 8 {
                 if r.array_len(flex, 1)? > 0 {
                     string(&mut r, flex)?
@@ -349,7 +325,7 @@ pub fn decode_group_response(
     }
     match api_key {
         api::FIND_COORDINATOR => {
-            check("FindCoordinator", version, 0..=6)?;
+            check_version("FindCoordinator", version, 0..=6)?;
             if version >= 4 {
                 let n = r.array_len(flex, 12)?;
                 if n > 0 {
@@ -371,7 +347,7 @@ pub fn decode_group_response(
             }
         }
         api::JOIN_GROUP => {
-            check("JoinGroup", version, 0..=9)?;
+            check_version("JoinGroup", version, 0..=9)?;
             g.error_code = r.i16()?;
             g.generation = Some(r.i32()?);
             if version >= 7 {
@@ -385,13 +361,13 @@ pub fn decode_group_response(
             g.member_id = string(&mut r, flex)?;
         }
         api::SYNC_GROUP | api::HEARTBEAT | api::LEAVE_GROUP => {
-            check("group", version, 0..=5)?;
+            check_version("group", version, 0..=5)?;
             g.error_code = r.i16()?;
         }
         api::OFFSET_COMMIT => {
-            check("OffsetCommit", version, 0..=10)?;
+            check_version("OffsetCommit", version, 0..=10)?;
             'topics: for _ in 0..r.array_len(flex, 2)? {
-                topic(&mut r, flex, version, 10)?;
+                read_topic(&mut r, flex, version, 10)?;
                 for _ in 0..r.array_len(flex, 6)? {
                     r.i32()?;
                     let e = r.i16()?;
@@ -405,10 +381,10 @@ pub fn decode_group_response(
             }
         }
         api::OFFSET_FETCH => {
-            check("OffsetFetch", version, 0..=10)?;
+            check_version("OffsetFetch", version, 0..=10)?;
             let topics = |r: &mut Reader<'_>, g: &mut GroupInfo| -> Result<(), DecodeError> {
                 for _ in 0..r.array_len(flex, 2)? {
-                    let topic = topic(r, flex, version, 10)?;
+                    let topic = read_topic(r, flex, version, 10)?;
                     for _ in 0..r.array_len(flex, 16)? {
                         let partition = r.i32()?;
                         let offset = r.i64()?;

@@ -2,7 +2,7 @@
 //! encoding from v12; topics named by id from v13; replica id moved to a tagged field in v15.
 
 use super::{
-    DecodeError, TopicRef,
+    DecodeError, TopicRef, api, check_version, flexible_request, read_topic,
     records::with_decompressor,
     summary::{DecodeOptions, PartitionRecords},
     wire::{Reader, WireError},
@@ -51,22 +51,14 @@ pub struct FetchPartitionResponse {
     pub records: PartitionRecords,
 }
 
+/// Checks the version; returns whether it uses the flexible encoding.
 fn check(version: i16) -> Result<bool, DecodeError> {
-    if !(4..=18).contains(&version) {
-        return Err(DecodeError::Version {
-            api: "Fetch",
-            version,
-        });
-    }
-    Ok(version >= 12)
+    check_version("Fetch", version, 4..=18)?;
+    Ok(flexible_request(api::FETCH, version))
 }
 
 fn topic(r: &mut Reader<'_>, version: i16, flexible: bool) -> Result<TopicRef, DecodeError> {
-    Ok(if version >= 13 {
-        TopicRef::Id(r.uuid()?)
-    } else {
-        TopicRef::name(r.string(flexible)?.unwrap_or_default())
-    })
+    read_topic(r, flexible, version, 13)
 }
 
 pub fn decode_request(body: &[u8], version: i16) -> Result<FetchRequest, DecodeError> {

@@ -48,6 +48,44 @@ pub mod api {
     pub const API_VERSIONS: i16 = 18;
 }
 
+/// The consumer-group APIs, decoded into [`GroupInfo`].
+const GROUP_APIS: [i16; 7] = [
+    api::FIND_COORDINATOR,
+    api::JOIN_GROUP,
+    api::SYNC_GROUP,
+    api::HEARTBEAT,
+    api::LEAVE_GROUP,
+    api::OFFSET_COMMIT,
+    api::OFFSET_FETCH,
+];
+
+/// Fails for a version outside `range` of the named API.
+pub(crate) fn check_version(
+    api: &'static str,
+    version: i16,
+    range: std::ops::RangeInclusive<i16>,
+) -> Result<(), DecodeError> {
+    if range.contains(&version) {
+        Ok(())
+    } else {
+        Err(DecodeError::Version { api, version })
+    }
+}
+
+/// A topic field: a name before version `id_from`, a topic id from it on.
+pub(crate) fn read_topic(
+    r: &mut wire::Reader<'_>,
+    flexible: bool,
+    version: i16,
+    id_from: i16,
+) -> Result<TopicRef, DecodeError> {
+    Ok(if version >= id_from {
+        TopicRef::Id(r.uuid()?)
+    } else {
+        TopicRef::name(r.string(flexible)?.unwrap_or_default())
+    })
+}
+
 /// A topic as a message names it: by name, or (Produce v13+, Fetch v13+) by id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TopicRef {
@@ -147,13 +185,7 @@ pub fn decode_request(
             Request::Produce(produce::decode_request(body, h.api_version, partial, opts)?)
         }
         api::FETCH => Request::Fetch(fetch::decode_request(body, h.api_version)?),
-        api::FIND_COORDINATOR
-        | api::JOIN_GROUP
-        | api::SYNC_GROUP
-        | api::HEARTBEAT
-        | api::LEAVE_GROUP
-        | api::OFFSET_COMMIT
-        | api::OFFSET_FETCH => {
+        k if GROUP_APIS.contains(&k) => {
             Request::Group(admin::decode_group_request(h.api_key, h.api_version, body)?)
         }
         _ => Request::Other,
@@ -174,13 +206,7 @@ pub fn decode_response(
         api::METADATA => Response::Metadata(admin::decode_metadata(body, version)?),
         api::API_VERSIONS => Response::ApiVersions(admin::decode_api_versions(body, version)?),
         api::LIST_OFFSETS => Response::ListOffsets(admin::decode_list_offsets(body, version)?),
-        api::FIND_COORDINATOR
-        | api::JOIN_GROUP
-        | api::SYNC_GROUP
-        | api::HEARTBEAT
-        | api::LEAVE_GROUP
-        | api::OFFSET_COMMIT
-        | api::OFFSET_FETCH => {
+        k if GROUP_APIS.contains(&k) => {
             Response::Group(admin::decode_group_response(api_key, version, body)?)
         }
         _ => Response::Other,

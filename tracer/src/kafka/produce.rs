@@ -2,7 +2,7 @@
 //! Flexible encoding from v9; topics named by id from v13.
 
 use super::{
-    DecodeError, TopicRef,
+    DecodeError, TopicRef, api, check_version, flexible_request, read_topic,
     records::with_decompressor,
     summary::{DecodeOptions, PartitionRecords},
     wire::{Reader, WireError},
@@ -44,22 +44,14 @@ pub struct ProducePartitionResponse {
     pub log_append_time_ms: i64,
 }
 
+/// Checks the version; returns whether it uses the flexible encoding.
 fn check(version: i16) -> Result<bool, DecodeError> {
-    if !(3..=13).contains(&version) {
-        return Err(DecodeError::Version {
-            api: "Produce",
-            version,
-        });
-    }
-    Ok(version >= 9)
+    check_version("Produce", version, 3..=13)?;
+    Ok(flexible_request(api::PRODUCE, version))
 }
 
 fn topic(r: &mut Reader<'_>, version: i16, flexible: bool) -> Result<TopicRef, DecodeError> {
-    Ok(if version >= 13 {
-        TopicRef::Id(r.uuid()?)
-    } else {
-        TopicRef::name(r.string(flexible)?.unwrap_or_default())
-    })
+    read_topic(r, flexible, version, 13)
 }
 
 /// Decodes a produce request; `partial` when `body` is only the start of the frame.
