@@ -158,6 +158,11 @@ fn fetch_stream(codec: Compression) -> Vec<u8> {
     s
 }
 
+/// Records whose header was read, over the given partitions.
+fn with_header<'a>(parts: impl Iterator<Item = &'a tracer::kafka::PartitionRecords>) -> usize {
+    parts.map(|p| p.headers.len().min(p.record_count())).sum()
+}
+
 /// The tracer's path: 8 KiB capture chunks -> framer -> header -> body decode (records and
 /// headers read). Returns records seen.
 fn tracer_decode(stream: &[u8], fetch: bool) -> usize {
@@ -176,22 +181,14 @@ fn tracer_decode(stream: &[u8], fetch: bool) -> usize {
                 else {
                     unreachable!()
                 };
-                records += r
-                    .partitions
-                    .iter()
-                    .map(|p| p.records.headers.len().min(p.records.record_count()))
-                    .sum::<usize>();
+                records += with_header(r.partitions.iter().map(|p| &p.records));
             } else {
                 let (h, at) = parse_request_header(f.body).unwrap();
                 let Request::Produce(r) = decode_request(&h, &f.body[at..], false, &opts).unwrap()
                 else {
                     unreachable!()
                 };
-                records += r
-                    .partitions
-                    .iter()
-                    .map(|p| p.records.headers.len().min(p.records.record_count()))
-                    .sum::<usize>();
+                records += with_header(r.partitions.iter().map(|p| &p.records));
             }
             true
         });
