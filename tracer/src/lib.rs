@@ -8,6 +8,7 @@
 pub mod btf;
 pub mod capture;
 pub mod cli;
+pub mod correlate;
 pub mod daemon;
 pub mod kafka;
 pub mod pipeline;
