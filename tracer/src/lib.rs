@@ -13,3 +13,4 @@ pub mod daemon;
 pub mod kafka;
 pub mod pipeline;
 pub mod reassembly;
+pub mod spans;

@@ -1,0 +1,390 @@
+//! Spans from decoded exchanges, following the OpenTelemetry messaging conventions for Kafka:
+//! a PRODUCER span `send {topic}` per produced batch, a CONSUMER span `poll {topic}` per
+//! fetched batch.
+//!
+//! One rule, applied by every tracer to the same record batch, gives both sides the same
+//! identities without coordination (see `correlate`):
+//! - the producer span's id is derived from (cluster, topic, partition, base offset);
+//! - its trace is the records' trace context when they all carry the same one (the span is then
+//!   that context's child), else the derived batch trace, with a link to each distinct context;
+//! - a consumer span is a child of that producer span, in that trace.
+
+use std::sync::Arc;
+
+use tracer_common::ConnTuple;
+
+use crate::{
+    capture::endpoints,
+    correlate::{self, TraceContext},
+    kafka::{Catalog, PartitionRecords, Request, Response, TopicRef},
+    pipeline::Observed,
+};
+
+/// Links kept per span; the rest are counted.
+pub const MAX_LINKS: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Producer,
+    Consumer,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(Arc<str>),
+    Int(i64),
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Self::Str(s.into())
+    }
+}
+
+impl From<Arc<str>> for Value {
+    fn from(s: Arc<str>) -> Self {
+        Self::Str(s)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub tracestate: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub tracestate: Option<String>,
+    pub name: String,
+    pub kind: SpanKind,
+    /// Kernel times (CLOCK_MONOTONIC ns): request sent or received, response complete.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attributes: Vec<(&'static str, Value)>,
+    pub links: Vec<Link>,
+    /// Kafka error code, when the response carried one for this partition.
+    pub error_code: Option<i16>,
+    /// The producer's sampling decision, from the record headers.
+    pub parent_sampled: Option<bool>,
+    /// The traced process.
+    pub tgid: u32,
+}
+
+/// What span building could not do, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanCounters {
+    pub producer_spans: u64,
+    pub consumer_spans: u64,
+    /// Produce without offsets (acks=0, or an error): the span has no derived identity, so a
+    /// consumer cannot be linked to it.
+    pub unlinked_produces: u64,
+    /// Links beyond [`MAX_LINKS`] dropped.
+    pub links_dropped: u64,
+    /// Batches of topics whose name is not known yet (topic id not resolved).
+    pub unnamed_topics: u64,
+}
+
+/// Where the trace of a batch comes from.
+struct BatchTrace {
+    trace_id: [u8; 16],
+    parent: Option<[u8; 8]>,
+    tracestate: Option<String>,
+    sampled: Option<bool>,
+    links: Vec<Link>,
+}
+
+/// The distinct trace contexts of the records of batch `batch` in `p`.
+fn contexts(p: &PartitionRecords, batch: u32) -> Vec<TraceContext> {
+    let mut out: Vec<TraceContext> = Vec::new();
+    for r in p.records.iter().filter(|r| r.batch == batch) {
+        if let Some(c) = correlate::extract(p.headers_of(r))
+            && !out
+                .iter()
+                .any(|o| o.trace_id == c.trace_id && o.span_id == c.span_id)
+        {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn batch_trace(
+    ctxs: Vec<TraceContext>,
+    derived_trace: [u8; 16],
+    counters: &mut SpanCounters,
+) -> BatchTrace {
+    if let [one] = ctxs.as_slice() {
+        return BatchTrace {
+            trace_id: one.trace_id,
+            parent: Some(one.span_id),
+            tracestate: one.tracestate.clone(),
+            sampled: one.sampled,
+            links: Vec::new(),
+        };
+    }
+    counters.links_dropped += ctxs.len().saturating_sub(MAX_LINKS) as u64;
+    let sampled = ctxs.iter().any(|c| c.sampled == Some(true)).then_some(true);
+    BatchTrace {
+        trace_id: derived_trace,
+        parent: None,
+        tracestate: None,
+        sampled,
+        links: ctxs
+            .into_iter()
+            .take(MAX_LINKS)
+            .map(|c| Link {
+                trace_id: c.trace_id,
+                span_id: c.span_id,
+                tracestate: c.tracestate,
+            })
+            .collect(),
+    }
+}
+
+/// A span id no other tracer will derive: for spans nobody needs to find again.
+fn random_span_id() -> [u8; 8] {
+    let mut id = [0u8; 8];
+    // SAFETY: valid buffer; getrandom never fails for 8 bytes once the pool is initialised.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), 8, 0) };
+    if n != 8 || id == [0; 8] {
+        id = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1)
+        .to_be_bytes();
+    }
+    id
+}
+
+fn random_trace_id() -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&random_span_id());
+    t[8..].copy_from_slice(&random_span_id());
+    t
+}
+
+/// Attributes every span of an exchange has.
+fn common(
+    o: &Observed,
+    topic: &Arc<str>,
+    partition: i32,
+    catalog: &Catalog,
+    tuple: &ConnTuple,
+) -> Vec<(&'static str, Value)> {
+    let (local, remote) = endpoints(tuple);
+    let broker = o.broker();
+    let mut a: Vec<(&'static str, Value)> = vec![
+        ("messaging.system", "kafka".into()),
+        ("messaging.destination.name", topic.clone().into()),
+        (
+            "messaging.destination.partition.id",
+            Value::Str(partition.to_string().into()),
+        ),
+        ("server.address", Value::Str(broker.ip().to_string().into())),
+        ("server.port", (broker.port() as i64).into()),
+        (
+            "network.peer.address",
+            Value::Str(remote.ip().to_string().into()),
+        ),
+        ("network.peer.port", (remote.port() as i64).into()),
+        ("network.local.port", (local.port() as i64).into()),
+    ];
+    if let Some(c) = &o.exchange.header.client_id {
+        a.push(("messaging.client.id", c.as_str().into()));
+    }
+    if let Some(c) = catalog.cluster_id(&broker) {
+        a.push(("messaging.kafka.cluster.id", c.into()));
+    }
+    a
+}
+
+/// Offsets of a batch as attributes: the offset for one record, first and last otherwise.
+fn offsets(a: &mut Vec<(&'static str, Value)>, first: i64, count: usize) {
+    if count == 1 {
+        a.push(("messaging.kafka.offset", first.into()));
+    } else {
+        a.push(("messaging.batch.message_count", (count as i64).into()));
+        a.push(("messaging.kafka.first_offset", first.into()));
+        a.push((
+            "messaging.kafka.last_offset",
+            (first + count as i64 - 1).into(),
+        ));
+    }
+}
+
+fn topic_name(catalog: &Catalog, t: &TopicRef, counters: &mut SpanCounters) -> Arc<str> {
+    catalog.topic_name(t).unwrap_or_else(|| {
+        counters.unnamed_topics += 1;
+        t.to_string().into()
+    })
+}
+
+/// The spans of one exchange seen by the client (producer or consumer); none for the broker
+/// side or for other APIs.
+pub fn spans(o: &Observed, catalog: &Catalog, counters: &mut SpanCounters) -> Vec<Span> {
+    let ex = &o.exchange;
+    if !ex.client_side {
+        return Vec::new();
+    }
+    let start = ex.request_ns.0;
+    let end = ex.response_ns.map_or(ex.request_ns.1, |(_, e)| e);
+    let cluster = catalog.cluster_id(&o.broker());
+    let cluster = cluster.as_deref().unwrap_or("");
+    let mut out = Vec::new();
+    match (&ex.request, &ex.response) {
+        (Ok(Request::Produce(req)), resp) => {
+            let answers = match resp {
+                Some(Ok(Response::Produce(r))) => Some(r),
+                _ => None,
+            };
+            for p in req
+                .partitions
+                .iter()
+                .filter(|p| p.records.record_count() > 0)
+            {
+                let topic = topic_name(catalog, &p.topic, counters);
+                let answer = answers.and_then(|r| {
+                    r.partitions.iter().find(|a| {
+                        a.partition == p.partition
+                            && catalog.topic_name(&a.topic).as_deref() == Some(&topic)
+                    })
+                });
+                let base = answer
+                    .filter(|a| a.error_code == 0 && a.base_offset >= 0)
+                    .map(|a| a.base_offset);
+                for (i, b) in p
+                    .records
+                    .batches
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| !b.control)
+                {
+                    let ctxs = contexts(&p.records, i as u32);
+                    let count = p
+                        .records
+                        .records
+                        .iter()
+                        .filter(|r| r.batch == i as u32)
+                        .count();
+                    // The broker assigns consecutive offsets to the request's batches.
+                    let first = base.map(|base| {
+                        base + p.records.batches[..i]
+                            .iter()
+                            .map(|b| b.last_offset_delta as i64 + 1)
+                            .sum::<i64>()
+                    });
+                    let (trace, span_id) = match first {
+                        Some(first) => {
+                            let (t, s) = correlate::batch_ids(cluster, &topic, p.partition, first);
+                            (batch_trace(ctxs, t, counters), s)
+                        }
+                        None => {
+                            counters.unlinked_produces += 1;
+                            (
+                                batch_trace(ctxs, random_trace_id(), counters),
+                                random_span_id(),
+                            )
+                        }
+                    };
+                    let mut attributes = common(o, &topic, p.partition, catalog, &o.tuple);
+                    attributes.push(("messaging.operation.type", "send".into()));
+                    attributes.push(("messaging.operation.name", "send".into()));
+                    if let Some(first) = first {
+                        offsets(&mut attributes, first, count);
+                    } else {
+                        attributes.push(("messaging.batch.message_count", (count as i64).into()));
+                    }
+                    attributes.push(("messaging.kafka.compression", b.compression.name().into()));
+                    counters.producer_spans += 1;
+                    out.push(Span {
+                        trace_id: trace.trace_id,
+                        span_id,
+                        parent_span_id: trace.parent,
+                        tracestate: trace.tracestate,
+                        name: format!("send {topic}"),
+                        kind: SpanKind::Producer,
+                        start_ns: start,
+                        end_ns: end,
+                        attributes,
+                        links: trace.links,
+                        error_code: answer.map(|a| a.error_code).filter(|&e| e != 0),
+                        parent_sampled: trace.sampled,
+                        tgid: o.tgid,
+                    });
+                }
+            }
+        }
+        (Ok(Request::Fetch(_)), Some(Ok(Response::Fetch(f)))) => {
+            let group = ex
+                .header
+                .client_id
+                .as_deref()
+                .and_then(|c| catalog.group(o.tgid, c));
+            for p in &f.partitions {
+                let topic = topic_name(catalog, &p.topic, counters);
+                for (i, b) in p
+                    .records
+                    .batches
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| !b.control)
+                {
+                    let count = p
+                        .records
+                        .records
+                        .iter()
+                        .filter(|r| r.batch == i as u32)
+                        .count();
+                    if count == 0 {
+                        continue;
+                    }
+                    let (derived_trace, producer_span) =
+                        correlate::batch_ids(cluster, &topic, p.partition, b.base_offset);
+                    let trace =
+                        batch_trace(contexts(&p.records, i as u32), derived_trace, counters);
+                    let mut attributes = common(o, &topic, p.partition, catalog, &o.tuple);
+                    attributes.push(("messaging.operation.type", "receive".into()));
+                    attributes.push(("messaging.operation.name", "poll".into()));
+                    offsets(&mut attributes, b.base_offset, count);
+                    if let Some(g) = &group {
+                        attributes.push(("messaging.consumer.group.name", g.clone().into()));
+                    }
+                    // End-to-end: from the batch's (first record's) timestamp to reception.
+                    attributes.push((
+                        "messaging.kafka.batch.timestamp_ms",
+                        b.base_timestamp.into(),
+                    ));
+                    counters.consumer_spans += 1;
+                    out.push(Span {
+                        trace_id: trace.trace_id,
+                        span_id: random_span_id(),
+                        parent_span_id: Some(producer_span),
+                        tracestate: trace.tracestate,
+                        name: format!("poll {topic}"),
+                        kind: SpanKind::Consumer,
+                        start_ns: start,
+                        end_ns: end,
+                        attributes,
+                        links: trace.links,
+                        error_code: (p.error_code != 0).then_some(p.error_code),
+                        parent_sampled: trace.sampled,
+                        tgid: o.tgid,
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
