@@ -93,6 +93,37 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS")]
     pub record_keys: bool,
 
+    /// Where spans go: `console` writes OTLP-JSON `ResourceSpans`, one per line, to standard
+    /// output; `none` drops them (counted). OTLP over gRPC/HTTP is not built yet.
+    #[arg(long, env = "OTEL_TRACES_EXPORTER", default_value = "console")]
+    pub traces_exporter: String,
+
+    /// Sampler, as OpenTelemetry names them (parentbased_always_on, traceidratio, ...). The
+    /// decision depends only on the trace id and the producer's flag, so every node agrees.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    pub sampler: Option<String>,
+
+    /// The sampler's ratio, 0 to 1.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub sampler_arg: Option<String>,
+
+    /// Spans of requests slower than this (milliseconds) are kept whatever the sampler says,
+    /// as are spans with a Kafka error.
+    #[arg(long, env = "KAFKA_TRACER_SLOW_THRESHOLD_MS", default_value_t = 1000)]
+    pub slow_threshold_ms: u64,
+
+    /// service.name for every traced process (default: each process's executable name).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// Extra resource attributes, `key=value,key2=value2`.
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", default_value = "")]
+    pub resource_attributes: String,
+
+    /// Spans waiting for export at most; when full the oldest are dropped and counted.
+    #[arg(long, env = "KAFKA_TRACER_EXPORT_QUEUE", default_value_t = 8192)]
+    pub export_queue: usize,
+
     /// Seconds without traffic after which a connection is forgotten (a process that exits
     /// without closing its sockets leaves no other trace in fd mode).
     #[arg(long, env = "KAFKA_TRACER_IDLE_TIMEOUT", default_value_t = 900)]

@@ -13,18 +13,102 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     capture::{Capture, KernelCounters, comm_str},
     cli::Args,
+    correlate::Sampler,
+    export::{Queue, Resources, otlp_json_lines, parse_resource_attributes},
     kafka::{MetadataResponse, Request, Response, api_name, lookup},
     pipeline::{Observed, Pipeline, PipelineCounters},
+    spans::SpanCounters,
 };
+
+/// Spans written per export call.
+const EXPORT_BATCH: usize = 512;
+
+/// What happens to spans after building, and its counters.
+struct Traces {
+    sampler: Sampler,
+    slow_ns: u64,
+    console: bool,
+    resources: Resources,
+    queue: Queue,
+    clock_offset_ns: i64,
+    counters: SpanCounters,
+    sampled_out: u64,
+    exported: u64,
+}
+
+impl Traces {
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        let console = match args.traces_exporter.as_str() {
+            "console" | "stdout" => true,
+            "none" => false,
+            other => anyhow::bail!(
+                "unsupported OTEL_TRACES_EXPORTER / --traces-exporter {other:?}: this version writes \
+                 spans to standard output (`console`) or drops them (`none`); OTLP export is not \
+                 built yet"
+            ),
+        };
+        let sampler = Sampler::from_otel(args.sampler.as_deref(), args.sampler_arg.as_deref())?;
+        Ok(Self {
+            sampler,
+            slow_ns: args.slow_threshold_ms.saturating_mul(1_000_000),
+            console,
+            resources: Resources::new(
+                args.service_name.clone(),
+                parse_resource_attributes(&args.resource_attributes),
+            ),
+            queue: Queue::new(args.export_queue),
+            clock_offset_ns: realtime_ns() - monotonic_ns() as i64,
+            counters: SpanCounters::default(),
+            sampled_out: 0,
+            exported: 0,
+        })
+    }
+
+    fn add(&mut self, o: &Observed, p: &Pipeline) {
+        for span in crate::spans::spans(o, &p.catalog, &mut self.counters) {
+            let slow = span.end_ns.saturating_sub(span.start_ns) > self.slow_ns;
+            if self.sampler.keep(
+                &span.trace_id,
+                span.parent_sampled,
+                span.error_code.is_some(),
+                slow,
+            ) {
+                let r = self.resources.of(o.tgid, comm_str(&o.comm));
+                self.queue.push(r, span);
+            } else {
+                self.sampled_out += 1;
+            }
+        }
+    }
+
+    /// Writes what is queued (all of it with `all`, else full batches only).
+    fn flush(&mut self, all: bool) {
+        use std::io::Write as _;
+        while self.queue.len() >= EXPORT_BATCH || (all && !self.queue.is_empty()) {
+            let batch = self.queue.take(EXPORT_BATCH);
+            if self.console {
+                let text = otlp_json_lines(&batch, self.clock_offset_ns);
+                if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+                    tracing::warn!("writing spans to standard output: {e}");
+                    self.queue.dropped += batch.len() as u64;
+                    continue;
+                }
+            }
+            self.exported += batch.len() as u64;
+        }
+    }
+}
 
 /// Runs the tracer until interrupted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut traces = Traces::new(&args)?;
     let cfg = args.capture_config()?;
     let mut capture = Capture::start(&cfg)?;
     let mut pipeline = Pipeline::new(args.pipeline_config());
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut stats = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut last = (KernelCounters::default(), PipelineCounters::default());
     let (lookup_tx, mut lookup_rx) =
         tokio::sync::mpsc::channel::<(SocketAddr, anyhow::Result<MetadataResponse>)>(64);
@@ -41,7 +125,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 for o in pipeline.take_exchanges() {
                     log_exchange(&o, &pipeline);
+                    traces.add(&o, &pipeline);
                 }
+                traces.flush(false);
                 for broker in pipeline.take_unknown_topic_brokers() {
                     if args.resolve_topic_ids && lookup_due(&mut last_lookup, broker) {
                         let tx = lookup_tx.clone();
@@ -53,11 +139,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Some((broker, result)) = lookup_rx.recv() => pipeline.learn_lookup(broker, result),
+            _ = flush.tick() => traces.flush(true),
             _ = stats.tick() => {
                 pipeline.evict_idle(monotonic_ns(), Duration::from_secs(args.idle_timeout).as_nanos() as u64);
                 let now = (capture.counters()?, pipeline.counters());
                 if now != last {
                     log_counters(&now.0, &now.1, pipeline.connections());
+                    log_traces(&traces);
                     last = now;
                 }
             }
@@ -172,6 +260,30 @@ fn log_exchange(o: &Observed, p: &Pipeline) {
         api_name(h.api_key),
         h.api_version
     );
+}
+
+fn log_traces(t: &Traces) {
+    let c = &t.counters;
+    tracing::info!(
+        "spans: producer={} consumer={} exported={} sampled_out={} queue_dropped={} queued={} \
+         unlinked_produces={} links_dropped={} unnamed_topics={}",
+        c.producer_spans,
+        c.consumer_spans,
+        t.exported,
+        t.sampled_out,
+        t.queue.dropped,
+        t.queue.len(),
+        c.unlinked_produces,
+        c.links_dropped,
+        c.unnamed_topics
+    );
+}
+
+/// CLOCK_REALTIME in nanoseconds since the Unix epoch.
+fn realtime_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns` timestamps.

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cli;
 pub mod correlate;
 pub mod daemon;
+pub mod export;
 pub mod kafka;
 pub mod pipeline;
 pub mod reassembly;

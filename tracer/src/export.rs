@@ -1,0 +1,464 @@
+//! Span export: the resource of each traced process, a bounded queue that drops the oldest
+//! spans (counted) rather than blocking capture or growing, and the OTLP-JSON encoding (the
+//! protobuf JSON mapping of `ResourceSpans`) written one object per line by the console
+//! exporter.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt::Write as _,
+    sync::Arc,
+};
+
+use crate::{
+    correlate::hex,
+    spans::{Span, SpanKind, Value},
+};
+
+/// The attributes of a traced process, as an OpenTelemetry resource.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    pub attributes: Vec<(String, Value)>,
+}
+
+/// Resources by process, read from /proc once per process (bounded).
+pub struct Resources {
+    by_tgid: HashMap<u32, Arc<Resource>>,
+    host: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, added to every resource.
+    extra: Vec<(String, String)>,
+    /// `OTEL_SERVICE_NAME`: when set, every process reports under it.
+    service: Option<String>,
+    proc_root: std::path::PathBuf,
+}
+
+const MAX_RESOURCES: usize = 16384;
+
+/// Parses `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas, values
+/// percent-decoded as the specification asks.
+pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    let decode = |v: &str| {
+        let b = v.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%'
+                && let Some(h) = v
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(h);
+                i += 3;
+                continue;
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    s.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), decode(v.trim())))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+/// The container id in a process's cgroup paths (64 hex characters, as containerd, CRI-O and
+/// Docker name them).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        line.split(['/', '-', '.', ':'])
+            .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_string)
+    })
+}
+
+impl Resources {
+    pub fn new(service: Option<String>, extra: Vec<(String, String)>) -> Self {
+        let mut host = [0u8; 256];
+        // SAFETY: valid buffer and length.
+        let host = if unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0 {
+            let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+            String::from_utf8_lossy(&host[..end]).into_owned()
+        } else {
+            String::new()
+        };
+        Self {
+            by_tgid: HashMap::new(),
+            host,
+            extra,
+            service,
+            proc_root: "/proc".into(),
+        }
+    }
+
+    /// The resource of process `tgid` (`comm` is its thread name, the fallback service name).
+    pub fn of(&mut self, tgid: u32, comm: &str) -> Arc<Resource> {
+        if let Some(r) = self.by_tgid.get(&tgid) {
+            return r.clone();
+        }
+        let dir = self.proc_root.join(tgid.to_string());
+        let exe = std::fs::read_link(dir.join("exe"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let name = std::fs::read_to_string(dir.join("comm"))
+            .map(|s| s.trim().to_string())
+            .ok();
+        let service = self
+            .service
+            .clone()
+            .or_else(|| {
+                self.extra
+                    .iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v.clone())
+            })
+            .or_else(|| exe.clone())
+            .or(name)
+            .unwrap_or_else(|| comm.to_string());
+        let mut attributes: Vec<(String, Value)> = vec![
+            ("service.name".into(), service.as_str().into()),
+            ("process.pid".into(), (tgid as i64).into()),
+            ("host.name".into(), self.host.as_str().into()),
+            ("telemetry.sdk.name".into(), "kafka-tracer".into()),
+        ];
+        if let Some(exe) = exe {
+            attributes.push(("process.executable.name".into(), exe.as_str().into()));
+        }
+        if let Some(id) = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .as_deref()
+            .and_then(container_id)
+        {
+            attributes.push(("container.id".into(), id.as_str().into()));
+        }
+        for (k, v) in &self.extra {
+            if k != "service.name" {
+                attributes.push((k.clone(), v.as_str().into()));
+            }
+        }
+        let r = Arc::new(Resource { attributes });
+        if self.by_tgid.len() >= MAX_RESOURCES {
+            self.by_tgid.clear();
+        }
+        self.by_tgid.insert(tgid, r.clone());
+        r
+    }
+}
+
+/// Spans waiting for export; full, it drops the oldest.
+pub struct Queue {
+    spans: VecDeque<(Arc<Resource>, Span)>,
+    capacity: usize,
+    pub dropped: u64,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            spans: VecDeque::new(),
+            capacity: capacity.max(1),
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, resource: Arc<Resource>, span: Span) {
+        if self.spans.len() >= self.capacity {
+            self.spans.pop_front();
+            self.dropped += 1;
+        }
+        self.spans.push_back((resource, span));
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Up to `n` spans, oldest first.
+    pub fn take(&mut self, n: usize) -> Vec<(Arc<Resource>, Span)> {
+        let n = n.min(self.spans.len());
+        self.spans.drain(..n).collect()
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_attributes<'a>(out: &mut String, attrs: impl Iterator<Item = (&'a str, &'a Value)>) {
+    out.push('[');
+    for (i, (k, v)) in attrs.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"key\":");
+        json_str(out, k);
+        match v {
+            Value::Str(s) => {
+                out.push_str(",\"value\":{\"stringValue\":");
+                json_str(out, s);
+                out.push_str("}}");
+            }
+            // int64 is a string in the protobuf JSON mapping.
+            Value::Int(n) => {
+                let _ = write!(out, ",\"value\":{{\"intValue\":\"{n}\"}}}}");
+            }
+        }
+    }
+    out.push(']');
+}
+
+/// Kafka error code names for `error.type`, for the codes a client meets most.
+pub fn error_name(code: i16) -> &'static str {
+    match code {
+        1 => "OFFSET_OUT_OF_RANGE",
+        2 => "CORRUPT_MESSAGE",
+        3 => "UNKNOWN_TOPIC_OR_PARTITION",
+        5 => "LEADER_NOT_AVAILABLE",
+        6 => "NOT_LEADER_OR_FOLLOWER",
+        7 => "REQUEST_TIMED_OUT",
+        10 => "MESSAGE_TOO_LARGE",
+        15 => "COORDINATOR_NOT_AVAILABLE",
+        16 => "NOT_COORDINATOR",
+        19 => "NOT_ENOUGH_REPLICAS",
+        20 => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+        22 => "ILLEGAL_GENERATION",
+        25 => "UNKNOWN_MEMBER_ID",
+        27 => "REBALANCE_IN_PROGRESS",
+        29 => "TOPIC_AUTHORIZATION_FAILED",
+        30 => "GROUP_AUTHORIZATION_FAILED",
+        47 => "INVALID_PRODUCER_EPOCH",
+        100 => "UNKNOWN_TOPIC_ID",
+        _ => "KAFKA_ERROR",
+    }
+}
+
+/// One OTLP-JSON `ResourceSpans` object per resource in `batch`, each on its own line.
+/// `clock_offset_ns` turns the kernel's CLOCK_MONOTONIC times into Unix times.
+pub fn otlp_json_lines(batch: &[(Arc<Resource>, Span)], clock_offset_ns: i64) -> String {
+    let mut out = String::new();
+    let mut done = vec![false; batch.len()];
+    for i in 0..batch.len() {
+        if done[i] {
+            continue;
+        }
+        let resource = &batch[i].0;
+        out.push_str("{\"resource\":{\"attributes\":");
+        json_attributes(
+            &mut out,
+            resource.attributes.iter().map(|(k, v)| (k.as_str(), v)),
+        );
+        out.push_str("},\"scopeSpans\":[{\"scope\":{\"name\":\"kafka-tracer\",\"version\":");
+        json_str(&mut out, env!("CARGO_PKG_VERSION"));
+        out.push_str("},\"spans\":[");
+        let mut first = true;
+        for j in i..batch.len() {
+            if done[j] || !Arc::ptr_eq(&batch[j].0, resource) {
+                continue;
+            }
+            done[j] = true;
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            span_json(&mut out, &batch[j].1, clock_offset_ns);
+        }
+        out.push_str("]}]}\n");
+    }
+    out
+}
+
+fn span_json(out: &mut String, s: &Span, clock_offset_ns: i64) {
+    let unix = |ns: u64| (ns as i64).saturating_add(clock_offset_ns).max(0);
+    let _ = write!(
+        out,
+        "{{\"traceId\":\"{}\",\"spanId\":\"{}\"",
+        hex(&s.trace_id),
+        hex(&s.span_id)
+    );
+    if let Some(p) = s.parent_span_id {
+        let _ = write!(out, ",\"parentSpanId\":\"{}\"", hex(&p));
+    }
+    if let Some(ts) = &s.tracestate {
+        out.push_str(",\"traceState\":");
+        json_str(out, ts);
+    }
+    out.push_str(",\"name\":");
+    json_str(out, &s.name);
+    // SPAN_KIND_PRODUCER = 4, SPAN_KIND_CONSUMER = 5.
+    let kind = match s.kind {
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    let _ = write!(
+        out,
+        ",\"kind\":{kind},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\"",
+        unix(s.start_ns),
+        unix(s.end_ns)
+    );
+    out.push_str(",\"attributes\":");
+    let error = s.error_code.map(|c| Value::Str(error_name(c).into()));
+    json_attributes(
+        out,
+        s.attributes
+            .iter()
+            .map(|(k, v)| (*k, v))
+            .chain(error.as_ref().map(|e| ("error.type", e))),
+    );
+    if !s.links.is_empty() {
+        out.push_str(",\"links\":[");
+        for (i, l) in s.links.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"traceId\":\"{}\",\"spanId\":\"{}\"",
+                hex(&l.trace_id),
+                hex(&l.span_id)
+            );
+            if let Some(ts) = &l.tracestate {
+                out.push_str(",\"traceState\":");
+                json_str(out, ts);
+            }
+            out.push('}');
+        }
+        out.push(']');
+    }
+    match s.error_code {
+        // STATUS_CODE_ERROR = 2.
+        Some(code) => {
+            let _ = write!(
+                out,
+                ",\"status\":{{\"code\":2,\"message\":\"Kafka error {code} ({})\"}}",
+                error_name(code)
+            );
+        }
+        None => out.push_str(",\"status\":{}"),
+    }
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(kind: SpanKind, error: Option<i16>) -> Span {
+        Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: Some([3; 8]),
+            tracestate: Some("a=\"b\"".into()),
+            name: "send orders".into(),
+            kind,
+            start_ns: 1_000,
+            end_ns: 2_000,
+            attributes: vec![
+                ("messaging.system", "kafka".into()),
+                ("messaging.kafka.offset", 42.into()),
+            ],
+            links: vec![crate::spans::Link {
+                trace_id: [4; 16],
+                span_id: [5; 8],
+                tracestate: None,
+            }],
+            error_code: error,
+            parent_sampled: None,
+            tgid: 9,
+        }
+    }
+
+    #[test]
+    fn otlp_json_follows_the_protobuf_mapping() {
+        let r = Arc::new(Resource {
+            attributes: vec![("service.name".into(), "shop".into())],
+        });
+        let line = otlp_json_lines(
+            &[
+                (r.clone(), span(SpanKind::Producer, None)),
+                (r, span(SpanKind::Consumer, Some(3))),
+            ],
+            1_700_000_000_000_000_000,
+        );
+        assert_eq!(line.lines().count(), 1, "one object per resource");
+        for needle in [
+            r#"{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]}"#,
+            r#""traceId":"01010101010101010101010101010101","spanId":"0202020202020202","parentSpanId":"0303030303030303""#,
+            r#""traceState":"a=\"b\"""#,
+            r#""kind":4,"startTimeUnixNano":"1700000000000001000","endTimeUnixNano":"1700000000000002000""#,
+            r#"{"key":"messaging.kafka.offset","value":{"intValue":"42"}}"#,
+            r#""links":[{"traceId":"04040404040404040404040404040404","spanId":"0505050505050505"}]"#,
+            r#""kind":5"#,
+            r#"{"key":"error.type","value":{"stringValue":"UNKNOWN_TOPIC_OR_PARTITION"}}"#,
+            r#""status":{"code":2,"message":"Kafka error 3 (UNKNOWN_TOPIC_OR_PARTITION)"}"#,
+        ] {
+            assert!(line.contains(needle), "{needle} missing from {line}");
+        }
+    }
+
+    #[test]
+    fn queue_drops_the_oldest_when_full() {
+        let r = Arc::new(Resource { attributes: vec![] });
+        let mut q = Queue::new(2);
+        for n in 0..5u64 {
+            let mut s = span(SpanKind::Producer, None);
+            s.start_ns = n;
+            q.push(r.clone(), s);
+        }
+        assert_eq!((q.len(), q.dropped), (2, 3));
+        let kept: Vec<u64> = q.take(10).iter().map(|(_, s)| s.start_ns).collect();
+        assert_eq!(kept, vec![3, 4]);
+    }
+
+    #[test]
+    fn resource_attributes_and_container_ids() {
+        assert_eq!(
+            parse_resource_attributes("deployment.environment=prod, team=pay%2Cments,bad,=x"),
+            vec![
+                ("deployment.environment".into(), "prod".into()),
+                ("team".into(), "pay,ments".into())
+            ]
+        );
+        let id = "3f1ba4b6c2c7bd9e5a0d6a1c9e0f2b4d6e8a0c2e4f6a8b0c2d4e6f8a0b2c4d6e";
+        assert_eq!(
+            container_id(&format!(
+                "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
+            )),
+            Some(id.into())
+        );
+        assert_eq!(
+            container_id(&format!("12:memory:/docker/{id}")),
+            Some(id.into())
+        );
+        assert_eq!(container_id("0::/user.slice/session-2.scope"), None);
+        let mut r = Resources::new(Some("svc".into()), vec![("team".into(), "pay".into())]);
+        let me = r.of(std::process::id(), "x");
+        assert!(
+            me.attributes
+                .contains(&("service.name".into(), "svc".into()))
+        );
+        assert!(me.attributes.contains(&("team".into(), "pay".into())));
+        assert!(
+            me.attributes
+                .iter()
+                .any(|(k, _)| k == "process.executable.name")
+        );
+    }
+}
