@@ -1,0 +1,212 @@
+//! The `kafka-tracer` binary run as a user runs it, against a real broker (tansu) and real
+//! clients (confluent-kafka): the spans it writes (OTLP-JSON on standard output) link the
+//! producer and the consumer, also when two separately started tracers each see one side.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{Broker, TRACEPARENT, client};
+
+/// The daemon binary built by `cargo xtask test` (or named by KAFKA_TRACER_BIN).
+fn binary() -> PathBuf {
+    std::env::var_os("KAFKA_TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kafka-tracer")
+        })
+}
+
+struct Tracer {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Tracer {
+    /// Starts the daemon on the broker's port and waits until its programs are attached.
+    fn start(port: u16, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kt-traces-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (stdout, stderr) = (dir.join("spans.jsonl"), dir.join("log"));
+        let child = Command::new(binary())
+            .args(["--ports", &port.to_string(), "--stats-interval", "1"])
+            .env_remove("OTEL_TRACES_EXPORTER")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("kafka-tracer binary (cargo xtask test builds it)");
+        let t = Self {
+            child,
+            stdout,
+            stderr,
+        };
+        let end = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&t.stderr)
+            .unwrap_or_default()
+            .contains("capture attached")
+        {
+            assert!(
+                Instant::now() < end,
+                "tracer did not start: {}",
+                std::fs::read_to_string(&t.stderr).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t
+    }
+
+    /// Stops it with SIGINT (it flushes its spans) and returns every span it wrote.
+    fn stop(mut self) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.stderr).unwrap();
+        assert!(status.success(), "tracer exited with {status}: {log}");
+        std::fs::read_to_string(&self.stdout)
+            .unwrap()
+            .lines()
+            .flat_map(|l| {
+                let rs: Value = serde_json::from_str(l).expect("one OTLP-JSON object per line");
+                rs["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| s["name"] == name).collect()
+}
+
+#[test]
+fn producer_and_consumer_spans_join_the_header_trace() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-header", 1).unwrap();
+    let tracer = Tracer::start(broker.port, "header");
+    client(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-header",
+        "3",
+        "zstd",
+        "--traceparent",
+        TRACEPARENT,
+        "--partition",
+        "0",
+    ])
+    .unwrap();
+    client(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-header",
+        "3",
+        "--partition",
+        "0",
+        "--timeout",
+        "20",
+    ])
+    .unwrap();
+    let spans = tracer.stop();
+    let (send, poll) = (
+        named(&spans, "send e2e-header"),
+        named(&spans, "poll e2e-header"),
+    );
+    assert_eq!(send.len(), 1, "{spans:#?}");
+    assert!(!poll.is_empty(), "{spans:#?}");
+    let p = send[0];
+    assert_eq!(p["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(p["parentSpanId"], "b7ad6b7169203331");
+    assert_eq!(p["kind"], 4);
+    assert_eq!(attr(p, "messaging.system").unwrap()["stringValue"], "kafka");
+    assert_eq!(
+        attr(p, "messaging.destination.partition.id").unwrap()["stringValue"],
+        "0"
+    );
+    assert_eq!(
+        attr(p, "messaging.batch.message_count").unwrap()["intValue"],
+        "3"
+    );
+    for c in poll {
+        assert_eq!(c["traceId"], p["traceId"]);
+        assert_eq!(c["parentSpanId"], p["spanId"]);
+        assert_eq!(c["kind"], 5);
+    }
+}
+
+/// No headers, and two tracer processes that never talk, one seeing only the producer and the
+/// other only the consumer, as on two nodes: the ids still match.
+#[test]
+fn two_tracers_link_records_without_headers() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-plain", 1).unwrap();
+    let a = Tracer::start(broker.port, "node-a");
+    client(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-plain",
+        "4",
+        "none",
+        "--partition",
+        "0",
+    ])
+    .unwrap();
+    let a_spans = a.stop();
+    let b = Tracer::start(broker.port, "node-b");
+    client(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-plain",
+        "4",
+        "--partition",
+        "0",
+        "--timeout",
+        "20",
+    ])
+    .unwrap();
+    let b_spans = b.stop();
+    let send = named(&a_spans, "send e2e-plain");
+    let poll = named(&b_spans, "poll e2e-plain");
+    assert_eq!(send.len(), 1, "{a_spans:#?}");
+    assert!(
+        named(&a_spans, "poll e2e-plain").is_empty(),
+        "node a saw no consumer"
+    );
+    assert!(
+        !poll.is_empty() && named(&b_spans, "send e2e-plain").is_empty(),
+        "{b_spans:#?}"
+    );
+    assert!(
+        send[0].get("parentSpanId").is_none(),
+        "no header: a root span"
+    );
+    for c in poll {
+        assert_eq!(
+            c["traceId"], send[0]["traceId"],
+            "same derived trace on both nodes"
+        );
+        assert_eq!(
+            c["parentSpanId"], send[0]["spanId"],
+            "consumer under the producer span"
+        );
+    }
+}
