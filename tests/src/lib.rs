@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: deterministic payloads, sockets driven with the exact
 //! syscalls the capture must understand, and collection of capture records.
 
+pub mod receiver;
+
 use std::{io, os::fd::RawFd};
 
 /// How a message is sent.

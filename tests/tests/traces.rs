@@ -29,12 +29,19 @@ struct Tracer {
 impl Tracer {
     /// Starts the daemon on the broker's port and waits until its programs are attached.
     fn start(port: u16, name: &str) -> Self {
+        Self::start_with(port, name, &[])
+    }
+
+    /// Same, with extra environment variables (the OTEL_* settings).
+    fn start_with(port: u16, name: &str, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("kt-traces-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (stdout, stderr) = (dir.join("spans.jsonl"), dir.join("log"));
         let child = Command::new(binary())
             .args(["--ports", &port.to_string(), "--stats-interval", "1"])
             .env_remove("OTEL_TRACES_EXPORTER")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .stdin(Stdio::null())
@@ -61,14 +68,19 @@ impl Tracer {
     }
 
     /// Stops it with SIGINT (it flushes its spans) and returns every span it wrote.
-    fn stop(mut self) -> Vec<Value> {
+    fn stop(self) -> Vec<Value> {
+        self.stop_with_log().0
+    }
+
+    /// Same, with its log.
+    fn stop_with_log(mut self) -> (Vec<Value>, String) {
         std::thread::sleep(Duration::from_millis(1500));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().unwrap();
         let log = std::fs::read_to_string(&self.stderr).unwrap();
         assert!(status.success(), "tracer exited with {status}: {log}");
-        std::fs::read_to_string(&self.stdout)
+        let spans = std::fs::read_to_string(&self.stdout)
             .unwrap()
             .lines()
             .flat_map(|l| {
@@ -78,7 +90,8 @@ impl Tracer {
                     .cloned()
                     .unwrap_or_default()
             })
-            .collect()
+            .collect();
+        (spans, log)
     }
 }
 
@@ -209,4 +222,123 @@ fn two_tracers_link_records_without_headers() {
             "consumer under the producer span"
         );
     }
+}
+
+/// The daemon exporting over OTLP/gRPC to a real receiver: the spans arrive, linked, under the
+/// producing and consuming processes' service names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_receiver() {
+    let receiver = tests::receiver::Receiver::start(None).await.unwrap();
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-otlp", 1).unwrap();
+    let endpoint = receiver.endpoint();
+    let tracer = Tracer::start_with(
+        broker.port,
+        "otlp",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    client(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-otlp",
+        "2",
+        "lz4",
+        "--traceparent",
+        TRACEPARENT,
+        "--partition",
+        "0",
+    ])
+    .unwrap();
+    client(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-otlp",
+        "2",
+        "--partition",
+        "0",
+        "--timeout",
+        "20",
+    ])
+    .unwrap();
+    let (stdout_spans, log) = tokio::task::spawn_blocking(move || tracer.stop_with_log())
+        .await
+        .unwrap();
+    assert!(stdout_spans.is_empty(), "OTLP, not the console");
+    let spans = receiver.topic("e2e-otlp");
+    let send: Vec<_> = spans
+        .iter()
+        .filter(|r| r.span.name == "send e2e-otlp")
+        .collect();
+    let poll: Vec<_> = spans
+        .iter()
+        .filter(|r| r.span.name == "poll e2e-otlp")
+        .collect();
+    assert_eq!(send.len(), 1, "{spans:#?}\n{log}");
+    assert!(!poll.is_empty(), "{spans:#?}");
+    // Queried like Jaeger: the header's trace holds both.
+    let trace = receiver.trace("0af7651916cd43dd8448eb211c80319c");
+    assert!(trace.len() >= 2);
+    assert_eq!(send[0].span.kind, 4);
+    assert_eq!(
+        tests::receiver::hex(&send[0].span.parent_span_id),
+        "b7ad6b7169203331"
+    );
+    for c in &poll {
+        assert_eq!(c.span.parent_span_id, send[0].span.span_id);
+        assert_eq!(c.span.kind, 5);
+    }
+    assert!(
+        send[0].service.starts_with("python"),
+        "service.name from the process: {}",
+        send[0].service
+    );
+    assert_eq!(
+        send[0].attr("messaging.batch.message_count").as_deref(),
+        Some("2")
+    );
+    assert!(log.contains("export_failed=0"), "{log}");
+}
+
+/// No receiver at the endpoint: the tracer keeps running, and the spans it could not deliver
+/// are counted.
+#[test]
+fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-down", 1).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let tracer = Tracer::start_with(
+        broker.port,
+        "down",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+        ],
+    );
+    client(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-down",
+        "2",
+        "none",
+        "--partition",
+        "0",
+    ])
+    .unwrap();
+    let (_, log) = tracer.stop_with_log();
+    let failed: u64 = log
+        .rsplit("export_failed=")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("export_failed counter logged");
+    assert!(failed >= 1, "{log}");
+    assert!(log.contains("detaching"), "clean exit: {log}");
 }

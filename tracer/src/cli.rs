@@ -93,10 +93,31 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS")]
     pub record_keys: bool,
 
-    /// Where spans go: `console` writes OTLP-JSON `ResourceSpans`, one per line, to standard
-    /// output; `none` drops them (counted). OTLP over gRPC/HTTP is not built yet.
-    #[arg(long, env = "OTEL_TRACES_EXPORTER", default_value = "console")]
-    pub traces_exporter: String,
+    /// Where spans go: `otlp` (OTLP/gRPC to the endpoint below), `console` (OTLP-JSON
+    /// `ResourceSpans`, one per line, on standard output) or `none`. Default: `otlp` when an
+    /// OTLP endpoint is configured, else `console`.
+    #[arg(long, env = "OTEL_TRACES_EXPORTER")]
+    pub traces_exporter: Option<String>,
+
+    /// OTLP receiver, e.g. http://otel-collector:4317 (Jaeger all-in-one listens there too).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP receiver for traces only (overrides --otlp-endpoint).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` (HTTP/protobuf is not built yet).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    pub otlp_protocol: String,
+
+    /// Headers sent with every export, `key=value,key2=value2` (e.g. an API key).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", default_value = "")]
+    pub otlp_headers: String,
+
+    /// Milliseconds an export may take before it is given up (and its spans counted as dropped).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000)]
+    pub otlp_timeout_ms: u64,
 
     /// Sampler, as OpenTelemetry names them (parentbased_always_on, traceidratio, ...). The
     /// decision depends only on the trace id and the producer's flag, so every node agrees.

@@ -14,7 +14,11 @@ use crate::{
     capture::{Capture, KernelCounters, comm_str},
     cli::Args,
     correlate::Sampler,
-    export::{Queue, Resources, otlp_json_lines, parse_resource_attributes},
+    export::{
+        Queue, Resources,
+        otlp::{self, OtlpConfig},
+        otlp_json_lines, parse_resource_attributes,
+    },
     kafka::{MetadataResponse, Request, Response, api_name, lookup},
     pipeline::{Observed, Pipeline, PipelineCounters},
     spans::SpanCounters,
@@ -23,35 +27,67 @@ use crate::{
 /// Spans written per export call.
 const EXPORT_BATCH: usize = 512;
 
+/// Where exported spans go.
+enum Sink {
+    Console,
+    Otlp(otlp::Exporter),
+    Nowhere,
+}
+
 /// What happens to spans after building, and its counters.
 struct Traces {
     sampler: Sampler,
     slow_ns: u64,
-    console: bool,
+    sink: Sink,
     resources: Resources,
     queue: Queue,
     clock_offset_ns: i64,
     counters: SpanCounters,
     sampled_out: u64,
+    /// Spans handed to the console, or to the OTLP exporter task.
     exported: u64,
 }
 
 impl Traces {
+    /// Needs the async runtime (the OTLP exporter is a task).
     fn new(args: &Args) -> anyhow::Result<Self> {
-        let console = match args.traces_exporter.as_str() {
-            "console" | "stdout" => true,
-            "none" => false,
+        let endpoint = args
+            .otlp_traces_endpoint
+            .clone()
+            .or_else(|| args.otlp_endpoint.clone());
+        let exporter = args.traces_exporter.clone().unwrap_or_else(|| {
+            if endpoint.is_some() {
+                "otlp".into()
+            } else {
+                "console".into()
+            }
+        });
+        let sink = match exporter.as_str() {
+            "otlp" => {
+                if args.otlp_protocol != "grpc" {
+                    anyhow::bail!(
+                        "unsupported OTEL_EXPORTER_OTLP_PROTOCOL {:?}: this version exports OTLP over `grpc` only",
+                        args.otlp_protocol
+                    );
+                }
+                let exporter = otlp::spawn(OtlpConfig {
+                    endpoint: endpoint.unwrap_or_else(|| "http://localhost:4317".into()),
+                    headers: parse_resource_attributes(&args.otlp_headers),
+                    timeout: Duration::from_millis(args.otlp_timeout_ms.max(1)),
+                })?;
+                Sink::Otlp(exporter)
+            }
+            "console" | "stdout" | "logging" => Sink::Console,
+            "none" => Sink::Nowhere,
             other => anyhow::bail!(
-                "unsupported OTEL_TRACES_EXPORTER / --traces-exporter {other:?}: this version writes \
-                 spans to standard output (`console`) or drops them (`none`); OTLP export is not \
-                 built yet"
+                "unsupported OTEL_TRACES_EXPORTER / --traces-exporter {other:?}: use otlp, console or none"
             ),
         };
         let sampler = Sampler::from_otel(args.sampler.as_deref(), args.sampler_arg.as_deref())?;
         Ok(Self {
             sampler,
             slow_ns: args.slow_threshold_ms.saturating_mul(1_000_000),
-            console,
+            sink,
             resources: Resources::new(
                 args.service_name.clone(),
                 parse_resource_attributes(&args.resource_attributes),
@@ -81,20 +117,34 @@ impl Traces {
         }
     }
 
-    /// Writes what is queued (all of it with `all`, else full batches only).
+    /// Exports what is queued (all of it with `all`, else full batches only).
     fn flush(&mut self, all: bool) {
         use std::io::Write as _;
         while self.queue.len() >= EXPORT_BATCH || (all && !self.queue.is_empty()) {
             let batch = self.queue.take(EXPORT_BATCH);
-            if self.console {
-                let text = otlp_json_lines(&batch, self.clock_offset_ns);
-                if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
-                    tracing::warn!("writing spans to standard output: {e}");
-                    self.queue.dropped += batch.len() as u64;
-                    continue;
+            let n = batch.len();
+            match &self.sink {
+                Sink::Console => {
+                    let text = otlp_json_lines(&batch, self.clock_offset_ns);
+                    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+                        tracing::warn!("writing spans to standard output: {e}");
+                        self.queue.dropped += n as u64;
+                        continue;
+                    }
                 }
+                Sink::Otlp(e) => {
+                    // The exporter is behind (backend slow or down): drop, never wait.
+                    if e.tx
+                        .try_send((n, otlp::request(&batch, self.clock_offset_ns)))
+                        .is_err()
+                    {
+                        self.queue.dropped += n as u64;
+                        continue;
+                    }
+                }
+                Sink::Nowhere => {}
             }
-            self.exported += batch.len() as u64;
+            self.exported += n as u64;
         }
     }
 }
@@ -153,12 +203,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
         }
     }
+    // Shutdown: what is still in the ring buffer becomes spans, and every span is exported.
     capture.drain(|rec| pipeline.on_record(rec));
+    for o in pipeline.take_exchanges() {
+        traces.add(&o, &pipeline);
+    }
+    traces.flush(true);
+    if let Sink::Otlp(e) = &mut traces.sink {
+        // Closing the exporter's channel ends its task once what was sent is exported; wait
+        // for that, for a bounded time.
+        let (closed, _) = tokio::sync::mpsc::channel(1);
+        drop(std::mem::replace(&mut e.tx, closed));
+        let _ = tokio::time::timeout(
+            Duration::from_millis(args.otlp_timeout_ms.max(1)),
+            &mut e.task,
+        )
+        .await;
+    }
     log_counters(
         &capture.counters()?,
         &pipeline.counters(),
         pipeline.connections(),
     );
+    log_traces(&traces);
     tracing::info!("detaching");
     Ok(())
 }
@@ -264,12 +331,22 @@ fn log_exchange(o: &Observed, p: &Pipeline) {
 
 fn log_traces(t: &Traces) {
     let c = &t.counters;
+    let (sent, failed) = match &t.sink {
+        Sink::Otlp(e) => (
+            e.counters
+                .exported_spans
+                .load(std::sync::atomic::Ordering::Relaxed),
+            e.counters
+                .failed_spans
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        _ => (t.exported, 0),
+    };
     tracing::info!(
-        "spans: producer={} consumer={} exported={} sampled_out={} queue_dropped={} queued={} \
-         unlinked_produces={} links_dropped={} unnamed_topics={}",
+        "spans: producer={} consumer={} exported={sent} export_failed={failed} sampled_out={} \
+         queue_dropped={} queued={} unlinked_produces={} links_dropped={} unnamed_topics={}",
         c.producer_spans,
         c.consumer_spans,
-        t.exported,
         t.sampled_out,
         t.queue.dropped,
         t.queue.len(),

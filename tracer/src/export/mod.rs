@@ -1,7 +1,9 @@
 //! Span export: the resource of each traced process, a bounded queue that drops the oldest
 //! spans (counted) rather than blocking capture or growing, and the OTLP-JSON encoding (the
 //! protobuf JSON mapping of `ResourceSpans`) written one object per line by the console
-//! exporter.
+//! exporter; `otlp` sends the same to an OTLP/gRPC receiver.
+
+pub mod otlp;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -250,16 +252,23 @@ pub fn error_name(code: i16) -> &'static str {
     }
 }
 
+/// The spans of a batch grouped by resource, in first-seen order.
+pub fn by_resource(batch: &[(Arc<Resource>, Span)]) -> Vec<(&Arc<Resource>, Vec<&Span>)> {
+    let mut groups: Vec<(&Arc<Resource>, Vec<&Span>)> = Vec::new();
+    for (r, s) in batch {
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, r)) {
+            Some((_, spans)) => spans.push(s),
+            None => groups.push((r, vec![s])),
+        }
+    }
+    groups
+}
+
 /// One OTLP-JSON `ResourceSpans` object per resource in `batch`, each on its own line.
 /// `clock_offset_ns` turns the kernel's CLOCK_MONOTONIC times into Unix times.
 pub fn otlp_json_lines(batch: &[(Arc<Resource>, Span)], clock_offset_ns: i64) -> String {
     let mut out = String::new();
-    let mut done = vec![false; batch.len()];
-    for i in 0..batch.len() {
-        if done[i] {
-            continue;
-        }
-        let resource = &batch[i].0;
+    for (resource, spans) in by_resource(batch) {
         out.push_str("{\"resource\":{\"attributes\":");
         json_attributes(
             &mut out,
@@ -268,17 +277,11 @@ pub fn otlp_json_lines(batch: &[(Arc<Resource>, Span)], clock_offset_ns: i64) ->
         out.push_str("},\"scopeSpans\":[{\"scope\":{\"name\":\"kafka-tracer\",\"version\":");
         json_str(&mut out, env!("CARGO_PKG_VERSION"));
         out.push_str("},\"spans\":[");
-        let mut first = true;
-        for j in i..batch.len() {
-            if done[j] || !Arc::ptr_eq(&batch[j].0, resource) {
-                continue;
-            }
-            done[j] = true;
-            if !first {
+        for (i, s) in spans.into_iter().enumerate() {
+            if i > 0 {
                 out.push(',');
             }
-            first = false;
-            span_json(&mut out, &batch[j].1, clock_offset_ns);
+            span_json(&mut out, s, clock_offset_ns);
         }
         out.push_str("]}]}\n");
     }
