@@ -39,6 +39,8 @@ impl Tracer {
         let (stdout, stderr) = (dir.join("spans.jsonl"), dir.join("log"));
         let child = Command::new(binary())
             .args(["--ports", &port.to_string(), "--stats-interval", "1"])
+            // Tracers run in parallel: no shared metrics port unless a test sets its own.
+            .env("KAFKA_TRACER_METRICS_ADDR", "off")
             .env_remove("OTEL_TRACES_EXPORTER")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .envs(env.iter().copied())
@@ -341,4 +343,89 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
         .expect("export_failed counter logged");
     assert!(failed >= 1, "{log}");
     assert!(log.contains("detaching"), "clean exit: {log}");
+}
+
+/// /metrics, scraped as Prometheus would: consumer lag and end-to-end latency for the topic,
+/// and the tracer's own health counters.
+#[test]
+fn metrics_show_lag_latency_and_health() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-metrics", 1).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let tracer = Tracer::start_with(
+        broker.port,
+        "metrics",
+        &[("KAFKA_TRACER_METRICS_ADDR", &addr)],
+    );
+    client(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-metrics",
+        "5",
+        "none",
+        "--partition",
+        "0",
+    ])
+    .unwrap();
+    // Consume only some: the lag is what is left.
+    client(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "e2e-metrics",
+        "5",
+        "--partition",
+        "0",
+        "--timeout",
+        "20",
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let scrape = || {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    };
+    let body = scrape();
+    let _ = tracer.stop();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains(r#"kafka_consumer_lag{group="",topic="e2e-metrics",partition="0"} 0"#),
+        "{body}"
+    );
+    let e2e = body
+        .lines()
+        .find(|l| l.starts_with(r#"kafka_end_to_end_latency_seconds_count{topic="e2e-metrics"}"#))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(e2e.ends_with(" 5"), "five records timed: {e2e}");
+    assert!(
+        body.contains(
+            r#"kafka_records_total{direction="produced",topic="e2e-metrics",partition="0"} 5"#
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "kafka_request_duration_seconds_bucket{api=\"Produce\",topic=\"e2e-metrics\""
+        ),
+        "{body}"
+    );
+    for health in [
+        "kafka_tracer_kernel_ringbuf_full_records_total 0",
+        "kafka_tracer_spans_queue_dropped_total 0",
+        "kafka_tracer_undecodable_frames_total 0",
+    ] {
+        assert!(body.contains(health), "{health} missing: {body}");
+    }
+    assert!(body.trim_end().ends_with("# EOF"));
 }

@@ -145,6 +145,15 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_EXPORT_QUEUE", default_value_t = 8192)]
     pub export_queue: usize,
 
+    /// Address of the Prometheus endpoint (/metrics, /healthz); `off` disables it. Local only
+    /// by default: set 0.0.0.0:9464 to let Prometheus scrape it from elsewhere.
+    #[arg(
+        long,
+        env = "KAFKA_TRACER_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_addr: String,
+
     /// Seconds without traffic after which a connection is forgotten (a process that exits
     /// without closing its sockets leaves no other trace in fd mode).
     #[arg(long, env = "KAFKA_TRACER_IDLE_TIMEOUT", default_value_t = 900)]

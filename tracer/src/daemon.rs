@@ -20,6 +20,7 @@ use crate::{
         otlp_json_lines, parse_resource_attributes,
     },
     kafka::{MetadataResponse, Request, Response, api_name, lookup},
+    metrics::{Metrics, render_counters},
     pipeline::{Observed, Pipeline, PipelineCounters},
     spans::SpanCounters,
 };
@@ -149,9 +150,156 @@ impl Traces {
     }
 }
 
+/// The metrics snapshot: Kafka families and every counter of the tracer.
+fn render_metrics(m: &Metrics, k: &KernelCounters, p: &PipelineCounters, t: &Traces) -> String {
+    let mut out = String::new();
+    m.render(&mut out);
+    render_counters(&mut out, "kafka_tracer_kernel", &k.named());
+    let (f, s, c) = (&p.framing, &p.kafka, &t.counters);
+    let (exported, failed) = t.export_outcome();
+    render_counters(
+        &mut out,
+        "kafka_tracer",
+        &[
+            (
+                "bad_records",
+                p.bad_records,
+                "ring-buffer records that did not parse",
+            ),
+            (
+                "refused_records",
+                p.refused_records,
+                "records of connections beyond --max-connections",
+            ),
+            (
+                "buffer_full_bytes",
+                p.buffer_full_bytes,
+                "bytes skipped: frame buffers full",
+            ),
+            (
+                "evicted_connections",
+                p.evicted_idle,
+                "connections forgotten after --idle-timeout",
+            ),
+            ("frames", f.frames, "Kafka frames"),
+            (
+                "partial_frames",
+                f.partial_frames,
+                "frames missing bytes or over the cap",
+            ),
+            (
+                "resyncs",
+                f.resyncs,
+                "times frame boundaries were searched for again",
+            ),
+            (
+                "resync_skipped_bytes",
+                f.resync_skipped_bytes,
+                "bytes skipped while resynchronising",
+            ),
+            ("requests", s.requests, "requests decoded"),
+            (
+                "undecodable_frames",
+                s.undecodable_requests + s.undecodable_responses,
+                "frames that did not decode",
+            ),
+            (
+                "unmatched_responses",
+                s.unmatched_responses,
+                "responses without their request",
+            ),
+            (
+                "unanswered_requests",
+                s.unanswered_requests,
+                "requests without a response",
+            ),
+            (
+                "legacy_batches",
+                s.legacy_batches,
+                "legacy message sets skipped",
+            ),
+            (
+                "undecodable_batches",
+                s.undecodable_batches,
+                "record batches that could not be read",
+            ),
+            (
+                "topic_lookups",
+                p.topic_lookups,
+                "metadata lookups for unknown topic ids",
+            ),
+            (
+                "topic_lookup_failures",
+                p.topic_lookup_failures,
+                "failed metadata lookups",
+            ),
+            (
+                "unknown_topic_spans",
+                c.unnamed_topics,
+                "batches whose topic id was not resolved",
+            ),
+            ("spans", c.producer_spans + c.consumer_spans, "spans built"),
+            (
+                "spans_sampled_out",
+                t.sampled_out,
+                "spans the sampler dropped",
+            ),
+            (
+                "spans_exported",
+                exported,
+                "spans delivered to the exporter's destination",
+            ),
+            (
+                "spans_export_failed",
+                failed,
+                "spans the OTLP backend did not take",
+            ),
+            (
+                "spans_queue_dropped",
+                t.queue.dropped,
+                "spans dropped: export queue full",
+            ),
+            (
+                "unlinked_produces",
+                c.unlinked_produces,
+                "produce batches without offsets (acks=0 or errors)",
+            ),
+            (
+                "links_dropped",
+                c.links_dropped,
+                "span links beyond the cap",
+            ),
+            (
+                "metric_series_refused",
+                m.refused_series(),
+                "metric series refused: family full",
+            ),
+        ],
+    );
+    let _ = std::fmt::Write::write_fmt(
+        &mut out,
+        format_args!(
+            "# TYPE kafka_tracer_export_queue gauge\n# HELP kafka_tracer_export_queue Spans waiting for export.\nkafka_tracer_export_queue {}\n",
+            t.queue.len()
+        ),
+    );
+    out
+}
+
 /// Runs the tracer until interrupted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut traces = Traces::new(&args)?;
+    let mut metrics = Metrics::new();
+    let snapshot = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    if args.metrics_addr != "off" {
+        let addr = args.metrics_addr.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "invalid --metrics-addr {:?} ({e}): use host:port, e.g. 127.0.0.1:9464, or off",
+                args.metrics_addr
+            )
+        })?;
+        crate::metrics::serve(addr, snapshot.clone()).await?;
+    }
     let cfg = args.capture_config()?;
     let mut capture = Capture::start(&cfg)?;
     let mut pipeline = Pipeline::new(args.pipeline_config());
@@ -175,6 +323,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 for o in pipeline.take_exchanges() {
                     log_exchange(&o, &pipeline);
+                    metrics.observe(&o, &pipeline.catalog, traces.clock_offset_ns);
                     traces.add(&o, &pipeline);
                 }
                 traces.flush(false);
@@ -189,7 +338,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Some((broker, result)) = lookup_rx.recv() => pipeline.learn_lookup(broker, result),
-            _ = flush.tick() => traces.flush(true),
+            _ = flush.tick() => {
+                traces.flush(true);
+                let m = render_metrics(&metrics, &capture.counters()?, &pipeline.counters(), &traces);
+                if let Ok(mut s) = snapshot.lock() {
+                    *s = m;
+                }
+            }
             _ = stats.tick() => {
                 pipeline.evict_idle(monotonic_ns(), Duration::from_secs(args.idle_timeout).as_nanos() as u64);
                 let now = (capture.counters()?, pipeline.counters());
@@ -329,19 +484,26 @@ fn log_exchange(o: &Observed, p: &Pipeline) {
     );
 }
 
+impl Traces {
+    /// Spans delivered and failed: the OTLP exporter's outcome, or what the console took.
+    fn export_outcome(&self) -> (u64, u64) {
+        match &self.sink {
+            Sink::Otlp(e) => (
+                e.counters
+                    .exported_spans
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                e.counters
+                    .failed_spans
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            _ => (self.exported, 0),
+        }
+    }
+}
+
 fn log_traces(t: &Traces) {
     let c = &t.counters;
-    let (sent, failed) = match &t.sink {
-        Sink::Otlp(e) => (
-            e.counters
-                .exported_spans
-                .load(std::sync::atomic::Ordering::Relaxed),
-            e.counters
-                .failed_spans
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        _ => (t.exported, 0),
-    };
+    let (sent, failed) = t.export_outcome();
     tracing::info!(
         "spans: producer={} consumer={} exported={sent} export_failed={failed} sampled_out={} \
          queue_dropped={} queued={} unlinked_produces={} links_dropped={} unnamed_topics={}",

@@ -12,6 +12,7 @@ pub mod correlate;
 pub mod daemon;
 pub mod export;
 pub mod kafka;
+pub mod metrics;
 pub mod pipeline;
 pub mod reassembly;
 pub mod spans;
