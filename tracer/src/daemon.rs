@@ -290,6 +290,10 @@ fn render_metrics(m: &Metrics, k: &KernelCounters, p: &PipelineCounters, t: &Tra
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut traces = Traces::new(&args)?;
     let mut metrics = Metrics::new();
+    let cfg = args.capture_config()?;
+    let mut capture = Capture::start(&cfg)?;
+    // Serve metrics only once the capture runs: a bad setting or a missing privilege stays a
+    // single error line.
     let snapshot = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     if args.metrics_addr != "off" {
         let addr = args.metrics_addr.parse().map_err(|e| {
@@ -300,8 +304,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })?;
         crate::metrics::serve(addr, snapshot.clone()).await?;
     }
-    let cfg = args.capture_config()?;
-    let mut capture = Capture::start(&cfg)?;
     let mut pipeline = Pipeline::new(args.pipeline_config());
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
