@@ -9,6 +9,7 @@ use crate::{
     capture::{CaptureConfig, CaptureMode},
     kafka::DecodeOptions,
     pipeline::PipelineConfig,
+    spans::KeyMode,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -89,9 +90,11 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_RESOLVE_TOPIC_IDS", default_value_t = true, action = ArgAction::Set)]
     pub resolve_topic_ids: bool,
 
-    /// Keep record keys (off by default: keys may hold personal data).
-    #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS")]
-    pub record_keys: bool,
+    /// Record keys on spans of single-record batches (`messaging.kafka.message.key`): `off`
+    /// (default: keys may hold personal data), `plain`, or `hash` (a 64-bit hash, enough to
+    /// find a key's records without revealing it). Record values never leave the tracer.
+    #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS", value_enum, default_value_t = KeyMode::Off)]
+    pub record_keys: KeyMode,
 
     /// Where spans go: `otlp` (OTLP/gRPC to the endpoint below), `console` (OTLP-JSON
     /// `ResourceSpans`, one per line, on standard output) or `none`. Default: `otlp` when an
@@ -196,7 +199,7 @@ impl Args {
             max_in_flight: self.max_in_flight,
             max_buffered_bytes: self.max_buffered_bytes,
             decode: DecodeOptions {
-                keys: self.record_keys,
+                keys: self.record_keys != KeyMode::Off,
                 ..DecodeOptions::default()
             },
         }

@@ -20,6 +20,36 @@ use crate::{
     pipeline::Observed,
 };
 
+/// Whether spans carry record keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyMode {
+    #[default]
+    Off,
+    Plain,
+    Hash,
+}
+
+impl KeyMode {
+    fn value(self, key: &[u8]) -> Option<Value> {
+        match self {
+            Self::Off => None,
+            Self::Plain => Some(Value::Str(String::from_utf8_lossy(key).into())),
+            Self::Hash => Some(Value::Str(
+                format!("{:016x}", xxhash_rust::xxh3::xxh3_64(key)).into(),
+            )),
+        }
+    }
+}
+
+/// The key of the only record of batch `batch`, when the batch has one record and keys are on.
+fn single_key(p: &PartitionRecords, batch: u32, keys: KeyMode) -> Option<Value> {
+    let mut records = p.records.iter().filter(|r| r.batch == batch);
+    let (only, None) = (records.next()?, records.next()) else {
+        return None;
+    };
+    keys.value(p.slice(only.key.as_ref()?))
+}
+
 /// Links kept per span; the rest are counted.
 pub const MAX_LINKS: usize = 32;
 
@@ -232,7 +262,12 @@ fn topic_name(catalog: &Catalog, t: &TopicRef, counters: &mut SpanCounters) -> A
 
 /// The spans of one exchange seen by the client (producer or consumer); none for the broker
 /// side or for other APIs.
-pub fn spans(o: &Observed, catalog: &Catalog, counters: &mut SpanCounters) -> Vec<Span> {
+pub fn spans(
+    o: &Observed,
+    catalog: &Catalog,
+    keys: KeyMode,
+    counters: &mut SpanCounters,
+) -> Vec<Span> {
     let ex = &o.exchange;
     if !ex.client_side {
         return Vec::new();
@@ -306,6 +341,9 @@ pub fn spans(o: &Observed, catalog: &Catalog, counters: &mut SpanCounters) -> Ve
                         attributes.push(("messaging.batch.message_count", (count as i64).into()));
                     }
                     attributes.push(("messaging.kafka.compression", b.compression.name().into()));
+                    if let Some(k) = single_key(&p.records, i as u32, keys) {
+                        attributes.push(("messaging.kafka.message.key", k));
+                    }
                     counters.producer_spans += 1;
                     out.push(Span {
                         trace_id: trace.trace_id,
@@ -357,6 +395,9 @@ pub fn spans(o: &Observed, catalog: &Catalog, counters: &mut SpanCounters) -> Ve
                     attributes.push(("messaging.operation.type", "receive".into()));
                     attributes.push(("messaging.operation.name", "poll".into()));
                     offsets(&mut attributes, b.base_offset, count);
+                    if let Some(k) = single_key(&p.records, i as u32, keys) {
+                        attributes.push(("messaging.kafka.message.key", k));
+                    }
                     if let Some(g) = &group {
                         attributes.push(("messaging.consumer.group.name", g.clone().into()));
                     }

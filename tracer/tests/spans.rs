@@ -9,7 +9,7 @@ use tracer::{
     kafka::{Catalog, DecodeOptions, Exchange, Request, Session, SessionCounters},
     pipeline::Observed,
     reassembly::Stream,
-    spans::{Span, SpanCounters, SpanKind, spans},
+    spans::{KeyMode, Span, SpanCounters, SpanKind, spans},
 };
 use tracer_common::{ConnTuple, Direction};
 
@@ -74,7 +74,7 @@ fn node(files: &[std::path::PathBuf]) -> (Vec<Span>, SpanCounters) {
     let mut counters = SpanCounters::default();
     let spans = all
         .iter()
-        .flat_map(|o| spans(o, &catalog, &mut counters))
+        .flat_map(|o| spans(o, &catalog, KeyMode::Off, &mut counters))
         .collect();
     (spans, counters)
 }
@@ -193,7 +193,7 @@ fn produce_without_offsets_is_counted_and_not_linked() {
     let mut counters = SpanCounters::default();
     let spans: Vec<Span> = all
         .iter()
-        .flat_map(|o| spans(o, &catalog, &mut counters))
+        .flat_map(|o| spans(o, &catalog, KeyMode::Off, &mut counters))
         .collect();
     assert_eq!(spans.len(), 1);
     assert_eq!(counters.unlinked_produces, 1);
@@ -205,9 +205,9 @@ fn produce_without_offsets_is_counted_and_not_linked() {
     );
 }
 
-/// Records without headers: both sides derive the same trace from the batch's position.
-#[test]
-fn records_without_headers_share_a_derived_trace() {
+/// A produce exchange of one batch of `count` records (keyed with `key`) at base offset 40 of
+/// partition 1 of "plain", and the fetch exchange returning it, encoded by kafka-protocol.
+fn exchange_pair(count: i64, key: Option<&'static [u8]>) -> (Observed, Observed) {
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::{
         messages::{
@@ -222,7 +222,7 @@ fn records_without_headers_share_a_derived_trace() {
     use tracer::kafka::{RequestHeader, decode_request, decode_response};
 
     let batch = |base: i64| {
-        let records: Vec<Record> = (0..3)
+        let records: Vec<Record> = (0..count)
             .map(|i| Record {
                 transactional: false,
                 control: false,
@@ -234,7 +234,7 @@ fn records_without_headers_share_a_derived_trace() {
                 offset: base + i,
                 sequence: i as i32,
                 timestamp: 1_700_000_000_000,
-                key: None,
+                key: key.map(Bytes::from_static),
                 value: Some(Bytes::from_static(b"v")),
                 headers: Default::default(),
             })
@@ -301,7 +301,11 @@ fn records_without_headers_share_a_derived_trace() {
             .encode(b, 12)
             .unwrap()
     });
-    let opts = DecodeOptions::default();
+    // As the daemon decodes with --record-keys plain or hash (Off is applied when building spans).
+    let opts = DecodeOptions {
+        keys: true,
+        ..DecodeOptions::default()
+    };
     let header = |key, version| RequestHeader {
         api_key: key,
         api_version: version,
@@ -354,10 +358,17 @@ fn records_without_headers_share_a_derived_trace() {
         Ok(Request::Fetch(fetch_req)),
         decode_response(1, 12, &fetch, false, &opts),
     ));
+    (produce, consume)
+}
+
+/// Records without headers: both sides derive the same trace from the batch's position.
+#[test]
+fn records_without_headers_share_a_derived_trace() {
+    let (produce, consume) = exchange_pair(3, None);
     // Two nodes, two catalogs, no cluster id known on either (the derivation still agrees).
     let (mut c1, mut c2) = (SpanCounters::default(), SpanCounters::default());
-    let p = spans(&produce, &Catalog::default(), &mut c1);
-    let c = spans(&consume, &Catalog::default(), &mut c2);
+    let p = spans(&produce, &Catalog::default(), KeyMode::Off, &mut c1);
+    let c = spans(&consume, &Catalog::default(), KeyMode::Off, &mut c2);
     assert_eq!((p.len(), c.len()), (1, 1));
     let (trace, span) = correlate::batch_ids("", "plain", 1, 40);
     assert_eq!(
@@ -366,4 +377,40 @@ fn records_without_headers_share_a_derived_trace() {
     );
     assert_eq!((c[0].trace_id, c[0].parent_span_id), (trace, Some(span)));
     assert!(p[0].links.is_empty() && c[0].links.is_empty());
+}
+
+/// Keys reach single-record spans only when enabled, in plain or hashed form.
+#[test]
+fn record_keys_are_opt_in_and_can_be_hashed() {
+    let (produce, consume) = exchange_pair(1, Some(b"user-42"));
+    let key = |mode, o: &Observed| {
+        let s = spans(o, &Catalog::default(), mode, &mut SpanCounters::default());
+        s[0].attributes
+            .iter()
+            .find(|(k, _)| *k == "messaging.kafka.message.key")
+            .map(|(_, v)| format!("{v:?}"))
+    };
+    assert_eq!(key(KeyMode::Off, &produce), None);
+    assert_eq!(key(KeyMode::Off, &consume), None);
+    assert_eq!(
+        key(KeyMode::Plain, &produce).as_deref(),
+        Some("Str(\"user-42\")")
+    );
+    assert_eq!(
+        key(KeyMode::Plain, &consume).as_deref(),
+        Some("Str(\"user-42\")")
+    );
+    let hashed = key(KeyMode::Hash, &produce).unwrap();
+    assert!(
+        !hashed.contains("user") && hashed.len() == "Str(\"\")".len() + 16,
+        "{hashed}"
+    );
+    assert_eq!(
+        key(KeyMode::Hash, &consume).unwrap(),
+        hashed,
+        "the same hash on both sides"
+    );
+    // Several records: no single key to name.
+    let (many, _) = exchange_pair(3, Some(b"user-42"));
+    assert_eq!(key(KeyMode::Plain, &many), None);
 }
