@@ -2,10 +2,10 @@
 //! encoding from v12; topics named by id from v13; replica id moved to a tagged field in v15.
 
 use super::{
-    DecodeError, TopicRef, api, check_version, flexible_request, read_topic,
+    DecodeError, TopicRef, api, check_version, ended_early, flexible_request, read_topic,
     records::with_decompressor,
     summary::{DecodeOptions, PartitionRecords},
-    wire::{Reader, WireError},
+    wire::Reader,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,11 +170,7 @@ pub fn decode_response(
                 if version >= 11 {
                     r.i32()?; // preferred_read_replica
                 }
-                let (field, cut) = if partial {
-                    r.bytes_field_prefix(flexible)?
-                } else {
-                    (r.bytes_field(flexible)?, false)
-                };
+                let (field, cut) = r.records_field(flexible, partial)?;
                 out.partitions.push(FetchPartitionResponse {
                     topic: topic.clone(),
                     partition,
@@ -182,7 +178,7 @@ pub fn decode_response(
                     high_watermark,
                     last_stable_offset,
                     log_start_offset,
-                    records: PartitionRecords::collect(field.unwrap_or_default(), d, opts),
+                    records: PartitionRecords::collect(field, d, opts),
                 });
                 if cut {
                     out.truncated = true;
@@ -195,12 +191,6 @@ pub fn decode_response(
         r.skip_tags(flexible)?;
         Ok(())
     });
-    match walked {
-        Ok(()) => Ok(out),
-        Err(DecodeError::Wire(WireError::Short { .. })) if partial => {
-            out.truncated = true;
-            Ok(out)
-        }
-        Err(e) => Err(e),
-    }
+    out.truncated |= ended_early(partial, walked)?;
+    Ok(out)
 }

@@ -72,6 +72,19 @@ pub(crate) fn check_version(
     }
 }
 
+/// The outcome of decoding a message that may be cut short (`partial`): running out of bytes
+/// then ends the message rather than failing it. Returns whether it ended early.
+pub(crate) fn ended_early(
+    partial: bool,
+    walked: Result<(), DecodeError>,
+) -> Result<bool, DecodeError> {
+    match walked {
+        Ok(()) => Ok(false),
+        Err(DecodeError::Wire(wire::WireError::Short { .. })) if partial => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// A topic field: a name before version `id_from`, a topic id from it on.
 pub(crate) fn read_topic(
     r: &mut wire::Reader<'_>,

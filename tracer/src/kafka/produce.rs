@@ -2,10 +2,10 @@
 //! Flexible encoding from v9; topics named by id from v13.
 
 use super::{
-    DecodeError, TopicRef, api, check_version, flexible_request, read_topic,
+    DecodeError, TopicRef, api, check_version, ended_early, flexible_request, read_topic,
     records::with_decompressor,
     summary::{DecodeOptions, PartitionRecords},
-    wire::{Reader, WireError},
+    wire::Reader,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,15 +83,11 @@ pub fn decode_request(
             let topic = topic(&mut r, version, flexible)?;
             for _ in 0..r.array_len(flexible, min(5))? {
                 let partition = r.i32()?;
-                let (field, cut) = if partial {
-                    r.bytes_field_prefix(flexible)?
-                } else {
-                    (r.bytes_field(flexible)?, false)
-                };
+                let (field, cut) = r.records_field(flexible, partial)?;
                 out.partitions.push(ProducePartition {
                     topic: topic.clone(),
                     partition,
-                    records: PartitionRecords::collect(field.unwrap_or_default(), d, opts),
+                    records: PartitionRecords::collect(field, d, opts),
                 });
                 if cut {
                     out.truncated = true;
@@ -104,14 +100,8 @@ pub fn decode_request(
         r.skip_tags(flexible)?;
         Ok(())
     });
-    match walked {
-        Ok(()) => Ok(out),
-        Err(DecodeError::Wire(WireError::Short { .. })) if partial => {
-            out.truncated = true;
-            Ok(out)
-        }
-        Err(e) => Err(e),
-    }
+    out.truncated |= ended_early(partial, walked)?;
+    Ok(out)
 }
 
 pub fn decode_response(body: &[u8], version: i16) -> Result<ProduceResponse, DecodeError> {

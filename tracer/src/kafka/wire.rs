@@ -165,24 +165,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// BYTES / NULLABLE_BYTES / RECORDS (or compact forms).
-    pub fn bytes_field(&mut self, compact: bool) -> Result<Option<&'a [u8]>> {
+    /// A RECORDS field (null reads as empty). In a message known to be cut short (`partial`),
+    /// a field announced longer than what is left gives what is left, and `true`.
+    pub fn records_field(&mut self, compact: bool, partial: bool) -> Result<(&'a [u8], bool)> {
         match self.length(compact, true)? {
-            Some(n) => self.bytes(n).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Like [`Self::bytes_field`], but for a message known to be cut short: a field announced
-    /// longer than what is left gives what is left, and `true`.
-    pub fn bytes_field_prefix(&mut self, compact: bool) -> Result<(Option<&'a [u8]>, bool)> {
-        match self.length(compact, true)? {
-            Some(n) if n > self.remaining() => {
-                let rest = self.bytes(self.remaining())?;
-                Ok((Some(rest), true))
-            }
-            Some(n) => Ok((Some(self.bytes(n)?), false)),
-            None => Ok((None, false)),
+            Some(n) if partial && n > self.remaining() => Ok((self.bytes(self.remaining())?, true)),
+            Some(n) => Ok((self.bytes(n)?, false)),
+            None => Ok((&[], false)),
         }
     }
 
@@ -262,7 +251,7 @@ mod tests {
         assert_eq!(r.string(false).unwrap(), None);
         assert_eq!(r.string(true).unwrap(), Some(&b"ab"[..]));
         assert_eq!(r.string(true).unwrap(), None);
-        assert_eq!(r.bytes_field(false).unwrap(), Some(&b"z"[..]));
+        assert_eq!(r.records_field(false, false).unwrap(), (&b"z"[..], false));
         // An array of 2 elements of at least 4 bytes cannot fit in the 0 bytes left.
         assert!(matches!(
             r.array_len(false, 4),
@@ -273,7 +262,7 @@ mod tests {
     #[test]
     fn huge_and_negative_lengths_are_rejected_without_allocating() {
         assert!(matches!(
-            Reader::new(b"\x7f\xff\xff\xff").bytes_field(false),
+            Reader::new(b"\x7f\xff\xff\xff").records_field(false, false),
             Err(WireError::Short { .. })
         ));
         assert!(matches!(
@@ -284,6 +273,22 @@ mod tests {
             Reader::new(b"\x7f\xff\xff\xff").array_len(false, 1),
             Err(WireError::Count { .. })
         ));
+    }
+
+    #[test]
+    fn a_cut_records_field_gives_what_is_there() {
+        let mut r = Reader::new(b"\x00\x00\x00\x05ab");
+        assert_eq!(r.records_field(false, true).unwrap(), (&b"ab"[..], true));
+        assert!(matches!(
+            Reader::new(b"\x00\x00\x00\x05ab").records_field(false, false),
+            Err(WireError::Short { .. })
+        ));
+        assert_eq!(
+            Reader::new(b"\xff\xff\xff\xff")
+                .records_field(false, true)
+                .unwrap(),
+            (&b""[..], false)
+        );
     }
 
     #[test]
