@@ -39,8 +39,10 @@ impl Tracer {
         let (stdout, stderr) = (dir.join("spans.jsonl"), dir.join("log"));
         let child = Command::new(binary())
             .args(["--ports", &port.to_string(), "--stats-interval", "1"])
-            // Tracers run in parallel: no shared metrics port unless a test sets its own.
+            // Tracers run in parallel: no shared metrics port unless a test sets its own, and
+            // no sniffing of the other tests' brokers (each test names its broker's port).
             .env("KAFKA_TRACER_METRICS_ADDR", "off")
+            .env("KAFKA_TRACER_DETECT_KAFKA", "false")
             .env_remove("OTEL_TRACES_EXPORTER")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .envs(env.iter().copied())
