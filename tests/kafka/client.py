@@ -2,6 +2,7 @@
 (librdkafka) or kafka-python, with a chosen codec and record headers.
 
   client.py produce LIB BOOTSTRAP TOPIC COUNT CODEC [--traceparent TP] [--partition P] [--acks A]
+                    [--size BYTES] [--flush-every N]
   client.py consume LIB BOOTSTRAP TOPIC COUNT [--group G] [--partition P]
 
 Prints one JSON line: what it produced (partition, offset, headers) or consumed.
@@ -37,6 +38,8 @@ def produce_confluent(a):
         kwargs = {"partition": a.partition} if a.partition is not None else {}
         p.produce(a.topic, value=(f"value-{i}-" + "x" * a.size).encode(), key=f"key-{i}".encode(),
                   headers=headers, on_delivery=done, **kwargs)
+        if a.flush_every and (i + 1) % a.flush_every == 0:
+            p.flush(30)
     p.flush(30)
     return out
 
@@ -53,6 +56,8 @@ def produce_kafka_python(a):
         headers.append(("seq", str(i).encode()))
         futures.append(p.send(a.topic, value=(f"value-{i}-" + "x" * a.size).encode(),
                               key=f"key-{i}".encode(), headers=headers, partition=a.partition))
+        if a.flush_every and (i + 1) % a.flush_every == 0:
+            p.flush(30)
     p.flush(30)
     out = []
     for f in futures:
@@ -67,7 +72,10 @@ def consume_confluent(a):
 
     conf = {"bootstrap.servers": a.bootstrap, "group.id": a.group or "tracer-test",
             "auto.offset.reset": "earliest", "enable.auto.commit": True,
-            "client.id": "tracer-test-confluent"}
+            "client.id": "tracer-test-confluent",
+            # tansu waits the whole rebalance timeout (max.poll.interval.ms) before the
+            # first assignment: 6 s instead of librdkafka's 300 s default gives 3 s joins.
+            "session.timeout.ms": 6000, "max.poll.interval.ms": 6000}
     c = Consumer(conf)
     if a.group:
         c.subscribe([a.topic])
@@ -91,7 +99,8 @@ def consume_kafka_python(a):
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=a.bootstrap, group_id=a.group, auto_offset_reset="earliest",
-                      client_id="tracer-test-kafka-python", enable_auto_commit=bool(a.group))
+                      client_id="tracer-test-kafka-python", enable_auto_commit=bool(a.group),
+                      session_timeout_ms=6000, max_poll_interval_ms=6000)
     if a.group:
         c.subscribe([a.topic])
     else:
@@ -124,6 +133,8 @@ def main():
     ap.add_argument("--acks", type=int, default=1)
     ap.add_argument("--group")
     ap.add_argument("--size", type=int, default=20)
+    ap.add_argument("--flush-every", type=int, default=0,
+                    help="wait for delivery after every N records: one batch (and request) each")
     ap.add_argument("--timeout", type=float, default=60)
     a = ap.parse_args()
     fn = {("produce", "confluent"): produce_confluent, ("produce", "kafka-python"): produce_kafka_python,

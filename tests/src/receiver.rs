@@ -1,6 +1,8 @@
-//! A real OTLP/gRPC trace receiver for the tests, built from the official protocol definitions
-//! (`opentelemetry-proto` and tonic): it stores every span it receives so tests can ask what a
-//! user would ask Jaeger: the spans of a trace, of a service, of a topic.
+//! A real OTLP trace receiver for the tests, built from the official protocol definitions
+//! (`opentelemetry-proto`): gRPC (tonic) on one port, HTTP/protobuf and HTTP/JSON (hyper, the
+//! JSON read by the protos' own serde mapping) on another, gzip accepted on both. It stores
+//! every span it receives so tests can ask what a user would ask Jaeger: the spans of a trace,
+//! of a service, of a topic.
 
 use std::sync::{Arc, Mutex};
 
@@ -41,14 +43,10 @@ fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
 #[derive(Clone, Default)]
 struct Store(Arc<Mutex<Vec<Received>>>);
 
-#[tonic::async_trait]
-impl TraceService for Store {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+impl Store {
+    fn add(&self, request: ExportTraceServiceRequest) {
         let mut store = self.0.lock().expect("store lock");
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let service = rs
                 .resource
                 .as_ref()
@@ -63,45 +61,156 @@ impl TraceService for Store {
                 }
             }
         }
+    }
+
+    /// One OTLP/HTTP request: 200 with the stored spans, 400 for what does not decode.
+    async fn http(
+        self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+        use http_body_util::BodyExt as _;
+        use prost::Message as _;
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (ctype, encoding) = (header("content-type"), header("content-encoding"));
+        let path = req.uri().path().to_string();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec());
+        let decoded = body.map_err(|e| e.to_string()).and_then(|body| {
+            let body = if encoding == "gzip" {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out)
+                    .map_err(|e| e.to_string())?;
+                out
+            } else {
+                body
+            };
+            if path != "/v1/traces" {
+                Err(format!("path {path}"))
+            } else if ctype == "application/json" {
+                serde_json::from_slice::<ExportTraceServiceRequest>(&body)
+                    .map_err(|e| e.to_string())
+            } else if ctype == "application/x-protobuf" {
+                ExportTraceServiceRequest::decode(&body[..]).map_err(|e| e.to_string())
+            } else {
+                Err(format!("content type {ctype:?}"))
+            }
+        });
+        let (status, body) = match decoded {
+            Ok(request) => {
+                self.add(request);
+                let ok = ExportTraceServiceResponse::default();
+                let body = if ctype == "application/json" {
+                    b"{}".to_vec()
+                } else {
+                    ok.encode_to_vec()
+                };
+                (200, body)
+            }
+            Err(e) => (400, e.into_bytes()),
+        };
+        let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");
+        resp.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_str(&ctype)
+                .unwrap_or(hyper::header::HeaderValue::from_static("text/plain")),
+        );
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Store {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.add(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 /// A running receiver on 127.0.0.1, stopped on drop.
 pub struct Receiver {
+    /// OTLP/gRPC port.
     pub port: u16,
+    /// OTLP/HTTP port.
+    pub http_port: u16,
     store: Store,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _shutdown: tokio::sync::watch::Sender<()>,
 }
 
 impl Receiver {
-    /// Starts it on a free port (on `port` when given). Needs a tokio runtime.
-    pub async fn start(port: Option<u16>) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).await?;
-        let port = listener.local_addr()?.port();
+    /// Starts it on free ports, or on `ports` (gRPC, HTTP) to come back where a stopped one
+    /// was. Needs a tokio runtime.
+    pub async fn start(ports: Option<(u16, u16)>) -> anyhow::Result<Self> {
+        let (grpc, http) = ports.unwrap_or((0, 0));
+        let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc)).await?;
+        let http = tokio::net::TcpListener::bind(("127.0.0.1", http)).await?;
+        let (port, http_port) = (grpc.local_addr()?.port(), http.local_addr()?.port());
         let store = Store::default();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let service = TraceServiceServer::new(store.clone());
+        let (tx, rx) = tokio::sync::watch::channel(());
+        let service = TraceServiceServer::new(store.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let mut stop = rx.clone();
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = rx.await;
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    async move {
+                        let _ = stop.changed().await;
                     },
                 )
                 .await;
         });
+        let (s, mut stop) = (store.clone(), rx);
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = http.accept() => c,
+                    _ = stop.changed() => return,
+                };
+                let Ok((conn, _)) = conn else { continue };
+                let (s, mut stop) = (s.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let serve = hyper::server::conn::http1::Builder::new().serve_connection(
+                        hyper_util::rt::TokioIo::new(conn),
+                        hyper::service::service_fn(move |req| s.clone().http(req)),
+                    );
+                    // Stopping closes open connections too, as a stopped collector would.
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
         Ok(Self {
             port,
+            http_port,
             store,
             _shutdown: tx,
         })
     }
 
+    /// The OTLP/gRPC endpoint.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The OTLP/HTTP base endpoint (exporters append /v1/traces).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
     }
 
     /// Every span received so far.

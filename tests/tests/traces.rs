@@ -228,56 +228,135 @@ fn two_tracers_link_records_without_headers() {
     }
 }
 
-/// The daemon exporting over OTLP/gRPC to a real receiver: the spans arrive, linked, under the
-/// producing and consuming processes' service names.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_reach_an_otlp_receiver() {
-    let receiver = tests::receiver::Receiver::start(None).await.unwrap();
+/// Ratio sampling at 0.5 on two tracers that never talk, one seeing only the producer and the
+/// other only the consumer: both keep exactly the same traces, and only about half of them.
+#[test]
+fn two_tracers_sampling_at_half_keep_the_same_traces() {
     let broker = Broker::start().unwrap();
-    broker.create_topic("e2e-otlp", 1).unwrap();
-    let endpoint = receiver.endpoint();
-    let tracer = Tracer::start_with(
-        broker.port,
-        "otlp",
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
-    );
+    broker.create_topic("e2e-sampled", 1).unwrap();
+    let sampler = [
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+    ];
+    const BATCHES: usize = 40;
+    let a = Tracer::start_with(broker.port, "sampled-a", &sampler);
     client(&[
         "produce",
         "confluent",
         &broker.bootstrap(),
-        "e2e-otlp",
-        "2",
-        "lz4",
-        "--traceparent",
-        TRACEPARENT,
+        "e2e-sampled",
+        &BATCHES.to_string(),
+        "none",
         "--partition",
         "0",
+        "--flush-every",
+        "1",
     ])
     .unwrap();
+    let (a_spans, a_log) = a.stop_with_log();
+    let b = Tracer::start_with(broker.port, "sampled-b", &sampler);
     client(&[
         "consume",
         "confluent",
         &broker.bootstrap(),
-        "e2e-otlp",
-        "2",
+        "e2e-sampled",
+        &BATCHES.to_string(),
         "--partition",
         "0",
         "--timeout",
         "20",
     ])
     .unwrap();
+    let b_spans = b.stop();
+    let traces = |spans: &[&Value]| -> std::collections::BTreeSet<String> {
+        spans
+            .iter()
+            .map(|s| s["traceId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let kept_a = traces(&named(&a_spans, "send e2e-sampled"));
+    let kept_b = traces(&named(&b_spans, "poll e2e-sampled"));
+    eprintln!("kept {} of {BATCHES} batch traces", kept_a.len());
+    assert!(
+        (1..BATCHES).contains(&kept_a.len()),
+        "a ratio of 0.5 keeps some, not all: {}",
+        kept_a.len()
+    );
+    assert_eq!(
+        logged(&a_log, "sampled_out") as usize + kept_a.len(),
+        BATCHES,
+        "{a_log}"
+    );
+    assert_eq!(kept_a, kept_b, "both nodes keep the same traces");
+}
+
+/// The daemon exporting over OTLP to a real receiver with `protocol` (and gzip when asked):
+/// the spans arrive, linked, under the producing and consuming programs' service names.
+async fn spans_reach_an_otlp_receiver(protocol: &str, gzip: bool) {
+    let receiver = tests::receiver::Receiver::start(None).await.unwrap();
+    let broker = Broker::start().unwrap();
+    let topic = format!("e2e-otlp-{}", protocol.replace('/', "-"));
+    broker.create_topic(&topic, 1).unwrap();
+    let endpoint = if protocol == "grpc" {
+        receiver.endpoint()
+    } else {
+        receiver.http_endpoint()
+    };
+    let tracer = Tracer::start_with(
+        broker.port,
+        &topic,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            (
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+                if gzip { "gzip" } else { "none" },
+            ),
+        ],
+    );
+    let bootstrap = broker.bootstrap();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        client(&[
+            "produce",
+            "confluent",
+            &bootstrap,
+            &t,
+            "2",
+            "lz4",
+            "--traceparent",
+            TRACEPARENT,
+            "--partition",
+            "0",
+        ])
+        .unwrap();
+        client(&[
+            "consume",
+            "confluent",
+            &bootstrap,
+            &t,
+            "2",
+            "--partition",
+            "0",
+            "--timeout",
+            "20",
+        ])
+        .unwrap();
+    })
+    .await
+    .unwrap();
     let (stdout_spans, log) = tokio::task::spawn_blocking(move || tracer.stop_with_log())
         .await
         .unwrap();
     assert!(stdout_spans.is_empty(), "OTLP, not the console");
-    let spans = receiver.topic("e2e-otlp");
+    let spans = receiver.topic(&topic);
     let send: Vec<_> = spans
         .iter()
-        .filter(|r| r.span.name == "send e2e-otlp")
+        .filter(|r| r.span.name == format!("send {topic}"))
         .collect();
     let poll: Vec<_> = spans
         .iter()
-        .filter(|r| r.span.name == "poll e2e-otlp")
+        .filter(|r| r.span.name == format!("poll {topic}"))
         .collect();
     assert_eq!(send.len(), 1, "{spans:#?}\n{log}");
     assert!(!poll.is_empty(), "{spans:#?}");
@@ -293,20 +372,53 @@ async fn spans_reach_an_otlp_receiver() {
         assert_eq!(c.span.parent_span_id, send[0].span.span_id);
         assert_eq!(c.span.kind, 5);
     }
-    assert!(
-        send[0].service.starts_with("python"),
-        "service.name from the process: {}",
-        send[0].service
-    );
+    // python3 .../client.py: the service is the script, not the interpreter.
+    assert_eq!(send[0].service, "client", "service.name from the program");
     assert_eq!(
         send[0].attr("messaging.batch.message_count").as_deref(),
         Some("2")
     );
+    assert!(send[0].span.start_time_unix_nano > 1_700_000_000_000_000_000);
     assert!(log.contains("export_failed=0"), "{log}");
 }
 
-/// No receiver at the endpoint: the tracer keeps running, and the spans it could not deliver
-/// are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_grpc_receiver_gzipped() {
+    spans_reach_an_otlp_receiver("grpc", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_http_protobuf_receiver() {
+    spans_reach_an_otlp_receiver("http/protobuf", false).await;
+}
+
+/// The console's JSON encoder, read back by the official protos' serde mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_http_json_receiver_gzipped() {
+    spans_reach_an_otlp_receiver("http/json", true).await;
+}
+
+/// The last value of `name=N` in the tracer's log.
+fn logged(log: &str, name: &str) -> u64 {
+    log.rsplit(&format!(" {name}="))
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not logged: {log}"))
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// No receiver at the endpoint: the tracer keeps running, its export queue stays within its
+/// bound, the counters of failed and dropped spans grow, and every span is accounted for.
 #[test]
 fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
     let broker = Broker::start().unwrap();
@@ -323,27 +435,68 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+            ("KAFKA_TRACER_EXPORT_QUEUE", "64"),
         ],
     );
-    client(&[
-        "produce",
-        "confluent",
-        &broker.bootstrap(),
-        "e2e-down",
-        "2",
-        "none",
-        "--partition",
-        "0",
-    ])
-    .unwrap();
+    let pid = tracer.child.id();
+    let before = rss_kib(pid);
+    // One request, hence one span, per record.
+    let bootstrap = broker.bootstrap();
+    let producer = std::thread::spawn(move || {
+        client(&[
+            "produce",
+            "confluent",
+            &bootstrap,
+            "e2e-down",
+            "600",
+            "none",
+            "--partition",
+            "0",
+            "--flush-every",
+            "1",
+        ])
+        .unwrap()
+    });
+    let mut peak = before;
+    while !producer.is_finished() {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    producer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    peak = peak.max(rss_kib(pid));
     let (_, log) = tracer.stop_with_log();
-    let failed: u64 = log
-        .rsplit("export_failed=")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("export_failed counter logged");
-    assert!(failed >= 1, "{log}");
+    eprintln!("tracer RSS: {before} KiB attached, {peak} KiB peak");
+    let failed_over_time: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains(" export_failed="))
+        .map(|l| logged(l, "export_failed"))
+        .collect();
+    assert!(
+        failed_over_time.windows(2).all(|w| w[0] <= w[1])
+            && failed_over_time.first() < failed_over_time.last(),
+        "a growing failure counter: {failed_over_time:?}"
+    );
+    let (producer_spans, failed, dropped) = (
+        logged(&log, "producer"),
+        logged(&log, "export_failed"),
+        logged(&log, "queue_dropped"),
+    );
+    assert!(producer_spans >= 600, "{log}");
+    assert!(dropped > 0, "the bounded queue dropped the oldest: {log}");
+    assert_eq!(
+        producer_spans + logged(&log, "consumer"),
+        logged(&log, "exported")
+            + failed
+            + dropped
+            + logged(&log, "queued")
+            + logged(&log, "sampled_out"),
+        "every span delivered, failed or dropped: {log}"
+    );
+    assert!(
+        peak - before < 16 << 10,
+        "memory stays bounded: {before} KiB -> {peak} KiB"
+    );
     assert!(log.contains("detaching"), "clean exit: {log}");
 }
 
@@ -375,15 +528,16 @@ fn metrics_show_lag_latency_and_health() {
         "0",
     ])
     .unwrap();
-    // Consume only some: the lag is what is left.
+    // A group consumes 3 of the 5 and commits: its fetches reached the end of the partition,
+    // its commit did not.
     client(&[
         "consume",
         "confluent",
         &broker.bootstrap(),
         "e2e-metrics",
-        "5",
-        "--partition",
-        "0",
+        "3",
+        "--group",
+        "e2e-metrics-group",
         "--timeout",
         "20",
     ])
@@ -401,24 +555,27 @@ fn metrics_show_lag_latency_and_health() {
     let body = scrape();
     let _ = tracer.stop();
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    // The group label is the client's group once a group request taught it (confluent's
-    // consumer joins `tracer-test` even when assigning partitions), "" before.
-    let lag: Vec<&str> = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("kafka_consumer_lag{")
-                && l.contains(r#"topic="e2e-metrics",partition="0"}"#)
-        })
-        .collect();
+    let series = r#"group="e2e-metrics-group",topic="e2e-metrics",partition="0"}"#;
+    for (family, value) in [
+        ("kafka_consumer_lag", 0),
+        ("kafka_consumer_committed_offset", 3),
+        ("kafka_consumer_committed_lag", 2),
+    ] {
+        let want = format!("{family}{{{series} {value}");
+        assert!(body.contains(&want), "{want} missing: {body}");
+    }
     assert!(
-        !lag.is_empty() && lag.iter().any(|l| l.ends_with("} 0")),
+        body.contains(r#"kafka_partition_high_watermark{topic="e2e-metrics",partition="0"} 5"#),
         "{body}"
     );
-    let e2e = body
+    let e2e: u64 = body
         .lines()
-        .find(|l| l.starts_with(r#"kafka_end_to_end_latency_seconds_count{topic="e2e-metrics"}"#))
+        .find_map(|l| {
+            l.strip_prefix(r#"kafka_end_to_end_latency_seconds_count{topic="e2e-metrics"} "#)
+        })
+        .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{body}"));
-    assert!(e2e.ends_with(" 5"), "five records timed: {e2e}");
+    assert!((3..=5).contains(&e2e), "fetched records timed: {e2e}");
     assert!(
         body.contains(
             r#"kafka_records_total{direction="produced",topic="e2e-metrics",partition="0"} 5"#

@@ -7,6 +7,7 @@ use clap::{ArgAction, Parser};
 
 use crate::{
     capture::{CaptureConfig, CaptureMode},
+    export::ServiceRule,
     kafka::DecodeOptions,
     pipeline::PipelineConfig,
     spans::KeyMode,
@@ -96,23 +97,36 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS", value_enum, default_value_t = KeyMode::Off)]
     pub record_keys: KeyMode,
 
-    /// Where spans go: `otlp` (OTLP/gRPC to the endpoint below), `console` (OTLP-JSON
+    /// Where spans go: `otlp` (to the OTLP endpoint below), `console` (OTLP-JSON
     /// `ResourceSpans`, one per line, on standard output) or `none`. Default: `otlp` when an
     /// OTLP endpoint is configured, else `console`.
     #[arg(long, env = "OTEL_TRACES_EXPORTER")]
     pub traces_exporter: Option<String>,
 
-    /// OTLP receiver, e.g. http://otel-collector:4317 (Jaeger all-in-one listens there too).
+    /// OTLP receiver, e.g. http://otel-collector:4318 for HTTP or :4317 for gRPC (Jaeger
+    /// all-in-one listens on both). HTTP exporters append /v1/traces to it.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
-    /// OTLP receiver for traces only (overrides --otlp-endpoint).
+    /// OTLP receiver for traces only, used as given (overrides --otlp-endpoint).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
     pub otlp_traces_endpoint: Option<String>,
 
-    /// OTLP transport: `grpc` (HTTP/protobuf is not built yet).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    /// OTLP transport: `http/protobuf` (the OpenTelemetry default), `grpc` or `http/json`.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "http/protobuf"
+    )]
     pub otlp_protocol: String,
+
+    /// OTLP transport for traces only (overrides --otlp-protocol).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")]
+    pub otlp_traces_protocol: Option<String>,
+
+    /// Compression of export requests: `gzip` or `none`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_COMPRESSION", default_value = "none")]
+    pub otlp_compression: String,
 
     /// Headers sent with every export, `key=value,key2=value2` (e.g. an API key).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", default_value = "")]
@@ -136,9 +150,16 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_SLOW_THRESHOLD_MS", default_value_t = 1000)]
     pub slow_threshold_ms: u64,
 
-    /// service.name for every traced process (default: each process's executable name).
+    /// service.name for every traced process without a rule or an OTEL_SERVICE_NAME of its
+    /// own (default: the program an interpreter runs, else the executable name).
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub service_name: Option<String>,
+
+    /// service.name rules, `FIELD:TEXT=NAME` (repeat or comma-separate): processes whose
+    /// executable (`exe`), command line (`cmdline`) or cgroup path (`cgroup`) contains TEXT
+    /// report as NAME; the first match wins, before any other naming.
+    #[arg(long = "service-rule", env = "KAFKA_TRACER_SERVICE_RULES", value_delimiter = ',', value_parser = parse_service_rule)]
+    pub service_rules: Vec<ServiceRule>,
 
     /// Extra resource attributes, `key=value,key2=value2`.
     #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", default_value = "")]
@@ -169,6 +190,10 @@ pub struct Args {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `tracer=debug`.
     #[arg(long, env = "KAFKA_TRACER_LOG", default_value = "info")]
     pub log: String,
+}
+
+fn parse_service_rule(s: &str) -> Result<ServiceRule, String> {
+    ServiceRule::parse(s).map_err(|e| e.to_string())
 }
 
 impl Args {

@@ -17,7 +17,7 @@ use crate::{
     export::{
         Queue, Resources,
         otlp::{self, OtlpConfig},
-        otlp_json_lines, parse_resource_attributes,
+        otlp_json, parse_key_values,
     },
     kafka::{MetadataResponse, Request, Response, api_name, lookup},
     metrics::{Metrics, render_counters},
@@ -53,12 +53,9 @@ struct Traces {
 impl Traces {
     /// Needs the async runtime (the OTLP exporter is a task).
     fn new(args: &Args) -> anyhow::Result<Self> {
-        let endpoint = args
-            .otlp_traces_endpoint
-            .clone()
-            .or_else(|| args.otlp_endpoint.clone());
+        let clock_offset_ns = realtime_ns() - monotonic_ns() as i64;
         let exporter = args.traces_exporter.clone().unwrap_or_else(|| {
-            if endpoint.is_some() {
+            if args.otlp_endpoint.is_some() || args.otlp_traces_endpoint.is_some() {
                 "otlp".into()
             } else {
                 "console".into()
@@ -66,16 +63,28 @@ impl Traces {
         });
         let sink = match exporter.as_str() {
             "otlp" => {
-                if args.otlp_protocol != "grpc" {
-                    anyhow::bail!(
-                        "unsupported OTEL_EXPORTER_OTLP_PROTOCOL {:?}: this version exports OTLP over `grpc` only",
-                        args.otlp_protocol
-                    );
-                }
+                let protocol = otlp::Protocol::parse(
+                    args.otlp_traces_protocol
+                        .as_deref()
+                        .unwrap_or(&args.otlp_protocol),
+                )?;
+                let gzip = match args.otlp_compression.as_str() {
+                    "gzip" => true,
+                    "none" | "" => false,
+                    other => anyhow::bail!(
+                        "unsupported OTEL_EXPORTER_OTLP_COMPRESSION {other:?}: use gzip or none"
+                    ),
+                };
                 let exporter = otlp::spawn(OtlpConfig {
-                    endpoint: endpoint.unwrap_or_else(|| "http://localhost:4317".into()),
-                    headers: parse_resource_attributes(&args.otlp_headers),
+                    protocol,
+                    url: protocol.traces_url(
+                        args.otlp_endpoint.as_deref(),
+                        args.otlp_traces_endpoint.as_deref(),
+                    ),
+                    headers: parse_key_values(&args.otlp_headers),
                     timeout: Duration::from_millis(args.otlp_timeout_ms.max(1)),
+                    gzip,
+                    clock_offset_ns,
                 })?;
                 Sink::Otlp(exporter)
             }
@@ -93,10 +102,11 @@ impl Traces {
             sink,
             resources: Resources::new(
                 args.service_name.clone(),
-                parse_resource_attributes(&args.resource_attributes),
+                parse_key_values(&args.resource_attributes),
+                args.service_rules.clone(),
             ),
             queue: Queue::new(args.export_queue),
-            clock_offset_ns: realtime_ns() - monotonic_ns() as i64,
+            clock_offset_ns,
             counters: SpanCounters::default(),
             sampled_out: 0,
             exported: 0,
@@ -128,7 +138,9 @@ impl Traces {
             let n = batch.len();
             match &self.sink {
                 Sink::Console => {
-                    let text = otlp_json_lines(&batch, self.clock_offset_ns);
+                    let mut text = String::new();
+                    otlp_json(&mut text, &batch, self.clock_offset_ns, "\n");
+                    text.push('\n');
                     if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
                         tracing::warn!("writing spans to standard output: {e}");
                         self.queue.dropped += n as u64;
@@ -137,10 +149,7 @@ impl Traces {
                 }
                 Sink::Otlp(e) => {
                     // The exporter is behind (backend slow or down): drop, never wait.
-                    if e.tx
-                        .try_send((n, otlp::request(&batch, self.clock_offset_ns)))
-                        .is_err()
-                    {
+                    if e.tx.try_send(batch).is_err() {
                         self.queue.dropped += n as u64;
                         continue;
                     }
@@ -158,7 +167,7 @@ fn render_metrics(m: &Metrics, k: &KernelCounters, p: &PipelineCounters, t: &Tra
     m.render(&mut out);
     render_counters(&mut out, "kafka_tracer_kernel", &k.named());
     let (f, s, c) = (&p.framing, &p.kafka, &t.counters);
-    let (exported, failed) = t.export_outcome();
+    let (exported, failed, retries) = t.export_outcome();
     render_counters(
         &mut out,
         "kafka_tracer",
@@ -255,6 +264,11 @@ fn render_metrics(m: &Metrics, k: &KernelCounters, p: &PipelineCounters, t: &Tra
                 "spans_export_failed",
                 failed,
                 "spans the OTLP backend did not take",
+            ),
+            (
+                "export_retries",
+                retries,
+                "export attempts repeated after a transient failure",
             ),
             (
                 "spans_queue_dropped",
@@ -368,16 +382,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         traces.add(&o, &pipeline);
     }
     traces.flush(true);
+    let handed = traces.exported;
     if let Sink::Otlp(e) = &mut traces.sink {
         // Closing the exporter's channel ends its task once what was sent is exported; wait
         // for that, for a bounded time.
         let (closed, _) = tokio::sync::mpsc::channel(1);
         drop(std::mem::replace(&mut e.tx, closed));
-        let _ = tokio::time::timeout(
+        if tokio::time::timeout(
             Duration::from_millis(args.otlp_timeout_ms.max(1)),
             &mut e.task,
         )
-        .await;
+        .await
+        .is_err()
+        {
+            // Spans still waiting in the exporter are lost: count them with the failures.
+            use std::sync::atomic::Ordering::Relaxed;
+            e.task.abort();
+            let c = &e.counters;
+            let settled = c.exported_spans.load(Relaxed) + c.failed_spans.load(Relaxed);
+            c.failed_spans
+                .fetch_add(handed.saturating_sub(settled), Relaxed);
+        }
     }
     log_counters(
         &capture.counters()?,
@@ -489,25 +514,24 @@ fn log_exchange(o: &Observed, p: &Pipeline) {
 }
 
 impl Traces {
-    /// Spans delivered and failed: the OTLP exporter's outcome, or what the console took.
-    fn export_outcome(&self) -> (u64, u64) {
+    /// Spans delivered, failed, and retried attempts: the OTLP exporter's outcome, or what
+    /// the console took.
+    fn export_outcome(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
         match &self.sink {
             Sink::Otlp(e) => (
-                e.counters
-                    .exported_spans
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                e.counters
-                    .failed_spans
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                e.counters.exported_spans.load(Relaxed),
+                e.counters.failed_spans.load(Relaxed),
+                e.counters.retries.load(Relaxed),
             ),
-            _ => (self.exported, 0),
+            _ => (self.exported, 0, 0),
         }
     }
 }
 
 fn log_traces(t: &Traces) {
     let c = &t.counters;
-    let (sent, failed) = t.export_outcome();
+    let (sent, failed, _) = t.export_outcome();
     tracing::info!(
         "spans: producer={} consumer={} exported={sent} export_failed={failed} sampled_out={} \
          queue_dropped={} queued={} unlinked_produces={} links_dropped={} unnamed_topics={}",

@@ -74,6 +74,10 @@ pub struct Metrics {
     records: Family<(&'static str, Arc<str>, i32), (u64, u64)>,
     /// (group, topic, partition) -> lag in records.
     lag: Family<(Arc<str>, Arc<str>, i32), i64>,
+    /// (group, topic, partition) -> last committed offset (OffsetCommit requests).
+    committed: Family<(Arc<str>, Arc<str>, i32), i64>,
+    /// (topic, partition) -> latest high watermark (Fetch responses).
+    high_watermark: Family<(Arc<str>, i32), i64>,
     /// topic -> record timestamp to consumer reception.
     e2e: Family<Arc<str>, Histogram>,
     /// (api, error code) -> count.
@@ -99,6 +103,8 @@ impl Metrics {
             request_duration: Family::new(),
             records: Family::new(),
             lag: Family::new(),
+            committed: Family::new(),
+            high_watermark: Family::new(),
             e2e: Family::new(),
             errors: Family::new(),
         }
@@ -109,6 +115,8 @@ impl Metrics {
         self.request_duration.refused
             + self.records.refused
             + self.lag.refused
+            + self.committed.refused
+            + self.high_watermark.refused
             + self.e2e.refused
             + self.errors.refused
     }
@@ -184,11 +192,16 @@ impl Metrics {
                         .last()
                         .map(|r| p.records.absolute_offset(r, None) + 1)
                         .or(asked);
-                    if let Some(next) = next
-                        && p.high_watermark >= 0
-                        && let Some(l) = self.lag.get((group.clone(), topic.clone(), p.partition))
-                    {
-                        *l = (p.high_watermark - next).max(0);
+                    if p.high_watermark >= 0 {
+                        if let Some(next) = next
+                            && let Some(l) =
+                                self.lag.get((group.clone(), topic.clone(), p.partition))
+                        {
+                            *l = (p.high_watermark - next).max(0);
+                        }
+                        if let Some(hw) = self.high_watermark.get((topic.clone(), p.partition)) {
+                            *hw = p.high_watermark;
+                        }
                     }
                     for r in &p.records.records {
                         let age = (received_ms - r.timestamp) as f64 / 1e3;
@@ -200,13 +213,33 @@ impl Metrics {
                     }
                 }
             }
-            _ => {
-                if let Some(d) = duration
-                    && let Some(h) = self.request_duration.get((api, "".into()))
-                {
-                    h.observe(&LATENCY_BUCKETS, d);
+            (Ok(Request::Group(g)), Some(Ok(Response::Group(resp))))
+                if g.api_key == crate::kafka::api::OFFSET_COMMIT && resp.error_code == 0 =>
+            {
+                if let Some(group) = g.group_id.as_deref() {
+                    let group: Arc<str> = group.into();
+                    // A commit the broker refused (error_code above) leaves the previous one.
+                    for c in &g.offsets {
+                        if let Some(v) =
+                            self.committed
+                                .get((group.clone(), name(&c.topic), c.partition))
+                        {
+                            *v = c.offset;
+                        }
+                    }
                 }
+                self.observe_duration(api, duration);
             }
+            _ => self.observe_duration(api, duration),
+        }
+    }
+
+    /// The duration of an exchange that names no topic.
+    fn observe_duration(&mut self, api: &'static str, duration: Option<f64>) {
+        if let Some(d) = duration
+            && let Some(h) = self.request_duration.get((api, "".into()))
+        {
+            h.observe(&LATENCY_BUCKETS, d);
         }
     }
 
@@ -251,6 +284,31 @@ impl Metrics {
                 label(group),
                 label(topic)
             );
+        }
+        out.push_str("# TYPE kafka_partition_high_watermark gauge\n# HELP kafka_partition_high_watermark Offset after the last record of a partition, at its latest fetch.\n");
+        for ((topic, partition), hw) in &self.high_watermark.series {
+            let _ = writeln!(
+                out,
+                "kafka_partition_high_watermark{{topic=\"{}\",partition=\"{partition}\"}} {hw}",
+                label(topic)
+            );
+        }
+        out.push_str("# TYPE kafka_consumer_committed_offset gauge\n# HELP kafka_consumer_committed_offset The offset a consumer group last committed.\n");
+        out.push_str("# TYPE kafka_consumer_committed_lag gauge\n# HELP kafka_consumer_committed_lag Records between a group's committed offset and the partition's latest high watermark: what a restarted consumer would have to read.\n");
+        for ((group, topic, partition), offset) in &self.committed.series {
+            let l = format!(
+                "group=\"{}\",topic=\"{}\",partition=\"{partition}\"",
+                label(group),
+                label(topic)
+            );
+            let _ = writeln!(out, "kafka_consumer_committed_offset{{{l}}} {offset}");
+            if let Some(hw) = self.high_watermark.series.get(&(topic.clone(), *partition)) {
+                let _ = writeln!(
+                    out,
+                    "kafka_consumer_committed_lag{{{l}}} {}",
+                    (hw - offset).max(0)
+                );
+            }
         }
         out.push_str("# TYPE kafka_end_to_end_latency_seconds histogram\n# HELP kafka_end_to_end_latency_seconds From a record's timestamp to its reception by a consumer.\n");
         for (topic, h) in &self.e2e.series {

@@ -1,151 +1,19 @@
 //! Span export: the resource of each traced process, a bounded queue that drops the oldest
 //! spans (counted) rather than blocking capture or growing, and the OTLP-JSON encoding (the
 //! protobuf JSON mapping of `ResourceSpans`) written one object per line by the console
-//! exporter; `otlp` sends the same to an OTLP/gRPC receiver.
+//! exporter; `otlp` sends the same to an OTLP receiver.
 
 pub mod otlp;
+mod resource;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    fmt::Write as _,
-    sync::Arc,
-};
+pub use resource::{Resource, Resources, ServiceRule, parse_key_values};
+
+use std::{collections::VecDeque, fmt::Write as _, sync::Arc};
 
 use crate::{
     correlate::hex,
     spans::{Span, SpanKind, Value},
 };
-
-/// The attributes of a traced process, as an OpenTelemetry resource.
-#[derive(Debug, PartialEq)]
-pub struct Resource {
-    pub attributes: Vec<(String, Value)>,
-}
-
-/// Resources by process, read from /proc once per process (bounded).
-pub struct Resources {
-    by_tgid: HashMap<u32, Arc<Resource>>,
-    host: String,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, added to every resource.
-    extra: Vec<(String, String)>,
-    /// `OTEL_SERVICE_NAME`: when set, every process reports under it.
-    service: Option<String>,
-    proc_root: std::path::PathBuf,
-}
-
-const MAX_RESOURCES: usize = 16384;
-
-/// Parses `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas, values
-/// percent-decoded as the specification asks.
-pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
-    let decode = |v: &str| {
-        let b = v.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'%'
-                && let Some(h) = v
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(h);
-                i += 3;
-                continue;
-            }
-            out.push(b[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    s.split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), decode(v.trim())))
-        .filter(|(k, _)| !k.is_empty())
-        .collect()
-}
-
-/// The container id in a process's cgroup paths (64 hex characters, as containerd, CRI-O and
-/// Docker name them).
-pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup.lines().find_map(|line| {
-        line.split(['/', '-', '.', ':'])
-            .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_string)
-    })
-}
-
-impl Resources {
-    pub fn new(service: Option<String>, extra: Vec<(String, String)>) -> Self {
-        let mut host = [0u8; 256];
-        // SAFETY: valid buffer and length.
-        let host = if unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0 {
-            let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
-            String::from_utf8_lossy(&host[..end]).into_owned()
-        } else {
-            String::new()
-        };
-        Self {
-            by_tgid: HashMap::new(),
-            host,
-            extra,
-            service,
-            proc_root: "/proc".into(),
-        }
-    }
-
-    /// The resource of process `tgid` (`comm` is its thread name, the fallback service name).
-    pub fn of(&mut self, tgid: u32, comm: &str) -> Arc<Resource> {
-        if let Some(r) = self.by_tgid.get(&tgid) {
-            return r.clone();
-        }
-        let dir = self.proc_root.join(tgid.to_string());
-        let exe = std::fs::read_link(dir.join("exe"))
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-        let name = std::fs::read_to_string(dir.join("comm"))
-            .map(|s| s.trim().to_string())
-            .ok();
-        let service = self
-            .service
-            .clone()
-            .or_else(|| {
-                self.extra
-                    .iter()
-                    .find(|(k, _)| k == "service.name")
-                    .map(|(_, v)| v.clone())
-            })
-            .or_else(|| exe.clone())
-            .or(name)
-            .unwrap_or_else(|| comm.to_string());
-        let mut attributes: Vec<(String, Value)> = vec![
-            ("service.name".into(), service.as_str().into()),
-            ("process.pid".into(), (tgid as i64).into()),
-            ("host.name".into(), self.host.as_str().into()),
-            ("telemetry.sdk.name".into(), "kafka-tracer".into()),
-        ];
-        if let Some(exe) = exe {
-            attributes.push(("process.executable.name".into(), exe.as_str().into()));
-        }
-        if let Some(id) = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .as_deref()
-            .and_then(container_id)
-        {
-            attributes.push(("container.id".into(), id.as_str().into()));
-        }
-        for (k, v) in &self.extra {
-            if k != "service.name" {
-                attributes.push((k.clone(), v.as_str().into()));
-            }
-        }
-        let r = Arc::new(Resource { attributes });
-        if self.by_tgid.len() >= MAX_RESOURCES {
-            self.by_tgid.clear();
-        }
-        self.by_tgid.insert(tgid, r.clone());
-        r
-    }
-}
 
 /// Spans waiting for export; full, it drops the oldest.
 pub struct Queue {
@@ -264,28 +132,35 @@ pub fn by_resource(batch: &[(Arc<Resource>, Span)]) -> Vec<(&Arc<Resource>, Vec<
     groups
 }
 
-/// One OTLP-JSON `ResourceSpans` object per resource in `batch`, each on its own line.
-/// `clock_offset_ns` turns the kernel's CLOCK_MONOTONIC times into Unix times.
-pub fn otlp_json_lines(batch: &[(Arc<Resource>, Span)], clock_offset_ns: i64) -> String {
-    let mut out = String::new();
-    for (resource, spans) in by_resource(batch) {
+/// One OTLP-JSON `ResourceSpans` object per resource in `batch`, separated by `sep`: lines
+/// for the console, array elements for OTLP/HTTP-JSON. `clock_offset_ns` turns the kernel's
+/// CLOCK_MONOTONIC times into Unix times.
+pub fn otlp_json(
+    out: &mut String,
+    batch: &[(Arc<Resource>, Span)],
+    clock_offset_ns: i64,
+    sep: &str,
+) {
+    for (i, (resource, spans)) in by_resource(batch).into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
         out.push_str("{\"resource\":{\"attributes\":");
         json_attributes(
-            &mut out,
+            out,
             resource.attributes.iter().map(|(k, v)| (k.as_str(), v)),
         );
         out.push_str("},\"scopeSpans\":[{\"scope\":{\"name\":\"kafka-tracer\",\"version\":");
-        json_str(&mut out, env!("CARGO_PKG_VERSION"));
+        json_str(out, env!("CARGO_PKG_VERSION"));
         out.push_str("},\"spans\":[");
         for (i, s) in spans.into_iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            span_json(&mut out, s, clock_offset_ns);
+            span_json(out, s, clock_offset_ns);
         }
-        out.push_str("]}]}\n");
+        out.push_str("]}]}");
     }
-    out
 }
 
 fn span_json(out: &mut String, s: &Span, clock_offset_ns: i64) {
@@ -393,12 +268,15 @@ mod tests {
         let r = Arc::new(Resource {
             attributes: vec![("service.name".into(), "shop".into())],
         });
-        let line = otlp_json_lines(
+        let mut line = String::new();
+        otlp_json(
+            &mut line,
             &[
                 (r.clone(), span(SpanKind::Producer, None)),
                 (r, span(SpanKind::Consumer, Some(3))),
             ],
             1_700_000_000_000_000_000,
+            "\n",
         );
         assert_eq!(line.lines().count(), 1, "one object per resource");
         for needle in [
@@ -428,40 +306,5 @@ mod tests {
         assert_eq!((q.len(), q.dropped), (2, 3));
         let kept: Vec<u64> = q.take(10).iter().map(|(_, s)| s.start_ns).collect();
         assert_eq!(kept, vec![3, 4]);
-    }
-
-    #[test]
-    fn resource_attributes_and_container_ids() {
-        assert_eq!(
-            parse_resource_attributes("deployment.environment=prod, team=pay%2Cments,bad,=x"),
-            vec![
-                ("deployment.environment".into(), "prod".into()),
-                ("team".into(), "pay,ments".into())
-            ]
-        );
-        let id = "3f1ba4b6c2c7bd9e5a0d6a1c9e0f2b4d6e8a0c2e4f6a8b0c2d4e6f8a0b2c4d6e";
-        assert_eq!(
-            container_id(&format!(
-                "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
-            )),
-            Some(id.into())
-        );
-        assert_eq!(
-            container_id(&format!("12:memory:/docker/{id}")),
-            Some(id.into())
-        );
-        assert_eq!(container_id("0::/user.slice/session-2.scope"), None);
-        let mut r = Resources::new(Some("svc".into()), vec![("team".into(), "pay".into())]);
-        let me = r.of(std::process::id(), "x");
-        assert!(
-            me.attributes
-                .contains(&("service.name".into(), "svc".into()))
-        );
-        assert!(me.attributes.contains(&("team".into(), "pay".into())));
-        assert!(
-            me.attributes
-                .iter()
-                .any(|(k, _)| k == "process.executable.name")
-        );
     }
 }

@@ -1,8 +1,9 @@
-//! OTLP export over gRPC, with the messages of the official protocol definitions
-//! (`opentelemetry-proto`): one `ResourceSpans` per traced process in each request. The
-//! exporter runs as its own task behind a small bounded channel, so a slow or absent backend
-//! never blocks capture: batches that do not fit, or that the backend refuses, are counted as
-//! dropped.
+//! OTLP export with the messages of the official protocol definitions (`opentelemetry-proto`),
+//! over the three transports the specification names: gRPC, HTTP/protobuf and HTTP/JSON, with
+//! optional gzip. Each request holds one `ResourceSpans` per traced process. The exporter runs
+//! as its own task behind a small bounded channel and encodes there, so a slow or absent
+//! backend never blocks capture: batches that do not fit, or that the backend refuses after
+//! a short retry, are counted as dropped.
 
 use std::{
     str::FromStr as _,
@@ -24,15 +25,54 @@ use opentelemetry_proto::tonic::{
     },
 };
 
-use super::{Resource, by_resource, error_name};
+use super::{Resource, by_resource, error_name, otlp_json};
 use crate::spans::{Span, SpanKind, Value};
+
+/// OTLP transports, as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "grpc" => Self::Grpc,
+            "http/protobuf" => Self::HttpProtobuf,
+            "http/json" => Self::HttpJson,
+            other => anyhow::bail!(
+                "unsupported OTEL_EXPORTER_OTLP_PROTOCOL {other:?}: use grpc, http/protobuf or http/json"
+            ),
+        })
+    }
+
+    /// The URL spans are sent to. As the specification says, the generic endpoint is a base
+    /// URL to which HTTP exporters append `/v1/traces`, while the traces-only endpoint is used
+    /// as given; the defaults are the collector's ports on localhost.
+    pub fn traces_url(self, generic: Option<&str>, traces: Option<&str>) -> String {
+        match (traces, generic, self) {
+            (Some(t), _, _) => t.to_string(),
+            (None, Some(g), Self::Grpc) => g.to_string(),
+            (None, Some(g), _) => format!("{}/v1/traces", g.trim_end_matches('/')),
+            (None, None, Self::Grpc) => "http://localhost:4317".into(),
+            (None, None, _) => "http://localhost:4318/v1/traces".into(),
+        }
+    }
+}
 
 /// Where and how to export, from the OTEL_EXPORTER_OTLP_* settings.
 #[derive(Clone, Debug)]
 pub struct OtlpConfig {
-    pub endpoint: String,
+    pub protocol: Protocol,
+    /// The full URL (see [`Protocol::traces_url`]).
+    pub url: String,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    pub gzip: bool,
+    /// Turns the kernel's CLOCK_MONOTONIC times into Unix times.
+    pub clock_offset_ns: i64,
 }
 
 /// Export outcomes, shared with the daemon.
@@ -41,6 +81,8 @@ pub struct ExportCounters {
     pub exported_spans: AtomicU64,
     pub failed_spans: AtomicU64,
     pub failed_requests: AtomicU64,
+    /// Attempts repeated after a transient failure.
+    pub retries: AtomicU64,
 }
 
 fn value(v: &Value) -> AnyValue {
@@ -126,51 +168,263 @@ pub fn request(batch: &[(Arc<Resource>, Span)], clock_offset_ns: i64) -> ExportT
     }
 }
 
+/// A batch of spans with their resources, as queued.
+pub type Batch = Vec<(Arc<Resource>, Span)>;
+
 /// The exporter task's inputs and outputs.
 pub struct Exporter {
-    /// Requests with their span counts. A full channel means the backend is behind: the
+    /// Batches with their span counts. A full channel means the backend is behind: the
     /// caller drops and counts. Dropping it ends the task once what was sent is exported.
-    pub tx: tokio::sync::mpsc::Sender<(usize, ExportTraceServiceRequest)>,
+    pub tx: tokio::sync::mpsc::Sender<Batch>,
     pub counters: Arc<ExportCounters>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the exporter task.
-pub fn spawn(cfg: OtlpConfig) -> anyhow::Result<Exporter> {
-    let channel = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
-        .with_context(|| format!("invalid OTLP endpoint {:?} (OTEL_EXPORTER_OTLP_ENDPOINT): use a URL such as http://collector:4317", cfg.endpoint))?
-        .connect_timeout(cfg.timeout)
-        .timeout(cfg.timeout)
-        .connect_lazy();
-    let mut headers = tonic::metadata::MetadataMap::new();
-    for (k, v) in &cfg.headers {
-        let key = tonic::metadata::MetadataKey::from_str(&k.to_ascii_lowercase())
-            .with_context(|| format!("invalid header name {k:?} in OTEL_EXPORTER_OTLP_HEADERS"))?;
-        let value = v.parse().with_context(|| {
-            format!("invalid value for header {k:?} in OTEL_EXPORTER_OTLP_HEADERS")
-        })?;
-        headers.insert(key, value);
+/// Attempts per batch: a backend restarting or briefly overloaded costs no spans.
+const ATTEMPTS: u32 = 3;
+
+/// Why one export attempt failed.
+struct Failure {
+    message: String,
+    /// Worth another attempt (unavailable, overloaded, timed out), as the specification lists.
+    transient: bool,
+}
+
+/// One connection to the backend, by transport.
+#[expect(clippy::large_enum_variant, reason = "a single instance per process")]
+enum Transport {
+    Grpc {
+        client: TraceServiceClient<tonic::transport::Channel>,
+        headers: tonic::metadata::MetadataMap,
+    },
+    Http {
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+        uri: hyper::Uri,
+        headers: hyper::HeaderMap,
+        json: bool,
+    },
+}
+
+impl Transport {
+    fn new(cfg: &OtlpConfig) -> anyhow::Result<Self> {
+        let bad_url = || {
+            format!(
+                "invalid OTLP endpoint {:?} (OTEL_EXPORTER_OTLP_ENDPOINT): use a URL such as http://collector:{}",
+                cfg.url,
+                if cfg.protocol == Protocol::Grpc {
+                    4317
+                } else {
+                    4318
+                }
+            )
+        };
+        anyhow::ensure!(
+            !cfg.url.starts_with("https:"),
+            "OTLP endpoint {:?}: this version exports without TLS; use an http:// endpoint (a collector on the node or in the cluster)",
+            cfg.url
+        );
+        for (k, v) in &cfg.headers {
+            anyhow::ensure!(
+                hyper::header::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).is_ok()
+                    && hyper::header::HeaderValue::from_str(v).is_ok(),
+                "invalid header {k:?} in OTEL_EXPORTER_OTLP_HEADERS: use key=value,key2=value2"
+            );
+        }
+        Ok(match cfg.protocol {
+            Protocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(cfg.url.clone())
+                    .with_context(bad_url)?
+                    .connect_timeout(cfg.timeout)
+                    .timeout(cfg.timeout)
+                    .connect_lazy();
+                let mut client = TraceServiceClient::new(channel);
+                if cfg.gzip {
+                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
+                let mut headers = tonic::metadata::MetadataMap::new();
+                for (k, v) in &cfg.headers {
+                    let key = tonic::metadata::MetadataKey::from_str(&k.to_ascii_lowercase())?;
+                    headers.insert(key, v.parse()?);
+                }
+                Self::Grpc { client, headers }
+            }
+            Protocol::HttpProtobuf | Protocol::HttpJson => {
+                let uri: hyper::Uri = cfg.url.parse().with_context(bad_url)?;
+                anyhow::ensure!(uri.host().is_some(), "{}", bad_url());
+                let json = cfg.protocol == Protocol::HttpJson;
+                let mut headers = hyper::HeaderMap::new();
+                for (k, v) in &cfg.headers {
+                    headers.insert(
+                        hyper::header::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?,
+                        v.parse()?,
+                    );
+                }
+                let ctype = if json {
+                    "application/json"
+                } else {
+                    "application/x-protobuf"
+                };
+                headers.insert(hyper::header::CONTENT_TYPE, ctype.parse()?);
+                if cfg.gzip {
+                    headers.insert(hyper::header::CONTENT_ENCODING, "gzip".parse()?);
+                }
+                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                connector.set_connect_timeout(Some(cfg.timeout));
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
+                Self::Http {
+                    client,
+                    uri,
+                    headers,
+                    json,
+                }
+            }
+        })
     }
+
+    async fn send(&mut self, batch: &Batch, cfg: &OtlpConfig) -> Result<(), Failure> {
+        match self {
+            Self::Grpc { client, headers } => {
+                let mut request = tonic::Request::new(request(batch, cfg.clock_offset_ns));
+                *request.metadata_mut() = headers.clone();
+                client.export(request).await.map(drop).map_err(|e| Failure {
+                    transient: matches!(
+                        e.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::ResourceExhausted
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Aborted
+                    ),
+                    message: format!("{}: {}", e.code(), e.message()),
+                })
+            }
+            Self::Http {
+                client,
+                uri,
+                headers,
+                json,
+            } => {
+                use prost::Message as _;
+                let body = if *json {
+                    let mut out = String::from("{\"resourceSpans\":[");
+                    otlp_json(&mut out, batch, cfg.clock_offset_ns, ",");
+                    out.push_str("]}");
+                    out.into_bytes()
+                } else {
+                    request(batch, cfg.clock_offset_ns).encode_to_vec()
+                };
+                let body = if cfg.gzip { gzip(&body) } else { body };
+                let mut req = hyper::Request::post(uri.clone())
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .map_err(|e| Failure {
+                        message: e.to_string(),
+                        transient: false,
+                    })?;
+                *req.headers_mut() = headers.clone();
+                let status = match tokio::time::timeout(cfg.timeout, client.request(req)).await {
+                    Err(_) => {
+                        return Err(Failure {
+                            message: "timed out".into(),
+                            transient: true,
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Failure {
+                            message: format!("{e:#}"),
+                            transient: true,
+                        });
+                    }
+                    Ok(Ok(resp)) => resp.status(),
+                };
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(Failure {
+                        message: format!("HTTP {status}"),
+                        transient: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(body);
+    enc.finish().unwrap_or_default()
+}
+
+/// Starts the exporter task. Configuration errors (bad URL, header, scheme) are reported here,
+/// before capture starts.
+pub fn spawn(cfg: OtlpConfig) -> anyhow::Result<Exporter> {
+    let mut transport = Transport::new(&cfg)?;
     let counters = Arc::new(ExportCounters::default());
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, ExportTraceServiceRequest)>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(4);
     let c = counters.clone();
     let task = tokio::spawn(async move {
-        let mut client = TraceServiceClient::new(channel);
-        while let Some((n, req)) = rx.recv().await {
-            let mut request = tonic::Request::new(req);
-            *request.metadata_mut() = headers.clone();
-            match client.export(request).await {
-                Ok(_) => {
-                    c.exported_spans.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    c.failed_spans.fetch_add(n as u64, Ordering::Relaxed);
-                    if c.failed_requests.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
-                        tracing::warn!(endpoint = %cfg.endpoint, "OTLP export failed ({n} spans dropped): {}", e.message());
+        while let Some(batch) = rx.recv().await {
+            let n = batch.len() as u64;
+            let mut attempt = 1;
+            loop {
+                match transport.send(&batch, &cfg).await {
+                    Ok(()) => {
+                        c.exported_spans.fetch_add(n, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(f) if f.transient && attempt < ATTEMPTS => {
+                        c.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(f) => {
+                        c.failed_spans.fetch_add(n, Ordering::Relaxed);
+                        if c.failed_requests.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                            tracing::warn!(url = %cfg.url, "OTLP export failed ({n} spans dropped): {}", f.message);
+                        }
+                        break;
                     }
                 }
             }
         }
     });
     Ok(Exporter { tx, counters, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_the_specification() {
+        let http = Protocol::parse("http/protobuf").unwrap();
+        let grpc = Protocol::parse("grpc").unwrap();
+        assert_eq!(
+            http.traces_url(Some("http://c:4318/"), None),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            http.traces_url(Some("http://c:4318"), Some("http://t:1/x")),
+            "http://t:1/x"
+        );
+        assert_eq!(
+            http.traces_url(None, None),
+            "http://localhost:4318/v1/traces"
+        );
+        assert_eq!(
+            grpc.traces_url(Some("http://c:4317"), None),
+            "http://c:4317"
+        );
+        assert_eq!(grpc.traces_url(None, None), "http://localhost:4317");
+        let e = Protocol::parse("thrift").unwrap_err().to_string();
+        assert!(e.contains("grpc, http/protobuf or http/json"), "{e}");
+    }
 }
