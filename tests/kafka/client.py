@@ -2,7 +2,8 @@
 (librdkafka) or kafka-python, with a chosen codec and record headers.
 
   client.py produce LIB BOOTSTRAP TOPIC COUNT CODEC [--traceparent TP] [--partition P] [--acks A]
-                    [--size BYTES] [--flush-every N]
+                    [--size BYTES] [--flush-every N] [--linger-ms MS] [--interval S]
+                    [--tolerate-errors]
   client.py consume LIB BOOTSTRAP TOPIC COUNT [--group G] [--partition P]
 
 Prints one JSON line: what it produced (partition, offset, headers) or consumed.
@@ -20,7 +21,7 @@ def produce_confluent(a):
         "bootstrap.servers": a.bootstrap,
         "compression.type": a.codec,
         "acks": str(a.acks),
-        "linger.ms": 5,
+        "linger.ms": a.linger_ms,
         "client.id": "tracer-test-confluent",
     }
     p = Producer(conf)
@@ -28,9 +29,12 @@ def produce_confluent(a):
 
     def done(err, msg):
         if err is not None:
+            if a.tolerate_errors:
+                out.append({"error": str(err)})
+                return
             print(json.dumps({"error": str(err)}), file=sys.stderr)
             sys.exit(1)
-        out.append({"partition": msg.partition(), "offset": msg.offset()})
+        out.append({"partition": msg.partition(), "offset": msg.offset(), "time": time.time()})
 
     for i in range(a.count):
         headers = [("traceparent", a.traceparent.encode())] if a.traceparent else []
@@ -40,6 +44,8 @@ def produce_confluent(a):
                   headers=headers, on_delivery=done, **kwargs)
         if a.flush_every and (i + 1) % a.flush_every == 0:
             p.flush(30)
+        if a.interval:
+            time.sleep(a.interval)
     p.flush(30)
     return out
 
@@ -49,7 +55,7 @@ def produce_kafka_python(a):
 
     codec = None if a.codec == "none" else a.codec
     p = KafkaProducer(bootstrap_servers=a.bootstrap, compression_type=codec, acks=a.acks,
-                      client_id="tracer-test-kafka-python", linger_ms=5)
+                      client_id="tracer-test-kafka-python", linger_ms=a.linger_ms)
     futures = []
     for i in range(a.count):
         headers = [("traceparent", a.traceparent.encode())] if a.traceparent else []
@@ -58,6 +64,8 @@ def produce_kafka_python(a):
                               key=f"key-{i}".encode(), headers=headers, partition=a.partition))
         if a.flush_every and (i + 1) % a.flush_every == 0:
             p.flush(30)
+        if a.interval:
+            time.sleep(a.interval)
     p.flush(30)
     out = []
     for f in futures:
@@ -133,6 +141,10 @@ def main():
     ap.add_argument("--acks", type=int, default=1)
     ap.add_argument("--group")
     ap.add_argument("--size", type=int, default=20)
+    ap.add_argument("--linger-ms", type=int, default=5)
+    ap.add_argument("--interval", type=float, default=0, help="seconds between records")
+    ap.add_argument("--tolerate-errors", action="store_true",
+                    help="report failed deliveries in the output instead of failing (confluent)")
     ap.add_argument("--flush-every", type=int, default=0,
                     help="wait for delivery after every N records: one batch (and request) each")
     ap.add_argument("--timeout", type=float, default=60)

@@ -2,6 +2,7 @@
 //! syscalls the capture must understand, and collection of capture records.
 
 pub mod receiver;
+pub mod tracer;
 
 use std::{io, os::fd::RawFd};
 
@@ -158,12 +159,29 @@ impl Broker {
     }
 
     pub fn start() -> anyhow::Result<Self> {
-        use anyhow::Context as _;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        Ok(Self {
+            child: Self::spawn(port)?,
+            port,
+        })
+    }
+
+    /// Stops the broker and starts a new one on the same port, as a restart would (tansu keeps
+    /// its log in memory: topics must be created again).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port)?;
+        Ok(())
+    }
+
+    /// A tansu process listening on `port`.
+    fn spawn(port: u16) -> anyhow::Result<std::process::Child> {
+        use anyhow::Context as _;
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(Self::tansu())
+        let mut child = std::process::Command::new(Self::tansu())
             .args([
                 "broker",
                 "--listener-url",
@@ -175,16 +193,16 @@ impl Broker {
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("starting tansu (run `cargo xtask setup`)")?;
-        let broker = Self { child, port };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "tansu did not listen on {port}"
-            );
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("tansu did not listen on {port}");
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Ok(broker)
+        Ok(child)
     }
 
     pub fn bootstrap(&self) -> String {
@@ -217,19 +235,65 @@ impl Drop for Broker {
     }
 }
 
+fn client_command(args: &[&str]) -> std::process::Command {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/client.py");
+    let mut cmd = std::process::Command::new(venv().join("bin/python"));
+    cmd.arg(script).args(args);
+    cmd
+}
+
 /// Runs tests/kafka/client.py with the virtualenv's Python; returns its JSON output line.
 pub fn client(args: &[&str]) -> anyhow::Result<String> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/client.py");
-    let out = std::process::Command::new(venv().join("bin/python"))
-        .arg(script)
-        .args(args)
-        .output()?;
+    finish(client_command(args).output()?, args)
+}
+
+/// A client running in the background (to be running before, or across, something).
+pub struct BackgroundClient {
+    child: std::process::Child,
+    args: Vec<String>,
+}
+
+impl BackgroundClient {
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let child = client_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        Ok(Self {
+            child,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        })
+    }
+
+    /// Waits for it; its JSON output line.
+    pub fn finish(self) -> anyhow::Result<String> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        finish(self.child.wait_with_output()?, &args)
+    }
+}
+
+fn finish(out: std::process::Output, args: &[&str]) -> anyhow::Result<String> {
     anyhow::ensure!(
         out.status.success(),
         "client {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Appends one line to the end-to-end summary that `cargo xtask test` prints after the tests
+/// (target/e2e-summary.txt), and to the test's own output.
+pub fn summary(line: &str) {
+    use std::io::Write as _;
+    eprintln!("{line}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-summary.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// A W3C traceparent used by the tests.

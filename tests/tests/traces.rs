@@ -2,114 +2,13 @@
 //! clients (confluent-kafka): the spans it writes (OTLP-JSON on standard output) link the
 //! producer and the consumer, also when two separately started tracers each see one side.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use serde_json::Value;
-use tests::{Broker, TRACEPARENT, client};
-
-/// The daemon binary built by `cargo xtask test` (or named by KAFKA_TRACER_BIN).
-fn binary() -> PathBuf {
-    std::env::var_os("KAFKA_TRACER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kafka-tracer")
-        })
-}
-
-struct Tracer {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Tracer {
-    /// Starts the daemon on the broker's port and waits until its programs are attached.
-    fn start(port: u16, name: &str) -> Self {
-        Self::start_with(port, name, &[])
-    }
-
-    /// Same, with extra environment variables (the OTEL_* settings).
-    fn start_with(port: u16, name: &str, env: &[(&str, &str)]) -> Self {
-        let dir = std::env::temp_dir().join(format!("kt-traces-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (stdout, stderr) = (dir.join("spans.jsonl"), dir.join("log"));
-        let child = Command::new(binary())
-            .args(["--ports", &port.to_string(), "--stats-interval", "1"])
-            // Tracers run in parallel: no shared metrics port unless a test sets its own, and
-            // no sniffing of the other tests' brokers (each test names its broker's port).
-            .env("KAFKA_TRACER_METRICS_ADDR", "off")
-            .env("KAFKA_TRACER_DETECT_KAFKA", "false")
-            .env_remove("OTEL_TRACES_EXPORTER")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .envs(env.iter().copied())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("kafka-tracer binary (cargo xtask test builds it)");
-        let t = Self {
-            child,
-            stdout,
-            stderr,
-        };
-        let end = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(&t.stderr)
-            .unwrap_or_default()
-            .contains("capture attached")
-        {
-            assert!(
-                Instant::now() < end,
-                "tracer did not start: {}",
-                std::fs::read_to_string(&t.stderr).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        t
-    }
-
-    /// Stops it with SIGINT (it flushes its spans) and returns every span it wrote.
-    fn stop(self) -> Vec<Value> {
-        self.stop_with_log().0
-    }
-
-    /// Same, with its log.
-    fn stop_with_log(mut self) -> (Vec<Value>, String) {
-        std::thread::sleep(Duration::from_millis(1500));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        let log = std::fs::read_to_string(&self.stderr).unwrap();
-        assert!(status.success(), "tracer exited with {status}: {log}");
-        let spans = std::fs::read_to_string(&self.stdout)
-            .unwrap()
-            .lines()
-            .flat_map(|l| {
-                let rs: Value = serde_json::from_str(l).expect("one OTLP-JSON object per line");
-                rs["scopeSpans"][0]["spans"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
-        (spans, log)
-    }
-}
-
-fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-    span["attributes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)
-        .map(|a| &a["value"])
-}
-
-fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
-    spans.iter().filter(|s| s["name"] == name).collect()
-}
+use tests::{
+    Broker, TRACEPARENT, client,
+    tracer::{Tracer, attr, logged, named, rss_kib},
+};
 
 #[test]
 fn producer_and_consumer_spans_join_the_header_trace() {
@@ -396,25 +295,6 @@ async fn spans_reach_an_otlp_http_protobuf_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_http_json_receiver_gzipped() {
     spans_reach_an_otlp_receiver("http/json", true).await;
-}
-
-/// The last value of `name=N` in the tracer's log.
-fn logged(log: &str, name: &str) -> u64 {
-    log.rsplit(&format!(" {name}="))
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not logged: {log}"))
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// No receiver at the endpoint: the tracer keeps running, its export queue stays within its

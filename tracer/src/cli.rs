@@ -227,6 +227,12 @@ impl Args {
                 keys: self.record_keys != KeyMode::Off,
                 ..DecodeOptions::default()
             },
+            // Spans of a topic known only by id wait for the broker's answer to be named.
+            park: if self.resolve_topic_ids {
+                crate::kafka::lookup::TIMEOUT + std::time::Duration::from_secs(1)
+            } else {
+                std::time::Duration::ZERO
+            },
         }
     }
 }

@@ -339,24 +339,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         tracing::warn!("{e:#}");
                     }
                 }
-                for o in pipeline.take_exchanges() {
-                    log_exchange(&o, &pipeline);
-                    metrics.observe(&o, &pipeline.catalog, traces.clock_offset_ns);
-                    traces.add(&o, &pipeline);
-                }
+                observe(&mut pipeline, &mut metrics, &mut traces);
                 traces.flush(false);
                 for broker in pipeline.take_unknown_topic_brokers() {
                     if args.resolve_topic_ids && lookup_due(&mut last_lookup, broker) {
                         let tx = lookup_tx.clone();
                         tokio::spawn(async move {
-                            let r = lookup::metadata(broker, LOOKUP_TIMEOUT).await;
+                            let r = lookup::metadata(broker, lookup::TIMEOUT).await;
                             let _ = tx.send((broker, r)).await;
                         });
                     }
                 }
             }
-            Some((broker, result)) = lookup_rx.recv() => pipeline.learn_lookup(broker, result),
+            Some((broker, result)) = lookup_rx.recv() => {
+                pipeline.learn_lookup(broker, result);
+                observe(&mut pipeline, &mut metrics, &mut traces);
+            }
             _ = flush.tick() => {
+                pipeline.release_parked(false);
+                observe(&mut pipeline, &mut metrics, &mut traces);
                 traces.flush(true);
                 let m = render_metrics(&metrics, &capture.counters()?, &pipeline.counters(), &traces);
                 if let Ok(mut s) = snapshot.lock() {
@@ -378,9 +379,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     // Shutdown: what is still in the ring buffer becomes spans, and every span is exported.
     capture.drain(|rec| pipeline.on_record(rec));
-    for o in pipeline.take_exchanges() {
-        traces.add(&o, &pipeline);
-    }
+    pipeline.release_parked(true);
+    observe(&mut pipeline, &mut metrics, &mut traces);
     traces.flush(true);
     let handed = traces.exported;
     if let Sink::Otlp(e) = &mut traces.sink {
@@ -416,7 +416,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// A broker is asked for its topics at most this often.
 const LOOKUP_INTERVAL: Duration = Duration::from_secs(30);
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether `broker` may be asked now; notes the time if so. The table is bounded: brokers are
 /// few, and a flood of addresses only resets the rate limit.
@@ -432,6 +431,15 @@ fn lookup_due(last: &mut HashMap<SocketAddr, Instant>, broker: SocketAddr) -> bo
     }
     last.insert(broker, Instant::now());
     true
+}
+
+/// Exchanges the pipeline completed become log lines, metrics and spans.
+fn observe(pipeline: &mut Pipeline, metrics: &mut Metrics, traces: &mut Traces) {
+    for o in pipeline.take_exchanges() {
+        log_exchange(&o, pipeline);
+        metrics.observe(&o, &pipeline.catalog, traces.clock_offset_ns);
+        traces.add(&o, pipeline);
+    }
 }
 
 /// One debug line per exchange (spans come from the export stage).

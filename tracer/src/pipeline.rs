@@ -23,7 +23,13 @@ pub struct PipelineConfig {
     /// Bytes buffered by all connections' framers together.
     pub max_buffered_bytes: usize,
     pub decode: DecodeOptions,
+    /// Exchanges naming unknown topic ids wait this long for the broker lookup that names
+    /// them (zero: no lookups, no waiting).
+    pub park: std::time::Duration,
 }
+
+/// Exchanges waiting for a topic lookup at most; past it the oldest goes on unnamed.
+const MAX_PARKED: usize = 4096;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -33,6 +39,7 @@ impl Default for PipelineConfig {
             max_in_flight: 256,
             max_buffered_bytes: 128 << 20,
             decode: DecodeOptions::default(),
+            park: std::time::Duration::ZERO,
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct Pipeline {
     /// Verdicts to write to the kernel after the current drain, as (conn key, is Kafka).
     verdicts: Vec<(u64, bool)>,
     exchanges: Vec<Observed>,
+    /// Exchanges waiting for a lookup to name their topics, oldest first (bounded).
+    parked: std::collections::VecDeque<(std::time::Instant, Observed)>,
     /// Brokers whose exchanges named topic ids the catalog does not know.
     unknown_topic_brokers: std::collections::HashSet<SocketAddr>,
     pub catalog: Catalog,
@@ -122,6 +131,7 @@ impl Pipeline {
             sniffing: HashMap::new(),
             verdicts: Vec::new(),
             exchanges: Vec::new(),
+            parked: std::collections::VecDeque::new(),
             unknown_topic_brokers: std::collections::HashSet::new(),
             catalog: Catalog::default(),
             counters: PipelineCounters::default(),
@@ -187,11 +197,13 @@ impl Pipeline {
             };
         }
         let before = session.buffered();
-        let (exchanges, catalog, unknown) = (
+        let (exchanges, parked, catalog, unknown) = (
             &mut self.exchanges,
+            &mut self.parked,
             &mut self.catalog,
             &mut self.unknown_topic_brokers,
         );
+        let park = !self.cfg.park.is_zero();
         let (tgid, comm, tuple) = (d.tgid(), d.hdr.comm, d.hdr.tuple);
         session.push(
             d.direction(),
@@ -211,6 +223,15 @@ impl Pipeline {
                 catalog.learn(&o.exchange, tgid, o.broker());
                 if catalog.has_unknown_topic(&o.exchange) {
                     unknown.insert(o.broker());
+                    if park {
+                        if parked.len() >= MAX_PARKED
+                            && let Some((_, oldest)) = parked.pop_front()
+                        {
+                            exchanges.push(oldest);
+                        }
+                        parked.push_back((std::time::Instant::now(), o));
+                        return;
+                    }
                 }
                 exchanges.push(o);
             },
@@ -290,6 +311,26 @@ impl Pipeline {
                 self.counters.topic_lookup_failures += 1;
                 tracing::debug!("topic id lookup failed: {e:#}");
             }
+        }
+        // The answer is in: what it named, and what this broker could not name, goes on.
+        let catalog = &self.catalog;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .parked
+            .drain(..)
+            .partition(|(_, o)| o.broker() == broker || !catalog.has_unknown_topic(&o.exchange));
+        self.parked = waiting.into();
+        self.exchanges.extend(ready.into_iter().map(|(_, o)| o));
+    }
+
+    /// Lets exchanges that waited longer than the configured time (or all, at shutdown) go on
+    /// with their topics named by id.
+    pub fn release_parked(&mut self, all: bool) {
+        while let Some((at, _)) = self.parked.front() {
+            if !all && at.elapsed() < self.cfg.park {
+                break;
+            }
+            let (_, o) = self.parked.pop_front().expect("front exists");
+            self.exchanges.push(o);
         }
     }
 

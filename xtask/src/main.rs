@@ -122,12 +122,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // target). Release: the tests drive real traffic, and share the build with
             // `cargo xtask run`.
             cargo(&root, &["build", "--release", "--all-targets"])?;
+            // The end-to-end scenarios each append a summary line here.
+            let summary = root.join("target/e2e-summary.txt");
+            let _ = std::fs::remove_file(&summary);
             let mut test =
                 setup::as_root(&std::env::var_os("CARGO").map_or("cargo".into(), PathBuf::from));
             test.current_dir(&root)
                 .args(["test", "--release"])
                 .args(&args);
             let (status, passed, failed) = run_counting_tests(&mut test)?;
+            if let Ok(lines) = std::fs::read_to_string(&summary) {
+                let mut lines: Vec<&str> = lines.lines().collect();
+                lines.sort();
+                println!("\nend-to-end summary:\n{}\n", lines.join("\n"));
+            }
             if !status.success() {
                 bail!("tests failed ({status}): {passed} passed, {failed} failed");
             }

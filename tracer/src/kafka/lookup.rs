@@ -21,6 +21,9 @@ use tokio::{
 
 use super::{MetadataResponse, admin, api, parse_response_header};
 
+/// How long a lookup may take; exchanges waiting for it wait a little longer at most.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Largest response read (Metadata for a very large cluster is a few MiB).
 const MAX_RESPONSE: usize = 32 << 20;
 /// Highest Metadata version asked for (v10+ carries topic ids).

@@ -298,13 +298,13 @@ impl Session {
             &plausible_resp
         };
         let mut on_frame = |f: Frame<'_>| -> bool {
-            let as_request = match *request_dir {
-                Some(d) => d == dir,
+            let (as_request, guessed) = match *request_dir {
+                Some(d) => (d == dir, false),
                 None if starts_like_request(f.body, f.size) => {
                     // The client speaks first: the first frame that reads as a request names
                     // the request direction.
                     *request_dir = Some(dir);
-                    true
+                    (true, f.after_resync)
                 }
                 None => {
                     counters.frames_before_role += 1;
@@ -312,7 +312,7 @@ impl Session {
                 }
             };
             if as_request {
-                on_request(
+                let accepted = on_request(
                     f,
                     dir,
                     client_id,
@@ -321,7 +321,14 @@ impl Session {
                     opts,
                     counters,
                     out,
-                )
+                );
+                // Mid-stream, a response can pass for a request header (corr id 13 reads as
+                // Produce v13): a guess the decoder rejects names no direction.
+                if guessed && !accepted {
+                    *request_dir = None;
+                    *client_id = None;
+                }
+                accepted
             } else {
                 on_response(f, dir, inflight, opts, counters, out)
             }
@@ -386,8 +393,11 @@ mod tests {
 
     impl Conn {
         fn new() -> Self {
+            Self::with(false)
+        }
+        fn with(midstream: bool) -> Self {
             Self {
-                session: Session::new(false, 1 << 20, 4),
+                session: Session::new(midstream, 1 << 20, 4),
                 streams: Default::default(),
                 counters: Default::default(),
                 out: Vec::new(),
@@ -465,5 +475,29 @@ mod tests {
             c.push(Direction::Egress, &request(18, 0, corr, b""));
         }
         assert_eq!(c.counters.unanswered_requests, 3);
+    }
+
+    /// Attached mid-stream to a young connection: its first bytes are a response whose
+    /// correlation id (13) reads as the start of a Produce v13 request. The guess fails to
+    /// decode and names no direction, so the next request and its response still pair.
+    #[test]
+    fn a_response_mistaken_for_a_request_does_not_fix_the_roles() {
+        let mut c = Conn::with(true);
+        let mut fetch = 13i32.to_be_bytes().to_vec();
+        fetch.extend([0u8; 12]);
+        fetch.extend(b"value-0-xxxxxxxxxxxxxxxxxxxx");
+        c.push(
+            Direction::Ingress,
+            &[(fetch.len() as i32).to_be_bytes().to_vec(), fetch].concat(),
+        );
+        assert!(c.out.is_empty());
+        c.push(Direction::Egress, &request(18, 0, 14, b""));
+        c.push(Direction::Ingress, &api_versions_response(14));
+        assert_eq!(c.out.len(), 1, "{:?}", c.counters);
+        assert!(c.out[0].client_side);
+        assert!(matches!(
+            c.out[0].response,
+            Some(Ok(Response::ApiVersions(_)))
+        ));
     }
 }

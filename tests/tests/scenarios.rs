@@ -1,0 +1,582 @@
+//! End-to-end scenarios as a user meets them: the real `kafka-tracer` binary as its own
+//! process, a real broker (tansu), real clients (confluent-kafka / librdkafka and kafka-python),
+//! spans received by a real OTLP receiver over HTTP/protobuf (the OpenTelemetry default) and
+//! queried as in Jaeger. Each scenario ends with a one-line summary (also collected in
+//! target/e2e-summary.txt, which `cargo xtask test` prints).
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    BackgroundClient, Broker, client,
+    receiver::{Received, Receiver},
+    summary,
+    tracer::{Tracer, logged},
+};
+
+/// A runtime for the receiver's tasks while the test thread drives blocking clients.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The tracer's environment for exporting to `receiver` with the default OTLP protocol.
+fn otlp(receiver: &Receiver) -> Vec<(&'static str, String)> {
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())]
+}
+
+fn start_tracer(port: u16, name: &str, env: &[(&str, String)]) -> Tracer {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Tracer::start_with(port, name, &env)
+}
+
+/// (partition, offset) of each record a producer reports delivered.
+fn delivered(output: &str) -> Vec<(i64, i64)> {
+    let v: Value = serde_json::from_str(output).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("error").is_none())
+        .map(|r| {
+            (
+                r["partition"].as_i64().unwrap(),
+                r["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The spans of one topic, as Jaeger would show them, and how they link.
+struct Seen {
+    send: Vec<Received>,
+    poll: Vec<Received>,
+}
+
+impl Seen {
+    fn of(receiver: &Receiver, topic: &str) -> Self {
+        let spans = receiver.topic(topic);
+        let (send, poll) = spans
+            .into_iter()
+            .partition(|r| r.span.name == format!("send {topic}"));
+        let poll: Vec<Received> = poll;
+        assert!(
+            poll.iter().all(|r| r.span.name == format!("poll {topic}")),
+            "only send and poll spans"
+        );
+        Self { send, poll }
+    }
+
+    /// Poll spans whose parent is a received send span, in its trace.
+    fn linked(&self) -> usize {
+        let parents: HashSet<(Vec<u8>, Vec<u8>)> = self
+            .send
+            .iter()
+            .map(|s| (s.span.trace_id.clone(), s.span.span_id.clone()))
+            .collect();
+        self.poll
+            .iter()
+            .filter(|c| parents.contains(&(c.span.trace_id.clone(), c.span.parent_span_id.clone())))
+            .count()
+    }
+
+    /// Whether a send span covers record `offset` of `partition`.
+    fn covers(&self, partition: i64, offset: i64) -> bool {
+        self.send.iter().any(|s| {
+            let num = |k| s.attr(k).and_then(|v| v.parse::<i64>().ok());
+            num("messaging.destination.partition.id") == Some(partition)
+                && match (
+                    num("messaging.kafka.offset"),
+                    num("messaging.kafka.first_offset"),
+                    num("messaging.kafka.last_offset"),
+                ) {
+                    (Some(o), _, _) => o == offset,
+                    (None, Some(first), Some(last)) => (first..=last).contains(&offset),
+                    _ => false,
+                }
+        })
+    }
+
+    /// Records produced without a send span covering them.
+    fn lost(&self, produced: &[(i64, i64)]) -> usize {
+        produced
+            .iter()
+            .filter(|(p, o)| !self.covers(*p, *o))
+            .count()
+    }
+
+    fn summary(&self, scenario: &str, produced: &[(i64, i64)]) {
+        summary(&format!(
+            "e2e {scenario}: {} records produced, {} send + {} poll spans received, {} of {} poll spans linked to their send span, {} records without a send span",
+            produced.len(),
+            self.send.len(),
+            self.poll.len(),
+            self.linked(),
+            self.poll.len(),
+            self.lost(produced)
+        ));
+    }
+}
+
+/// Every codec, produced by both client libraries and consumed by librdkafka: each batch has a
+/// send span covering its records, and each fetched batch a poll span under it.
+#[test]
+fn every_codec_is_traced_and_linked() {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let broker = Broker::start().unwrap();
+    let tracer = start_tracer(broker.port, "codecs", &otlp(&receiver));
+    let mut produced = Vec::new();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("codec-{codec}");
+        broker.create_topic(&topic, 1).unwrap();
+        let mut mine = Vec::new();
+        for lib in ["confluent", "kafka-python"] {
+            let out = client(&[
+                "produce",
+                lib,
+                &broker.bootstrap(),
+                &topic,
+                "4",
+                codec,
+                "--partition",
+                "0",
+            ])
+            .unwrap();
+            mine.extend(delivered(&out));
+        }
+        client(&[
+            "consume",
+            "confluent",
+            &broker.bootstrap(),
+            &topic,
+            "8",
+            "--partition",
+            "0",
+            "--timeout",
+            "20",
+        ])
+        .unwrap();
+        produced.push((codec, topic, mine));
+    }
+    let (_, log) = tracer.stop_with_log();
+    for (codec, topic, mine) in &produced {
+        let seen = Seen::of(&receiver, topic);
+        seen.summary(&format!("codec {codec}"), mine);
+        assert_eq!(seen.send.len(), 2, "one batch per client ({codec}): {log}");
+        assert_eq!(seen.lost(mine), 0, "{codec}");
+        assert!(!seen.poll.is_empty(), "{codec}");
+        assert_eq!(seen.linked(), seen.poll.len(), "{codec}");
+        for s in &seen.send {
+            assert_eq!(
+                s.attr("messaging.kafka.compression").as_deref(),
+                Some(*codec),
+                "{codec}"
+            );
+        }
+    }
+}
+
+/// Scrapes the tracer's /metrics.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A consumer group (kafka-python, subscribing) over three partitions: its poll spans carry
+/// the group's name, and /metrics shows its lag and commits per partition.
+#[test]
+fn consumer_groups_are_named_and_their_lag_measured() {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let broker = Broker::start().unwrap();
+    broker.create_topic("groups", 3).unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut env = otlp(&receiver);
+    env.push(("KAFKA_TRACER_METRICS_ADDR", metrics.clone()));
+    let tracer = start_tracer(broker.port, "groups", &env);
+    let produced = delivered(
+        &client(&[
+            "produce",
+            "confluent",
+            &broker.bootstrap(),
+            "groups",
+            "30",
+            "none",
+        ])
+        .unwrap(),
+    );
+    client(&[
+        "consume",
+        "kafka-python",
+        &broker.bootstrap(),
+        "groups",
+        "30",
+        "--group",
+        "scenario-group",
+        "--timeout",
+        "40",
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let body = scrape(&metrics);
+    let _ = tracer.stop_with_log();
+    let seen = Seen::of(&receiver, "groups");
+    seen.summary("consumer group", &produced);
+    assert_eq!(seen.lost(&produced), 0);
+    assert!(!seen.poll.is_empty());
+    assert_eq!(seen.linked(), seen.poll.len());
+    for p in &seen.poll {
+        assert_eq!(
+            p.attr("messaging.consumer.group.name").as_deref(),
+            Some("scenario-group")
+        );
+    }
+    let partitions: BTreeSet<i64> = produced.iter().map(|(p, _)| *p).collect();
+    assert!(partitions.len() > 1, "keys spread over partitions");
+    for p in partitions {
+        let series = format!(r#"group="scenario-group",topic="groups",partition="{p}"}}"#);
+        for family in ["kafka_consumer_lag", "kafka_consumer_committed_offset"] {
+            assert!(
+                body.contains(&format!("{family}{{{series}")),
+                "{family} for partition {p}: {body}"
+            );
+        }
+    }
+}
+
+/// Many small batches over three partitions with no linger: librdkafka pipelines requests on
+/// one connection. Every record is covered by a send span, every poll span is linked.
+#[test]
+fn partitions_and_pipelined_requests_are_all_traced() {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let broker = Broker::start().unwrap();
+    broker.create_topic("pipelined", 3).unwrap();
+    let tracer = start_tracer(broker.port, "pipelined", &otlp(&receiver));
+    let produced = delivered(
+        &client(&[
+            "produce",
+            "confluent",
+            &broker.bootstrap(),
+            "pipelined",
+            "3000",
+            "none",
+            "--linger-ms",
+            "0",
+            "--size",
+            "200",
+        ])
+        .unwrap(),
+    );
+    client(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "pipelined",
+        "3000",
+        "--group",
+        "pipelined-group",
+        "--timeout",
+        "40",
+    ])
+    .unwrap();
+    let (_, log) = tracer.stop_with_log();
+    let seen = Seen::of(&receiver, "pipelined");
+    seen.summary("partitions and pipelining", &produced);
+    // Requests in flight together: send spans of one process that overlap in time without
+    // being the same request.
+    let mut requests: Vec<(u64, u64)> = seen
+        .send
+        .iter()
+        .map(|s| (s.span.start_time_unix_nano, s.span.end_time_unix_nano))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    requests.sort();
+    let overlapping = requests.windows(2).filter(|w| w[1].0 < w[0].1).count();
+    summary(&format!(
+        "e2e partitions and pipelining: {} produce requests, {overlapping} started before the previous one was answered",
+        requests.len()
+    ));
+    assert_eq!(produced.len(), 3000);
+    assert_eq!(seen.lost(&produced), 0, "{log}");
+    let partitions: BTreeSet<String> = seen
+        .send
+        .iter()
+        .filter_map(|s| s.attr("messaging.destination.partition.id"))
+        .collect();
+    assert_eq!(partitions.len(), 3);
+    assert!(!seen.poll.is_empty());
+    assert_eq!(seen.linked(), seen.poll.len());
+    assert!(overlapping > 0, "pipelined requests: {requests:?}");
+}
+
+/// A producer and a consumer already running when the tracer starts: it picks their
+/// connections up mid-stream, names the topic the consumer's Fetch v16 only gives by id (it
+/// asks the broker), and links what it sees.
+#[test]
+fn clients_started_before_the_tracer_are_traced_from_attach() {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let broker = Broker::start().unwrap();
+    broker.create_topic("early", 1).unwrap();
+    let consumer = BackgroundClient::start(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "early",
+        "40",
+        "--partition",
+        "0",
+        "--timeout",
+        "30",
+    ])
+    .unwrap();
+    let producer = BackgroundClient::start(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "early",
+        "40",
+        "none",
+        "--partition",
+        "0",
+        "--flush-every",
+        "1",
+        "--interval",
+        "0.15",
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    let tracer = start_tracer(broker.port, "early", &otlp(&receiver));
+    let attached = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let produced: Vec<(i64, i64, f64)> = {
+        let v: Value = serde_json::from_str(&producer.finish().unwrap()).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["partition"].as_i64().unwrap(),
+                    r["offset"].as_i64().unwrap(),
+                    r["time"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    consumer.finish().unwrap();
+    let (_, log) = tracer.stop_with_log();
+    let seen = Seen::of(&receiver, "early");
+    // Records delivered a second after attach were produced while the tracer was watching.
+    let after: Vec<(i64, i64)> = produced
+        .iter()
+        .filter(|(_, _, t)| *t > attached + 1.0)
+        .map(|(p, o, _)| (*p, *o))
+        .collect();
+    seen.summary("clients before the tracer", &after);
+    assert!(after.len() >= 10, "{produced:?}");
+    assert_eq!(seen.lost(&after), 0, "{log}");
+    assert!(!seen.poll.is_empty(), "fetches by topic id named: {log}");
+    // Batches produced before the tracer attached have no send span to link to.
+    let (first_after, unlinked) = (after[0].1, seen.poll.len() - seen.linked());
+    let polled_before = seen
+        .poll
+        .iter()
+        .filter(|p| {
+            let first = p
+                .attr("messaging.kafka.offset")
+                .or_else(|| p.attr("messaging.kafka.first_offset"));
+            first.and_then(|o| o.parse::<i64>().ok()).unwrap() < first_after
+        })
+        .count();
+    assert!(unlinked <= polled_before, "{unlinked} unlinked, {polled_before} polled before");
+    let misnamed: Vec<(String, Option<String>)> = receiver
+        .spans()
+        .iter()
+        .filter(|r| r.attr("messaging.destination.name").as_deref() != Some("early"))
+        .map(|r| (r.span.name.clone(), r.attr("messaging.destination.name")))
+        .collect();
+    assert!(
+        misnamed.is_empty(),
+        "no span named by topic id: {misnamed:?}"
+    );
+}
+
+/// The broker restarts while a producer is sending: the client reconnects, the tracer keeps
+/// tracing the new connections, and nothing crashes.
+#[test]
+fn a_broker_restart_is_survived() {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let mut broker = Broker::start().unwrap();
+    broker.create_topic("restart", 1).unwrap();
+    let tracer = start_tracer(broker.port, "restart", &otlp(&receiver));
+    let producer = BackgroundClient::start(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "restart",
+        "50",
+        "none",
+        "--partition",
+        "0",
+        "--flush-every",
+        "1",
+        "--interval",
+        "0.1",
+        "--tolerate-errors",
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart().unwrap();
+    broker.create_topic("restart", 1).unwrap();
+    let restarted = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let out = producer.finish().unwrap();
+    let produced = delivered(&out);
+    // tansu keeps its log in memory: offsets start again from 0 after the restart, so the
+    // records delivered last are the new log's.
+    let after: Vec<(i64, i64)> = {
+        let restart_at = produced
+            .windows(2)
+            .position(|w| w[1].1 < w[0].1)
+            .map_or(0, |i| i + 1);
+        produced[restart_at..].to_vec()
+    };
+    client(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "restart",
+        &after.len().to_string(),
+        "--partition",
+        "0",
+        "--timeout",
+        "20",
+    ])
+    .unwrap();
+    let (_, log) = tracer.stop_with_log();
+    let seen = Seen::of(&receiver, "restart");
+    let before = seen
+        .send
+        .iter()
+        .filter(|s| s.span.start_time_unix_nano < restarted)
+        .count();
+    seen.summary("broker restart", &produced);
+    assert!(before > 0, "spans before the restart");
+    assert!(after.len() >= 10, "{out}");
+    assert!(
+        after.iter().all(|(p, o)| seen.send.iter().any(|s| {
+            s.span.start_time_unix_nano > restarted
+                && s.attr("messaging.destination.partition.id") == Some(p.to_string())
+                && s.attr("messaging.kafka.offset") == Some(o.to_string())
+        })),
+        "every record after the restart traced: {log}"
+    );
+    assert!(!seen.poll.is_empty());
+    assert_eq!(seen.linked(), seen.poll.len());
+    assert!(log.contains("detaching"), "clean exit: {log}");
+}
+
+/// The OTLP receiver goes away for a while and comes back on the same port: the tracer stays
+/// up, counts what it could not deliver, and delivers again afterwards; every span is
+/// delivered, failed or dropped, none unaccounted.
+#[test]
+fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let ports = (receiver.port, receiver.http_port);
+    let broker = Broker::start().unwrap();
+    broker.create_topic("outage", 1).unwrap();
+    let mut env = otlp(&receiver);
+    env.push(("OTEL_EXPORTER_OTLP_TIMEOUT", "1000".into()));
+    let tracer = start_tracer(broker.port, "outage", &env);
+    let produce = |n: &str| {
+        delivered(
+            &client(&[
+                "produce",
+                "confluent",
+                &broker.bootstrap(),
+                "outage",
+                n,
+                "none",
+                "--partition",
+                "0",
+                "--flush-every",
+                "1",
+            ])
+            .unwrap(),
+        )
+    };
+    let wait_for = |r: &Receiver, n: usize| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Seen::of(r, "outage").send.len() < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = produce("3");
+    wait_for(&receiver, 3);
+    let before = Seen::of(&receiver, "outage");
+    drop(receiver);
+    let during = produce("3");
+    // Longer than the exporter's retries (about 1.2 s).
+    std::thread::sleep(Duration::from_secs(4));
+    let receiver = {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            match rt.block_on(Receiver::start(Some(ports))) {
+                Ok(r) => break r,
+                Err(e) if Instant::now() > end => panic!("receiver did not come back: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    let last = produce("3");
+    wait_for(&receiver, 3);
+    let (_, log) = tracer.stop_with_log();
+    let after = Seen::of(&receiver, "outage");
+    let all: Vec<(i64, i64)> = first.iter().chain(&during).chain(&last).copied().collect();
+    summary(&format!(
+        "e2e OTLP outage: {} records produced, {} send spans before the outage, {} after, {} spans failed during it",
+        all.len(),
+        before.send.len(),
+        after.send.len(),
+        logged(&log, "export_failed")
+    ));
+    assert_eq!(before.lost(&first), 0);
+    assert_eq!(after.lost(&last), 0, "export resumed: {log}");
+    assert!(logged(&log, "export_failed") >= 3, "{log}");
+    assert_eq!(
+        logged(&log, "producer") + logged(&log, "consumer"),
+        logged(&log, "exported")
+            + logged(&log, "export_failed")
+            + logged(&log, "queue_dropped")
+            + logged(&log, "queued")
+            + logged(&log, "sampled_out"),
+        "every span accounted for: {log}"
+    );
+}
