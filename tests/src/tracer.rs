@@ -76,7 +76,17 @@ impl Tracer {
     }
 
     /// Same, with its log.
-    pub fn stop_with_log(mut self) -> (Vec<Value>, String) {
+    pub fn stop_with_log(self) -> (Vec<Value>, String) {
+        let (resource_spans, log) = self.stop_with_resources();
+        let spans = resource_spans
+            .iter()
+            .flat_map(|(_, spans)| spans.iter().cloned())
+            .collect();
+        (spans, log)
+    }
+
+    /// Same, each span with the service name of its resource.
+    pub fn stop_with_resources(mut self) -> (Vec<(String, Vec<Value>)>, String) {
         std::thread::sleep(Duration::from_millis(1500));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -86,45 +96,21 @@ impl Tracer {
         let spans = std::fs::read_to_string(&self.stdout)
             .unwrap()
             .lines()
-            .flat_map(|l| {
+            .map(|l| {
                 let rs: Value = serde_json::from_str(l).expect("one OTLP-JSON object per line");
-                rs["scopeSpans"][0]["spans"]
+                let service = rs["resource"]["attributes"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|kv| kv["key"] == "service.name"))
+                    .and_then(|kv| kv["value"]["stringValue"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let spans = rs["scopeSpans"][0]["spans"]
                     .as_array()
                     .cloned()
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                (service, spans)
             })
             .collect();
         (spans, log)
     }
-}
-
-pub fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-    span["attributes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)
-        .map(|a| &a["value"])
-}
-
-pub fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
-    spans.iter().filter(|s| s["name"] == name).collect()
-}
-
-/// The last value of `name=N` in the tracer's log.
-pub fn logged(log: &str, name: &str) -> u64 {
-    log.rsplit(&format!(" {name}="))
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not logged: {log}"))
-}
-
-/// Resident memory of a process, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }

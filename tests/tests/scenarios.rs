@@ -411,7 +411,10 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
             first.and_then(|o| o.parse::<i64>().ok()).unwrap() < first_after
         })
         .count();
-    assert!(unlinked <= polled_before, "{unlinked} unlinked, {polled_before} polled before");
+    assert!(
+        unlinked <= polled_before,
+        "{unlinked} unlinked, {polled_before} polled before"
+    );
     let misnamed: Vec<(String, Option<String>)> = receiver
         .spans()
         .iter()

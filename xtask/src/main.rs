@@ -28,6 +28,10 @@ enum Cmd {
     Setup,
     /// Set up, build, and run kafka-tracer (as root, through sudo when needed).
     Run {
+        /// Instead: start a local broker, the tracer, two producers and a consumer group, and
+        /// print the linked traces (about 15 s).
+        #[arg(long, conflicts_with = "args")]
+        demo: bool,
         /// Arguments for kafka-tracer (see `cargo xtask run -- --help`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -69,7 +73,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.command {
         Cmd::Setup => setup::all(&root),
-        Cmd::Run { args } => {
+        Cmd::Run { demo: true, .. } => {
+            setup::all(&root)?;
+            setup::python_env(&root)?;
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "tracer",
+                    "--package",
+                    "tests",
+                    "--bin",
+                    "kafka-tracer",
+                    "--bin",
+                    "demo",
+                ],
+            )?;
+            let status = setup::as_root(&root.join("target/release/demo"))
+                .status()
+                .context("starting the demo")?;
+            if !status.success() {
+                bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::Run { args, .. } => {
             setup::all(&root)?;
             cargo(&root, &["build", "--release", "--package", "tracer"])?;
             let bin = root.join("target/release/kafka-tracer");

