@@ -226,6 +226,14 @@ impl Receiver {
             .collect()
     }
 
+    /// The spans of one service.
+    pub fn service(&self, service: &str) -> Vec<Received> {
+        self.spans()
+            .into_iter()
+            .filter(|r| r.service == service)
+            .collect()
+    }
+
     /// The spans about one topic.
     pub fn topic(&self, topic: &str) -> Vec<Received> {
         self.spans()

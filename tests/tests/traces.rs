@@ -273,6 +273,7 @@ async fn spans_reach_an_otlp_receiver(protocol: &str, gzip: bool) {
     }
     // python3 .../client.py: the service is the script, not the interpreter.
     assert_eq!(send[0].service, "client", "service.name from the program");
+    assert_eq!(receiver.service("client").len(), spans.len());
     assert_eq!(
         send[0].attr("messaging.batch.message_count").as_deref(),
         Some("2")
