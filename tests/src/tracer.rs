@@ -114,6 +114,8 @@ impl Tracer {
         (spans, log)
     }
 }
+
+/// A span attribute's OTLP-JSON value.
 pub fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span["attributes"]
         .as_array()?
@@ -122,6 +124,7 @@ pub fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|a| &a["value"])
 }
 
+/// The spans with this name.
 pub fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
     spans.iter().filter(|s| s["name"] == name).collect()
 }
