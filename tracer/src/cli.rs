@@ -161,6 +161,20 @@ pub struct Args {
     #[arg(long = "service-rule", env = "KAFKA_TRACER_SERVICE_RULES", value_delimiter = ',', value_parser = parse_service_rule)]
     pub service_rules: Vec<ServiceRule>,
 
+    /// The kubelet's container log links, `<pod>_<namespace>_<container>-<id>.log`: they name
+    /// the pod, namespace and container of a traced process (mount it read-only from the host
+    /// in Kubernetes; absent elsewhere, and then unused).
+    #[arg(
+        long,
+        env = "KAFKA_TRACER_CONTAINER_LOGS",
+        default_value = "/var/log/containers"
+    )]
+    pub container_logs: PathBuf,
+
+    /// This node's name, for `k8s.node.name` (the DaemonSet sets it from spec.nodeName).
+    #[arg(long, env = "KAFKA_TRACER_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Extra resource attributes, `key=value,key2=value2`.
     #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", default_value = "")]
     pub resource_attributes: String,

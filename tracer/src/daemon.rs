@@ -15,7 +15,7 @@ use crate::{
     cli::Args,
     correlate::Sampler,
     export::{
-        Queue, Resources,
+        Queue, ResourceConfig, Resources,
         otlp::{self, OtlpConfig},
         otlp_json, parse_key_values,
     },
@@ -100,11 +100,13 @@ impl Traces {
             keys: args.record_keys,
             slow_ns: args.slow_threshold_ms.saturating_mul(1_000_000),
             sink,
-            resources: Resources::new(
-                args.service_name.clone(),
-                parse_key_values(&args.resource_attributes),
-                args.service_rules.clone(),
-            ),
+            resources: Resources::new(ResourceConfig {
+                service: args.service_name.clone(),
+                extra: parse_key_values(&args.resource_attributes),
+                rules: args.service_rules.clone(),
+                container_logs: args.container_logs.clone(),
+                node_name: args.node_name.clone(),
+            }),
             queue: Queue::new(args.export_queue),
             clock_offset_ns,
             counters: SpanCounters::default(),

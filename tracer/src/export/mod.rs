@@ -3,10 +3,11 @@
 //! protobuf JSON mapping of `ResourceSpans`) written one object per line by the console
 //! exporter; `otlp` sends the same to an OTLP receiver.
 
+mod k8s;
 pub mod otlp;
 mod resource;
 
-pub use resource::{Resource, Resources, ServiceRule, parse_key_values};
+pub use resource::{Resource, ResourceConfig, Resources, ServiceRule, parse_key_values};
 
 use std::{collections::VecDeque, fmt::Write as _, sync::Arc};
 

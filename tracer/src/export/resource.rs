@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::k8s;
 use crate::spans::Value;
 
 /// The attributes of a traced process, as an OpenTelemetry resource.
@@ -191,16 +192,28 @@ fn program(exe: &str, args: &[String]) -> Option<String> {
     }
 }
 
+/// How resources are named.
+#[derive(Debug, Default)]
+pub struct ResourceConfig {
+    /// The tracer's `OTEL_SERVICE_NAME`.
+    pub service: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, added to every resource.
+    pub extra: Vec<(String, String)>,
+    pub rules: Vec<ServiceRule>,
+    /// The kubelet's container log links (/var/log/containers), naming pods.
+    pub container_logs: PathBuf,
+    /// `k8s.node.name`, from the DaemonSet's downward API.
+    pub node_name: Option<String>,
+}
+
 /// Resources by process, read from /proc once per process and [`RESOURCE_TTL`] (a pid can be
 /// reused by another program), in a bounded table.
 pub struct Resources {
     by_tgid: HashMap<u32, (Arc<Resource>, Instant)>,
     host: String,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, added to every resource.
-    extra: Vec<(String, String)>,
     /// The tracer's `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`).
     service: Option<String>,
-    rules: Vec<ServiceRule>,
+    cfg: ResourceConfig,
     proc_root: PathBuf,
 }
 
@@ -236,22 +249,8 @@ pub fn parse_key_values(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The container id in a process's cgroup paths (64 hex characters, as containerd, CRI-O and
-/// Docker name them).
-pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup.lines().find_map(|line| {
-        line.split(['/', '-', '.', ':'])
-            .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_string)
-    })
-}
-
 impl Resources {
-    pub fn new(
-        service: Option<String>,
-        extra: Vec<(String, String)>,
-        rules: Vec<ServiceRule>,
-    ) -> Self {
+    pub fn new(cfg: ResourceConfig) -> Self {
         let mut host = [0u8; 256];
         // SAFETY: valid buffer and length.
         let host = if unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0 {
@@ -260,8 +259,8 @@ impl Resources {
         } else {
             String::new()
         };
-        let service = service.or_else(|| {
-            extra
+        let service = cfg.service.clone().or_else(|| {
+            cfg.extra
                 .iter()
                 .find(|(k, _)| k == "service.name")
                 .map(|(_, v)| v.clone())
@@ -269,9 +268,8 @@ impl Resources {
         Self {
             by_tgid: HashMap::new(),
             host,
-            extra,
             service,
-            rules,
+            cfg,
             proc_root: "/proc".into(),
         }
     }
@@ -284,13 +282,20 @@ impl Resources {
             return r.clone();
         }
         let p = Process::read(self.proc_root.join(tgid.to_string()));
+        let container = k8s::container(&p.cgroup);
+        let pod = container
+            .as_ref()
+            .and_then(|c| k8s::pod(&self.cfg.container_logs, &c.id));
+        let workload = pod.as_ref().and_then(|p| k8s::workload(&p.name));
         let service = self
+            .cfg
             .rules
             .iter()
             .find(|r| p.matches(r))
             .map(|r| r.name.clone())
             .or_else(|| p.own_service.clone())
             .or_else(|| self.service.clone())
+            .or_else(|| workload.map(|(_, name)| name.to_string()))
             .or_else(|| p.exe.as_deref().and_then(|e| program(e, &p.args)))
             .or_else(|| p.exe.clone())
             .or_else(|| p.comm.clone())
@@ -308,10 +313,28 @@ impl Resources {
             // The command line can hold secrets; its program name alone cannot.
             attributes.push(("process.command".into(), p.args[0].as_str().into()));
         }
-        if let Some(id) = container_id(&p.cgroup) {
-            attributes.push(("container.id".into(), id.as_str().into()));
+        if let Some(c) = &container {
+            attributes.push(("container.id".into(), c.id.as_str().into()));
+            if let Some(uid) = &c.pod_uid {
+                attributes.push(("k8s.pod.uid".into(), uid.as_str().into()));
+            }
         }
-        for (k, v) in &self.extra {
+        if let Some(pod) = &pod {
+            for (k, v) in [
+                ("k8s.pod.name", &pod.name),
+                ("k8s.namespace.name", &pod.namespace),
+                ("k8s.container.name", &pod.container),
+            ] {
+                attributes.push((k.into(), v.as_str().into()));
+            }
+            if let Some((Some(kind), name)) = workload {
+                attributes.push((kind.into(), name.into()));
+            }
+        }
+        if let Some(node) = &self.cfg.node_name {
+            attributes.push(("k8s.node.name".into(), node.as_str().into()));
+        }
+        for (k, v) in &self.cfg.extra {
             if k != "service.name" {
                 attributes.push((k.clone(), v.as_str().into()));
             }
@@ -396,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn key_values_and_container_ids() {
+    fn key_values_are_split_and_decoded() {
         assert_eq!(
             parse_key_values("deployment.environment=prod, team=pay%2Cments,bad,=x"),
             vec![
@@ -404,18 +427,6 @@ mod tests {
                 ("team".into(), "pay,ments".into())
             ]
         );
-        let id = "3f1ba4b6c2c7bd9e5a0d6a1c9e0f2b4d6e8a0c2e4f6a8b0c2d4e6f8a0b2c4d6e";
-        assert_eq!(
-            container_id(&format!(
-                "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
-            )),
-            Some(id.into())
-        );
-        assert_eq!(
-            container_id(&format!("12:memory:/docker/{id}")),
-            Some(id.into())
-        );
-        assert_eq!(container_id("0::/user.slice/session-2.scope"), None);
     }
 
     #[test]
@@ -424,21 +435,77 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let exe = exe.file_name().unwrap().to_string_lossy().into_owned();
         let name = |r: &Resource| r.attributes[0].1.clone();
-        let mut r = Resources::new(None, vec![("team".into(), "pay".into())], vec![]);
+        let cfg = |service: Option<&str>, extra: Vec<(String, String)>, rules| ResourceConfig {
+            service: service.map(str::to_string),
+            extra,
+            rules,
+            ..Default::default()
+        };
+        let mut r = Resources::new(cfg(None, vec![("team".into(), "pay".into())], vec![]));
         let res = r.of(me, "x");
         assert_eq!(name(&res), exe.as_str().into());
         assert!(res.attributes.contains(&("team".into(), "pay".into())));
         assert!(res.attributes.iter().any(|(k, _)| k == "process.command"));
-        let mut r = Resources::new(
+        let mut r = Resources::new(cfg(
             None,
             vec![("service.name".into(), "from-attrs".into())],
             vec![],
-        );
+        ));
         assert_eq!(name(&r.of(me, "x")), "from-attrs".into());
         let rule = ServiceRule::parse(&format!("exe:{exe}=ruled")).unwrap();
-        let mut r = Resources::new(Some("global".into()), vec![], vec![rule]);
+        let mut r = Resources::new(cfg(Some("global"), vec![], vec![rule]));
         assert_eq!(name(&r.of(me, "x")), "ruled".into());
-        let mut r = Resources::new(Some("global".into()), vec![], vec![]);
+        let mut r = Resources::new(cfg(Some("global"), vec![], vec![]));
         assert_eq!(name(&r.of(me, "x")), "global".into());
+    }
+
+    /// A process in a Kubernetes pod (its /proc and the kubelet's log links laid out as on a
+    /// node): container, pod and workload attributes, and the workload as service name.
+    #[test]
+    fn pods_name_their_processes() {
+        let id = "3f1ba4b6c2c7bd9e5a0d6a1c9e0f2b4d6e8a0c2e4f6a8b0c2d4e6f8a0b2c4d6e";
+        let uid = "8a3b2c1d-4e5f-4a6b-9c8d-7e6f5a4b3c2d";
+        let root = std::env::temp_dir().join(format!("kt-node-{}", std::process::id()));
+        let (proc_dir, logs) = (root.join("proc/4242"), root.join("logs"));
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(
+            proc_dir.join("cgroup"),
+            format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope\n",
+                uid.replace('-', "_")
+            ),
+        )
+        .unwrap();
+        std::fs::write(proc_dir.join("cmdline"), b"python3\0/app/worker.py\0").unwrap();
+        std::fs::write(
+            logs.join(format!("orders-7c9d8f6b5d-x2k4p_shop_app-{id}.log")),
+            "",
+        )
+        .unwrap();
+        let mut r = Resources::new(ResourceConfig {
+            container_logs: logs,
+            node_name: Some("node-1".into()),
+            ..Default::default()
+        });
+        r.proc_root = root.join("proc");
+        let res = r.of(4242, "python3");
+        std::fs::remove_dir_all(&root).unwrap();
+        for (k, v) in [
+            ("service.name", "orders"),
+            ("container.id", id),
+            ("k8s.pod.uid", uid),
+            ("k8s.pod.name", "orders-7c9d8f6b5d-x2k4p"),
+            ("k8s.namespace.name", "shop"),
+            ("k8s.container.name", "app"),
+            ("k8s.deployment.name", "orders"),
+            ("k8s.node.name", "node-1"),
+        ] {
+            assert!(
+                res.attributes.contains(&(k.into(), v.into())),
+                "{k}={v} missing: {:?}",
+                res.attributes
+            );
+        }
     }
 }
