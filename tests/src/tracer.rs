@@ -33,10 +33,24 @@ impl Tracer {
 
     /// Same, with extra environment variables (the OTEL_* settings).
     pub fn start_with(port: u16, name: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_wrapped(port, name, env, &[])
+    }
+
+    /// Same, started through `wrapper` (a command and its arguments, such as `setpriv ...`,
+    /// given the daemon's path and arguments after them).
+    pub fn start_wrapped(port: u16, name: &str, env: &[(&str, &str)], wrapper: &[String]) -> Self {
         let dir = std::env::temp_dir().join(format!("kt-traces-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (stdout, stderr) = (dir.join("spans.jsonl"), dir.join("log"));
-        let child = Command::new(binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .args(["--ports", &port.to_string(), "--stats-interval", "1"])
             // Tracers run in parallel: no shared metrics port unless a test sets its own, and
             // no sniffing of the other tests' brokers (each test names its broker's port).

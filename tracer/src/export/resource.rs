@@ -98,14 +98,21 @@ impl Process {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect()
         };
+        let args = nul_separated(read_limited(dir.join("cmdline")));
+        let file_name =
+            |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
         Self {
+            // The exe link needs ptrace access (CAP_SYS_PTRACE for processes with more
+            // capabilities than the tracer's); the command line, readable by all, names the
+            // program too.
             exe: std::fs::read_link(dir.join("exe"))
                 .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())),
+                .and_then(|p| file_name(&p))
+                .or_else(|| args.first().and_then(|a| file_name(a.as_ref()))),
             comm: std::fs::read_to_string(dir.join("comm"))
                 .ok()
                 .map(|s| s.trim().to_string()),
-            args: nul_separated(read_limited(dir.join("cmdline"))),
+            args,
             cgroup: String::from_utf8_lossy(&read_limited(dir.join("cgroup"))).into_owned(),
             own_service: nul_separated(read_limited(dir.join("environ")))
                 .into_iter()
