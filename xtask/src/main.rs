@@ -2,6 +2,7 @@
 //! machine needs nothing but rustup and cargo.
 
 mod fuzz;
+mod image;
 mod setup;
 
 use std::{
@@ -48,6 +49,9 @@ enum Cmd {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
+    /// Build the container image (deploy/Containerfile, podman) and check it: its daemon must
+    /// run and attach from the image's own files.
+    Image,
     /// Run the benchmarks (decoding throughput against kafka-protocol and the bare decompressor).
     Bench,
     /// Set up, check formatting and lints, and run every test (unit and against the kernel),
@@ -125,6 +129,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &targets,
             )
         }
+        Cmd::Image => {
+            setup::all(&root)?;
+            cargo(&root, &["build", "--release", "--package", "tracer"])?;
+            image::build(&root)
+        }
         Cmd::Bench => {
             setup::all(&root)?;
             cargo(
@@ -170,8 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("tests failed ({status}): {passed} passed, {failed} failed");
             }
             // A short run of every fuzz target: seconds, not minutes (`cargo xtask fuzz` is the
-            // long one).
+            // long one). Then the container image, built and run from its own files.
             fuzz::run(&root, 10, &[])?;
+            image::build(&root)?;
             // One closing line for the whole run: cargo's own last line is a doc-test summary.
             println!("tests: {passed} passed, {failed} failed");
             Ok(())

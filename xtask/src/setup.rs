@@ -33,7 +33,17 @@ pub fn test_env(root: &Path) -> anyhow::Result<()> {
 
 /// tshark and text2pcap from the distribution (Debian/Ubuntu).
 fn tshark() -> anyhow::Result<()> {
-    if which::which("tshark").is_ok() && which::which("text2pcap").is_ok() {
+    apt_package("tshark", &["tshark", "text2pcap"])
+}
+
+/// podman from the distribution, to build the container image.
+pub fn podman() -> anyhow::Result<()> {
+    apt_package("podman", &["podman"])
+}
+
+/// Installs Debian package `package` unless all of `commands` are already there.
+fn apt_package(package: &str, commands: &[&str]) -> anyhow::Result<()> {
+    if commands.iter().all(|c| which::which(c).is_ok()) {
         return Ok(());
     }
     let apt = |args: &[&str]| {
@@ -42,7 +52,8 @@ fn tshark() -> anyhow::Result<()> {
         run(&mut c)
     };
     apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "tshark"]).context("installing tshark (Debian package `tshark`)")
+    apt(&["install", "-y", "-qq", package])
+        .with_context(|| format!("installing the Debian package `{package}`"))
 }
 
 /// A command for `program` that runs as root: directly when this process is root, else through
@@ -141,7 +152,7 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("starting {}", describe(cmd)))?;
