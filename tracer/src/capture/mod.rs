@@ -399,9 +399,20 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, points: &[String]) -> 
         .program_mut(program)
         .with_context(|| format!("eBPF object has no program {program}"))?
         .try_into()?;
-    prog.load().with_context(|| {
-        format!("the kernel refused eBPF program {program} (see the verifier log above)")
-    })?;
+    if let Err(e) = prog.load() {
+        // bpf_loop is helper 181; kernels before 5.17 (without a backport) reject it.
+        let log = format!("{e:?}");
+        if log.contains("bpf_loop") || log.contains("#181") {
+            anyhow::bail!(
+                "this kernel lacks the bpf_loop helper (Linux 5.17+, or a distribution kernel \
+                 that backports it), which kafka-tracer uses to copy reads and writes of any \
+                 size: use a newer kernel (Ubuntu 22.04: the HWE kernel)"
+            );
+        }
+        return Err(anyhow::Error::new(e).context(format!(
+            "the kernel refused eBPF program {program} (see the verifier log above)"
+        )));
+    }
     for p in points {
         prog.attach(category, p)
             .with_context(|| format!("attaching {program} to tracepoint {category}:{p}"))?;
