@@ -5,6 +5,7 @@
                     [--size BYTES] [--flush-every N] [--linger-ms MS] [--interval S]
                     [--tolerate-errors]
   client.py consume LIB BOOTSTRAP TOPIC COUNT [--group G] [--partition P]
+  client.py perf confluent BOOTSTRAP TOPIC COUNT [CODEC] [--size BYTES]
 
 Prints one JSON line: what it produced (partition, offset, headers) or consumed.
 """
@@ -128,9 +129,44 @@ def consume_kafka_python(a):
     return out
 
 
+def perf_confluent(a):
+    """Produce COUNT records of --size bytes as fast as the client goes, then consume them:
+    the seconds each took."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    p = Producer({"bootstrap.servers": a.bootstrap, "linger.ms": a.linger_ms,
+                  "compression.type": a.codec, "client.id": "tracer-perf"})
+    value = b"x" * a.size
+    failed = []
+    start = time.perf_counter()
+    for i in range(a.count):
+        while True:
+            try:
+                p.produce(a.topic, value=value, partition=0,
+                          on_delivery=lambda err, _: err and failed.append(str(err)))
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+    p.flush(60)
+    produce_s = time.perf_counter() - start
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "tracer-perf",
+                  "enable.auto.commit": False, "client.id": "tracer-perf"})
+    c.assign([TopicPartition(a.topic, 0, 0)])
+    got = 0
+    start = time.perf_counter()
+    deadline = time.time() + a.timeout
+    while got < a.count and time.time() < deadline:
+        got += len(c.consume(1000, 0.5))
+    consume_s = time.perf_counter() - start
+    c.close()
+    return {"produced": a.count - len(failed), "consumed": got,
+            "produce_s": produce_s, "consume_s": consume_s}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("op", choices=["produce", "consume"])
+    ap.add_argument("op", choices=["produce", "consume", "perf"])
     ap.add_argument("lib", choices=["confluent", "kafka-python"])
     ap.add_argument("bootstrap")
     ap.add_argument("topic")
@@ -150,7 +186,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=60)
     a = ap.parse_args()
     fn = {("produce", "confluent"): produce_confluent, ("produce", "kafka-python"): produce_kafka_python,
-          ("consume", "confluent"): consume_confluent, ("consume", "kafka-python"): consume_kafka_python}
+          ("consume", "confluent"): consume_confluent, ("consume", "kafka-python"): consume_kafka_python,
+          ("perf", "confluent"): perf_confluent}
     print(json.dumps(fn[(a.op, a.lib)](a)))
 
 

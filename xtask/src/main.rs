@@ -52,8 +52,16 @@ enum Cmd {
     /// Build the container image (deploy/Containerfile, podman) and check it: its daemon must
     /// run and attach from the image's own files.
     Image,
-    /// Run the benchmarks (decoding throughput against kafka-protocol and the bare decompressor).
-    Bench,
+    /// Run a benchmark: `decode` (default: decoding throughput against kafka-protocol and the
+    /// bare decompressor) or `overhead` (a real client's throughput without and with the
+    /// tracer, its CPU and memory).
+    Bench {
+        #[arg(default_value = "decode")]
+        which: String,
+        /// Extra arguments for the benchmark, e.g. `-- --runs 5 --records 500000`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Set up, check formatting and lints, and run every test (unit and against the kernel),
     /// then fuzz each decoder briefly.
     Test {
@@ -134,12 +142,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&root, &["build", "--release", "--package", "tracer"])?;
             image::build(&root)
         }
-        Cmd::Bench => {
+        Cmd::Bench { which, args } => {
             setup::all(&root)?;
-            cargo(
-                &root,
-                &["bench", "--package", "tracer", "--bench", "decode"],
-            )
+            match which.as_str() {
+                "decode" => cargo(
+                    &root,
+                    &["bench", "--package", "tracer", "--bench", "decode"],
+                ),
+                "overhead" => {
+                    setup::python_env(&root)?;
+                    cargo(
+                        &root,
+                        &[
+                            "build",
+                            "--release",
+                            "--package",
+                            "tracer",
+                            "--package",
+                            "tests",
+                            "--bin",
+                            "kafka-tracer",
+                            "--bin",
+                            "overhead",
+                        ],
+                    )?;
+                    let status = setup::as_root(&root.join("target/release/overhead"))
+                        .args(&args)
+                        .status()
+                        .context("starting the overhead benchmark")?;
+                    if !status.success() {
+                        bail!("the overhead benchmark failed ({status})");
+                    }
+                    Ok(())
+                }
+                other => bail!("unknown benchmark {other:?}: use decode or overhead"),
+            }
         }
         Cmd::Test { args } => {
             setup::all(&root)?;

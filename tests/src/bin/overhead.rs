@@ -1,0 +1,217 @@
+//! `cargo xtask bench overhead`: what tracing costs a real client. librdkafka (confluent-kafka)
+//! produces and then consumes 1 KiB records as fast as it can against a local tansu broker, in
+//! runs alternating without and with kafka-tracer attached (100% sampling, OTLP/HTTP to a
+//! local receiver). Prints the client's throughput traced/untraced, the tracer's CPU time per
+//! 10k records, its peak resident memory, and whether every record reached a span.
+//!
+//!   overhead [--runs N] [--records N] [--size BYTES]
+
+use std::{process::ExitCode, time::Duration};
+
+use serde_json::Value;
+use tests::{Broker, client, receiver::Receiver, tracer::Tracer};
+
+struct Run {
+    traced: bool,
+    produce_rps: f64,
+    consume_rps: f64,
+    tracer_cpu_s: f64,
+    tracer_peak_rss_kib: u64,
+    /// Records in the send and poll spans received, against records produced and consumed.
+    send_records: u64,
+    poll_records: u64,
+    produced: u64,
+    consumed: u64,
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// User plus system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / tick
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Records a span covers.
+fn records(s: &tests::receiver::Received) -> u64 {
+    s.attr("messaging.batch.message_count")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+fn one(rt: &tokio::runtime::Runtime, traced: bool, n: u64, size: u64) -> anyhow::Result<Run> {
+    let broker = Broker::start()?;
+    broker.create_topic("overhead", 1)?;
+    let receiver = rt.block_on(Receiver::start(None))?;
+    let endpoint = receiver.http_endpoint();
+    let tracer = traced.then(|| {
+        Tracer::start_with(
+            broker.port,
+            "overhead",
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_TRACES_SAMPLER", "always_on"),
+            ],
+        )
+    });
+    let cpu_before = tracer.as_ref().map_or(0.0, |t| cpu_seconds(t.child.id()));
+    let out: Value = serde_json::from_str(&client(&[
+        "perf",
+        "confluent",
+        &broker.bootstrap(),
+        "overhead",
+        &n.to_string(),
+        "none",
+        "--size",
+        &size.to_string(),
+    ])?)?;
+    let (mut cpu, mut rss) = (0.0, 0);
+    if let Some(t) = tracer {
+        // Let it finish what the ring buffer still holds before measuring.
+        std::thread::sleep(Duration::from_secs(1));
+        cpu = cpu_seconds(t.child.id()) - cpu_before;
+        rss = peak_rss_kib(t.child.id());
+        let (_, log) = t.stop_with_log();
+        if log.contains("WARN") {
+            eprintln!("tracer warnings:\n{log}");
+        }
+    }
+    let spans = receiver.topic("overhead");
+    let sum = |name: &str| -> u64 {
+        spans
+            .iter()
+            .filter(|s| s.span.name == name)
+            .map(records)
+            .sum()
+    };
+    let num = |k: &str| out[k].as_f64().unwrap_or(0.0);
+    Ok(Run {
+        traced,
+        produce_rps: num("produced") / num("produce_s"),
+        consume_rps: num("consumed") / num("consume_s"),
+        tracer_cpu_s: cpu,
+        tracer_peak_rss_kib: rss,
+        send_records: sum("send overhead"),
+        poll_records: sum("poll overhead"),
+        produced: num("produced") as u64,
+        consumed: num("consumed") as u64,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> ExitCode {
+    let (runs, n, size) = (
+        arg("--runs", 3),
+        arg("--records", 200_000),
+        arg("--size", 1024),
+    );
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut all = Vec::new();
+    println!(
+        "overhead: {runs} runs x (untraced, traced), {n} records of {size} B, confluent-kafka -> tansu, one partition"
+    );
+    println!(
+        "run  traced  produce rec/s  consume rec/s  tracer CPU s  peak RSS MiB  records in send/poll spans"
+    );
+    for r in 0..runs {
+        // Alternate which goes first, so that drift favours neither.
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for traced in order {
+            match one(&rt, traced, n, size) {
+                Ok(run) => {
+                    println!(
+                        "{r:>3}  {:>6}  {:>13.0}  {:>13.0}  {:>12.2}  {:>12.1}  {}",
+                        if traced { "yes" } else { "no" },
+                        run.produce_rps,
+                        run.consume_rps,
+                        run.tracer_cpu_s,
+                        run.tracer_peak_rss_kib as f64 / 1024.0,
+                        if traced {
+                            format!(
+                                "{}/{} of {}/{}",
+                                run.send_records, run.poll_records, run.produced, run.consumed
+                            )
+                        } else {
+                            "-".into()
+                        }
+                    );
+                    all.push(run);
+                }
+                Err(e) => {
+                    eprintln!("overhead: run {r} failed: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    let pick = |traced: bool, f: fn(&Run) -> f64| {
+        median(all.iter().filter(|r| r.traced == traced).map(f).collect())
+    };
+    let produce = pick(true, |r| r.produce_rps) / pick(false, |r| r.produce_rps);
+    let consume = pick(true, |r| r.consume_rps) / pick(false, |r| r.consume_rps);
+    let traced: Vec<&Run> = all.iter().filter(|r| r.traced).collect();
+    // Each record is produced once and consumed once: CPU per 10k records through the tracer.
+    let cpu_per_10k = median(
+        traced
+            .iter()
+            .map(|r| r.tracer_cpu_s / ((r.produced + r.consumed) as f64 / 10_000.0))
+            .collect(),
+    );
+    let peak = traced
+        .iter()
+        .map(|r| r.tracer_peak_rss_kib)
+        .max()
+        .unwrap_or(0);
+    let complete = traced
+        .iter()
+        .all(|r| r.send_records == r.produced && r.poll_records >= r.consumed);
+    println!("\nmedians, traced / untraced:");
+    println!("  produce throughput ratio  {produce:.3}  (goal >= 0.98)");
+    println!("  consume throughput ratio  {consume:.3}  (goal >= 0.98)");
+    println!(
+        "  tracer CPU per 10k records  {:.3} s = {:.1}% of one core at 10k records/s  (goal <= 3%)",
+        cpu_per_10k,
+        cpu_per_10k * 100.0
+    );
+    println!(
+        "  tracer peak RSS  {:.1} MiB  (goal <= 64 MiB)",
+        peak as f64 / 1024.0
+    );
+    println!(
+        "  every produced record in a send span, every consumed one in a poll span: {}",
+        if complete { "yes" } else { "NO" }
+    );
+    ExitCode::SUCCESS
+}
