@@ -89,10 +89,12 @@ struct Rebuilt {
     first: Option<DataHeader>,
 }
 
-/// Port filter on `port`, no detection, and this test process traced too (it runs the servers).
+/// Port filter on `port`, both ends of each connection, no detection, and this test process
+/// traced too (it runs the servers).
 fn config(port: u16) -> CaptureConfig {
     CaptureConfig {
         ports: vec![port],
+        server_side: true,
         detect_kafka: false,
         exclude_self: false,
         ..CaptureConfig::default()
@@ -421,6 +423,50 @@ async fn oversized_syscalls_are_truncated_visibly() {
     let streams = seen.streams();
     let r = &streams[&(h.conn_id, Direction::Egress)];
     assert_eq!(r.stream.lost_bytes, (1 << 20) - cap as u64);
+}
+
+/// By default only clients' ends are copied: the broker's end (the filtered port is its local
+/// port) would cost without adding spans, which come from clients' ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_client_end_is_captured_by_default() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port();
+    let mut capture = Capture::start(&CaptureConfig {
+        server_side: false,
+        ..config(port)
+    })
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        read_to_end_alternating(conn.as_raw_fd()).unwrap();
+        for (call, data) in messages(2).0 {
+            send_all(conn.as_raw_fd(), call, &data).unwrap();
+        }
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_tcp-peer"))
+        .arg(addr.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    server.join().unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut capture, Duration::from_secs(10), |s| {
+        !s.closes.is_empty()
+    })
+    .await;
+    let me = std::process::id();
+    let bytes = |server: bool| -> usize {
+        seen.data
+            .iter()
+            .filter(|(h, _)| {
+                has_port(&h.tuple, port) && ((h.pid_tgid >> 32) as u32 == me) == server
+            })
+            .map(|(h, _)| h.chunk_len as usize)
+            .sum()
+    };
+    assert_eq!(bytes(false), messages(1).1.len() + messages(2).1.len());
+    assert_eq!(bytes(true), 0, "the server's end is not copied");
 }
 
 /// With detection on, a connection on an unlisted port that opens with a Kafka request is

@@ -256,8 +256,11 @@ pub struct Config {
     pub mode: u32,
     /// The capture's own process, never traced (its own Kafka requests, its exports).
     pub self_tgid: u32,
-    /// Non-zero: only connections with a local or remote port in `PORTS` are captured in full.
+    /// Non-zero: only connections with a remote port in `PORTS` (a client's connection to a
+    /// broker) are captured in full.
     pub filter_ports: u32,
+    /// Non-zero: connections with a local port in `PORTS` (this host is the broker) are too.
+    pub server_side: u32,
     /// Non-zero: only processes in `PIDS` are traced.
     pub filter_pids: u32,
     /// Non-zero: only cgroups in `CGROUPS` are traced.

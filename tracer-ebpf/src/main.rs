@@ -66,6 +66,7 @@ static CONFIG: Config = Config {
     mode: mode::SOCK,
     self_tgid: 0,
     filter_ports: 0,
+    server_side: 0,
     filter_pids: 0,
     filter_cgroups: 0,
     detect: 0,
@@ -195,11 +196,12 @@ fn task_traced(cfg: &Config, tgid: u32) -> bool {
 /// How a connection with these endpoints is captured, or `None` to ignore it.
 #[inline(always)]
 fn classify(cfg: &Config, t: &ConnTuple) -> Option<u8> {
-    if cfg.filter_ports == 0
-        || unsafe { PORTS.get(&t.lport) }.is_some()
-        || unsafe { PORTS.get(&t.rport) }.is_some()
-    {
+    if cfg.filter_ports == 0 || unsafe { PORTS.get(&t.rport) }.is_some() {
         Some(track::FULL)
+    } else if unsafe { PORTS.get(&t.lport) }.is_some() {
+        // The broker's end: spans and metrics come from clients' ends, so copying it would
+        // only cost (on a broker node, all of the broker's traffic).
+        (cfg.server_side != 0).then_some(track::FULL)
     } else if cfg.detect != 0 {
         Some(track::SNIFF)
     } else {

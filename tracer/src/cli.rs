@@ -219,6 +219,7 @@ impl Args {
             } else {
                 self.ports.clone()
             },
+            server_side: false,
             detect_kafka: self.detect_kafka,
             sniff_bytes: self.sniff_bytes,
             pids: self.pids.clone(),

@@ -44,9 +44,11 @@ pub enum CaptureMode {
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
     pub mode: CaptureMode,
-    /// Connections with one of these local or remote ports are captured in full. Empty: every
-    /// TCP connection is.
+    /// Connections to one of these remote ports are captured in full. Empty: every TCP
+    /// connection is.
     pub ports: Vec<u16>,
+    /// Also capture connections with one of `ports` as local port (this host is the broker).
+    pub server_side: bool,
     /// Sniff connections on other ports and capture those that userspace finds to be Kafka.
     pub detect_kafka: bool,
     /// Bytes per direction sent to userspace for a sniffed connection before its verdict.
@@ -69,6 +71,7 @@ impl Default for CaptureConfig {
         Self {
             mode: CaptureMode::Auto,
             ports: vec![9092],
+            server_side: false,
             detect_kafka: true,
             sniff_bytes: 1024,
             pids: Vec::new(),
@@ -241,6 +244,7 @@ impl Capture {
                 0
             },
             filter_ports: u32::from(!cfg.ports.is_empty()),
+            server_side: u32::from(cfg.server_side),
             filter_pids: u32::from(!cfg.pids.is_empty()),
             filter_cgroups: u32::from(!cfg.cgroup_ids.is_empty()),
             detect: u32::from(cfg.detect_kafka && !cfg.ports.is_empty()),
