@@ -6,7 +6,19 @@ use clap::Parser as _;
 use tracer::{cli::Args, daemon};
 use tracing_subscriber::EnvFilter;
 
+/// Frame buffers of a few MiB are allocated and freed per large request or response. Above
+/// glibc's default threshold each would be a fresh mmap, page-faulted in and unmapped again;
+/// from the heap it is reused. Freed memory kept for reuse is bounded by the trim threshold.
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let args = Args::parse();
     let filter = match EnvFilter::try_new(&args.log) {
         Ok(f) => f,

@@ -331,6 +331,8 @@ impl Framer {
                     }
                     self.size = Some(size as usize);
                     self.consumed = 0;
+                    // The frame's size is known: one allocation, no copies as it grows.
+                    self.buf.reserve_exact((size as usize).min(self.max_frame));
                 }
                 continue;
             };
