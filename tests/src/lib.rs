@@ -247,7 +247,22 @@ pub fn client(args: &[&str]) -> anyhow::Result<String> {
     client_env(&[], args)
 }
 
-/// Same, with environment variables for the client process.
+/// librdkafka consuming `count` records of partition 0 of `topic` from the start (20 s at most).
+pub fn consume(bootstrap: &str, topic: &str, count: &str) -> anyhow::Result<String> {
+    client(&[
+        "consume",
+        "confluent",
+        bootstrap,
+        topic,
+        count,
+        "--partition",
+        "0",
+        "--timeout",
+        "20",
+    ])
+}
+
+/// Same as [`client`], with environment variables for the client process.
 pub fn client_env(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<String> {
     finish(
         client_command(args).envs(env.iter().copied()).output()?,

@@ -101,6 +101,19 @@ fn config(port: u16) -> CaptureConfig {
     }
 }
 
+/// The server end for tcp-peer, on a thread: reads what the peer sends (alternating read and
+/// recvmsg), answers with the second side's messages, and returns what it read.
+fn serve_peer(listener: TcpListener) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let got = read_to_end_alternating(conn.as_raw_fd()).unwrap();
+        for (call, data) in messages(2).0 {
+            send_all(conn.as_raw_fd(), call, &data).unwrap();
+        }
+        got
+    })
+}
+
 fn has_port(t: &ConnTuple, port: u16) -> bool {
     t.lport == port || t.rport == port
 }
@@ -118,14 +131,7 @@ async fn byte_exact(mode: CaptureMode, bind: &str) {
     .expect("capture starts");
     assert_eq!(capture.mode(), mode);
 
-    let server = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().unwrap();
-        let got = read_to_end_alternating(conn.as_raw_fd()).unwrap();
-        for (call, data) in messages(2).0 {
-            send_all(conn.as_raw_fd(), call, &data).unwrap();
-        }
-        got
-    });
+    let server = serve_peer(listener);
     let out = Command::new(env!("CARGO_BIN_EXE_tcp-peer"))
         .arg(addr.to_string())
         .output()
@@ -437,13 +443,7 @@ async fn only_the_client_end_is_captured_by_default() {
         ..config(port)
     })
     .unwrap();
-    let server = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().unwrap();
-        read_to_end_alternating(conn.as_raw_fd()).unwrap();
-        for (call, data) in messages(2).0 {
-            send_all(conn.as_raw_fd(), call, &data).unwrap();
-        }
-    });
+    let server = serve_peer(listener);
     let out = Command::new(env!("CARGO_BIN_EXE_tcp-peer"))
         .arg(addr.to_string())
         .output()
@@ -682,13 +682,7 @@ async fn process_and_cgroup_filters_select_whose_traffic_is_captured() {
     })
     .unwrap();
 
-    let server = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().unwrap();
-        read_to_end_alternating(conn.as_raw_fd()).unwrap();
-        for (call, data) in messages(2).0 {
-            send_all(conn.as_raw_fd(), call, &data).unwrap();
-        }
-    });
+    let server = serve_peer(listener);
     let child = Command::new("sh")
         .stdout(std::process::Stdio::piped())
         .arg("-c")

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tests::{Broker, TRACEPARENT, client, tracer::Tracer};
+use tests::{Broker, TRACEPARENT, client, consume, tracer::Tracer};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
@@ -155,18 +155,7 @@ fn the_daemonsets_capabilities_are_enough() {
         "0",
     ])
     .unwrap();
-    client(&[
-        "consume",
-        "confluent",
-        &broker.bootstrap(),
-        "least-privilege",
-        "2",
-        "--partition",
-        "0",
-        "--timeout",
-        "20",
-    ])
-    .unwrap();
+    consume(&broker.bootstrap(), "least-privilege", "2").unwrap();
     let (resources, log) = tracer.stop_with_resources();
     let spans: Vec<(&str, &Value)> = resources
         .iter()

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    BackgroundClient, Broker, client,
+    BackgroundClient, Broker, client, consume,
     receiver::{Received, Receiver},
     summary,
     tracer::{Tracer, logged},
@@ -24,6 +24,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// What a scenario runs against: a runtime for the receiver, the receiver, and a broker with
+/// `topic` in `partitions` partitions.
+fn parts(topic: &str, partitions: u32) -> (tokio::runtime::Runtime, Receiver, Broker) {
+    let rt = runtime();
+    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let broker = Broker::start().unwrap();
+    broker.create_topic(topic, partitions).unwrap();
+    (rt, receiver, broker)
 }
 
 /// The tracer's environment for exporting to `receiver` with the default OTLP protocol.
@@ -150,18 +160,7 @@ fn every_codec_is_traced_and_linked() {
             .unwrap();
             mine.extend(delivered(&out));
         }
-        client(&[
-            "consume",
-            "confluent",
-            &broker.bootstrap(),
-            &topic,
-            "8",
-            "--partition",
-            "0",
-            "--timeout",
-            "20",
-        ])
-        .unwrap();
+        consume(&broker.bootstrap(), &topic, "8").unwrap();
         produced.push((codec, topic, mine));
     }
     let (_, log) = tracer.stop_with_log();
@@ -205,10 +204,7 @@ fn free_port() -> u16 {
 /// the group's name, and /metrics shows its lag and commits per partition.
 #[test]
 fn consumer_groups_are_named_and_their_lag_measured() {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(None)).unwrap();
-    let broker = Broker::start().unwrap();
-    broker.create_topic("groups", 3).unwrap();
+    let (_rt, receiver, broker) = parts("groups", 3);
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut env = otlp(&receiver);
     env.push(("KAFKA_TRACER_METRICS_ADDR", metrics.clone()));
@@ -267,10 +263,7 @@ fn consumer_groups_are_named_and_their_lag_measured() {
 /// one connection. Every record is covered by a send span, every poll span is linked.
 #[test]
 fn partitions_and_pipelined_requests_are_all_traced() {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(None)).unwrap();
-    let broker = Broker::start().unwrap();
-    broker.create_topic("pipelined", 3).unwrap();
+    let (_rt, receiver, broker) = parts("pipelined", 3);
     let tracer = start_tracer(broker.port, "pipelined", &otlp(&receiver));
     let produced = delivered(
         &client(&[
@@ -335,10 +328,7 @@ fn partitions_and_pipelined_requests_are_all_traced() {
 /// asks the broker), and links what it sees.
 #[test]
 fn clients_started_before_the_tracer_are_traced_from_attach() {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(None)).unwrap();
-    let broker = Broker::start().unwrap();
-    broker.create_topic("early", 1).unwrap();
+    let (_rt, receiver, broker) = parts("early", 1);
     let consumer = BackgroundClient::start(&[
         "consume",
         "confluent",
@@ -431,10 +421,7 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
 /// tracing the new connections, and nothing crashes.
 #[test]
 fn a_broker_restart_is_survived() {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(None)).unwrap();
-    let mut broker = Broker::start().unwrap();
-    broker.create_topic("restart", 1).unwrap();
+    let (_rt, receiver, mut broker) = parts("restart", 1);
     let tracer = start_tracer(broker.port, "restart", &otlp(&receiver));
     let producer = BackgroundClient::start(&[
         "produce",
@@ -470,18 +457,7 @@ fn a_broker_restart_is_survived() {
             .map_or(0, |i| i + 1);
         produced[restart_at..].to_vec()
     };
-    client(&[
-        "consume",
-        "confluent",
-        &broker.bootstrap(),
-        "restart",
-        &after.len().to_string(),
-        "--partition",
-        "0",
-        "--timeout",
-        "20",
-    ])
-    .unwrap();
+    consume(&broker.bootstrap(), "restart", &after.len().to_string()).unwrap();
     let (_, log) = tracer.stop_with_log();
     let seen = Seen::of(&receiver, "restart");
     let before = seen
@@ -510,11 +486,8 @@ fn a_broker_restart_is_survived() {
 /// delivered, failed or dropped, none unaccounted.
 #[test]
 fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let (rt, receiver, broker) = parts("outage", 1);
     let ports = (receiver.port, receiver.http_port);
-    let broker = Broker::start().unwrap();
-    broker.create_topic("outage", 1).unwrap();
     let mut env = otlp(&receiver);
     env.push(("OTEL_EXPORTER_OTLP_TIMEOUT", "1000".into()));
     let tracer = start_tracer(broker.port, "outage", &env);

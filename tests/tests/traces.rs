@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Broker, TRACEPARENT, client,
+    Broker, TRACEPARENT, client, consume,
     tracer::{Tracer, attr, logged, named, rss_kib},
 };
 
@@ -28,18 +28,7 @@ fn producer_and_consumer_spans_join_the_header_trace() {
         "0",
     ])
     .unwrap();
-    client(&[
-        "consume",
-        "confluent",
-        &broker.bootstrap(),
-        "e2e-header",
-        "3",
-        "--partition",
-        "0",
-        "--timeout",
-        "20",
-    ])
-    .unwrap();
+    consume(&broker.bootstrap(), "e2e-header", "3").unwrap();
     let spans = tracer.stop();
     let (send, poll) = (
         named(&spans, "send e2e-header"),
@@ -87,18 +76,7 @@ fn two_tracers_link_records_without_headers() {
     .unwrap();
     let a_spans = a.stop();
     let b = Tracer::start(broker.port, "node-b");
-    client(&[
-        "consume",
-        "confluent",
-        &broker.bootstrap(),
-        "e2e-plain",
-        "4",
-        "--partition",
-        "0",
-        "--timeout",
-        "20",
-    ])
-    .unwrap();
+    consume(&broker.bootstrap(), "e2e-plain", "4").unwrap();
     let b_spans = b.stop();
     let send = named(&a_spans, "send e2e-plain");
     let poll = named(&b_spans, "poll e2e-plain");
@@ -154,18 +132,7 @@ fn two_tracers_sampling_at_half_keep_the_same_traces() {
     .unwrap();
     let (a_spans, a_log) = a.stop_with_log();
     let b = Tracer::start_with(broker.port, "sampled-b", &sampler);
-    client(&[
-        "consume",
-        "confluent",
-        &broker.bootstrap(),
-        "e2e-sampled",
-        &BATCHES.to_string(),
-        "--partition",
-        "0",
-        "--timeout",
-        "20",
-    ])
-    .unwrap();
+    consume(&broker.bootstrap(), "e2e-sampled", &BATCHES.to_string()).unwrap();
     let b_spans = b.stop();
     let traces = |spans: &[&Value]| -> std::collections::BTreeSet<String> {
         spans
@@ -229,18 +196,7 @@ async fn spans_reach_an_otlp_receiver(protocol: &str, gzip: bool) {
             "0",
         ])
         .unwrap();
-        client(&[
-            "consume",
-            "confluent",
-            &bootstrap,
-            &t,
-            "2",
-            "--partition",
-            "0",
-            "--timeout",
-            "20",
-        ])
-        .unwrap();
+        consume(&bootstrap, &t, "2").unwrap();
     })
     .await
     .unwrap();

@@ -87,29 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Setup => setup::all(&root),
         Cmd::Run { demo: true, .. } => {
             setup::all(&root)?;
-            setup::python_env(&root)?;
-            cargo(
-                &root,
-                &[
-                    "build",
-                    "--release",
-                    "--package",
-                    "tracer",
-                    "--package",
-                    "tests",
-                    "--bin",
-                    "kafka-tracer",
-                    "--bin",
-                    "demo",
-                ],
-            )?;
-            let status = setup::as_root(&root.join("target/release/demo"))
-                .status()
-                .context("starting the demo")?;
-            if !status.success() {
-                bail!("the demo failed ({status})");
-            }
-            Ok(())
+            tests_binary(&root, "demo", &[])
         }
         Cmd::Run { args, .. } => {
             setup::all(&root)?;
@@ -149,32 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &root,
                     &["bench", "--package", "tracer", "--bench", "decode"],
                 ),
-                "overhead" => {
-                    setup::python_env(&root)?;
-                    cargo(
-                        &root,
-                        &[
-                            "build",
-                            "--release",
-                            "--package",
-                            "tracer",
-                            "--package",
-                            "tests",
-                            "--bin",
-                            "kafka-tracer",
-                            "--bin",
-                            "overhead",
-                        ],
-                    )?;
-                    let status = setup::as_root(&root.join("target/release/overhead"))
-                        .args(&args)
-                        .status()
-                        .context("starting the overhead benchmark")?;
-                    if !status.success() {
-                        bail!("the overhead benchmark failed ({status})");
-                    }
-                    Ok(())
-                }
+                "overhead" => tests_binary(&root, "overhead", &args),
                 other => bail!("unknown benchmark {other:?}: use decode or overhead"),
             }
         }
@@ -224,6 +177,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Builds the daemon and the `tests` crate's binary `name` (the demo, the overhead benchmark:
+/// programs that drive the real broker and clients), and runs it as root with `args`.
+fn tests_binary(root: &Path, name: &str, args: &[String]) -> anyhow::Result<()> {
+    setup::python_env(root)?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "tracer",
+            "--package",
+            "tests",
+            "--bin",
+            "kafka-tracer",
+            "--bin",
+            name,
+        ],
+    )?;
+    let status = setup::as_root(&root.join("target/release").join(name))
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {name}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
 }
 
 /// Runs `cargo test`, passing its output through and adding up its `test result:` lines.
