@@ -52,9 +52,10 @@ pub struct Args {
     #[arg(long = "cgroup", env = "KAFKA_TRACER_CGROUPS", value_delimiter = ',')]
     pub cgroups: Vec<PathBuf>,
 
-    /// Bytes copied from one syscall at most; the rest is counted as truncated. The default
-    /// holds a 1 MiB produce request with room to spare.
-    #[arg(long, env = "KAFKA_TRACER_MAX_BYTES_PER_SYSCALL", default_value_t = 2 << 20)]
+    /// Bytes copied from one syscall at most; the rest is counted as truncated. Consumers read
+    /// a fetch response of several MiB in one syscall when they are behind (librdkafka at
+    /// 400k records/s: up to about 5 MiB), and records past the cap get no span.
+    #[arg(long, env = "KAFKA_TRACER_MAX_BYTES_PER_SYSCALL", default_value_t = 16 << 20)]
     pub max_bytes_per_syscall: u32,
 
     /// Size of the kernel-to-daemon ring buffer in bytes (a power of two). Larger absorbs
@@ -74,7 +75,7 @@ pub struct Args {
 
     /// Bytes of one Kafka frame kept for decoding; larger frames (big fetch responses) are
     /// decoded from their first part, and counted as partial.
-    #[arg(long, env = "KAFKA_TRACER_MAX_FRAME_BYTES", default_value_t = 8 << 20)]
+    #[arg(long, env = "KAFKA_TRACER_MAX_FRAME_BYTES", default_value_t = 16 << 20)]
     pub max_frame_bytes: usize,
 
     /// Bytes all connections may hold in frame buffers together; past it, bytes are skipped
@@ -262,7 +263,7 @@ mod tests {
         let c = a.capture_config().unwrap();
         assert_eq!(
             (c.ports.as_slice(), c.detect_kafka, c.max_bytes_per_syscall),
-            (&[9092][..], true, 2 << 20)
+            (&[9092][..], true, 16 << 20)
         );
         let a = Args::try_parse_from([
             "kafka-tracer",

@@ -35,7 +35,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             max_connections: 65536,
-            max_frame_bytes: 8 << 20,
+            max_frame_bytes: 16 << 20,
             max_in_flight: 256,
             max_buffered_bytes: 128 << 20,
             decode: DecodeOptions::default(),

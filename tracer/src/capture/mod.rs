@@ -76,7 +76,7 @@ impl Default for CaptureConfig {
             sniff_bytes: 1024,
             pids: Vec::new(),
             cgroup_ids: Vec::new(),
-            max_bytes_per_syscall: 2 << 20,
+            max_bytes_per_syscall: 16 << 20,
             ring_buffer_bytes: 16 << 20,
             exclude_self: true,
         }
