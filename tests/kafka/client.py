@@ -2,7 +2,8 @@
 (librdkafka) or kafka-python, with a chosen codec and record headers.
 
   client.py produce LIB BOOTSTRAP TOPIC COUNT CODEC [--traceparent TP] [--partition P] [--acks A]
-                    [--size BYTES] [--flush-every N] [--linger-ms MS] [--interval S]
+                    [--size BYTES] [--flush-every N] [--linger-ms MS] [--batch-bytes B]
+                    [--interval S]
                     [--tolerate-errors]
   client.py consume LIB BOOTSTRAP TOPIC COUNT [--group G] [--partition P]
   client.py perf confluent BOOTSTRAP TOPIC COUNT [CODEC] [--size BYTES]
@@ -23,6 +24,7 @@ def produce_confluent(a):
         "compression.type": a.codec,
         "acks": str(a.acks),
         "linger.ms": a.linger_ms,
+        "batch.size": a.batch_bytes,
         "client.id": "tracer-test-confluent",
     }
     p = Producer(conf)
@@ -178,6 +180,7 @@ def main():
     ap.add_argument("--group")
     ap.add_argument("--size", type=int, default=20)
     ap.add_argument("--linger-ms", type=int, default=5)
+    ap.add_argument("--batch-bytes", type=int, default=1000000, help="librdkafka batch.size")
     ap.add_argument("--interval", type=float, default=0, help="seconds between records")
     ap.add_argument("--tolerate-errors", action="store_true",
                     help="report failed deliveries in the output instead of failing (confluent)")

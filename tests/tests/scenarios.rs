@@ -275,6 +275,9 @@ fn partitions_and_pipelined_requests_are_all_traced() {
             "none",
             "--linger-ms",
             "0",
+            // Batches of at most 16 KiB: dozens of requests, more than one in flight.
+            "--batch-bytes",
+            "16384",
             "--size",
             "200",
         ])
