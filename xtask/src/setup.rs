@@ -23,12 +23,14 @@ pub fn all(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the tests need on top: the broker and client libraries, cargo-fuzz, and tshark (the
-/// decoders are cross-checked against Wireshark's Kafka dissector).
+/// What the tests need on top: the broker and client libraries, cargo-fuzz, tshark (the
+/// decoders are cross-checked against Wireshark's Kafka dissector), and bpftool (no program or
+/// map may outlive the tracer).
 pub fn test_env(root: &Path) -> anyhow::Result<()> {
     python_env(root)?;
     cargo_fuzz()?;
-    tshark()
+    tshark()?;
+    apt_package("bpftool", &["bpftool"])
 }
 
 /// tshark and text2pcap from the distribution (Debian/Ubuntu).
