@@ -152,12 +152,16 @@ pub fn logged(log: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not logged: {log}"))
 }
 
+/// The first word of field `key` (`VmRSS`, `CapEff`, ...) in /proc/PID/status.
+pub fn proc_status(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?;
+    line.split_whitespace().next().map(str::to_string)
+}
+
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+    proc_status(pid, "VmRSS").unwrap().parse().unwrap()
 }

@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tests::{Broker, TRACEPARENT, client, consume, tracer::Tracer};
+use tests::{
+    Broker, TRACEPARENT, client, consume,
+    tracer::{Tracer, proc_status},
+};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
@@ -130,12 +133,8 @@ fn the_daemonsets_capabilities_are_enough() {
     let broker = Broker::start().unwrap();
     broker.create_topic("least-privilege", 1).unwrap();
     let tracer = Tracer::start_wrapped(broker.port, "least-privilege", &[], &wrapper);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.child.id())).unwrap();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap();
+    let effective =
+        u64::from_str_radix(&proc_status(tracer.child.id(), "CapEff").unwrap(), 16).unwrap();
     // CAP_PERFMON = 38, CAP_BPF = 39.
     assert_eq!(
         effective,

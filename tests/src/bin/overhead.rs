@@ -9,7 +9,11 @@
 use std::{process::ExitCode, time::Duration};
 
 use serde_json::Value;
-use tests::{Broker, client, receiver::Receiver, tracer::Tracer};
+use tests::{
+    Broker, client,
+    receiver::Receiver,
+    tracer::{Tracer, proc_status},
+};
 
 struct Run {
     traced: bool,
@@ -48,11 +52,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    proc_status(pid, "VmHWM")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
