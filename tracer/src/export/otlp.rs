@@ -6,7 +6,6 @@
 //! a short retry, are counted as dropped.
 
 use std::{
-    str::FromStr as _,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -226,11 +225,18 @@ impl Transport {
             "OTLP endpoint {:?}: this version exports without TLS; use an http:// endpoint (a collector on the node or in the cluster)",
             cfg.url
         );
+        // One map for both transports (gRPC metadata is HTTP/2 headers).
+        let mut headers = hyper::HeaderMap::new();
         for (k, v) in &cfg.headers {
-            anyhow::ensure!(
-                hyper::header::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).is_ok()
-                    && hyper::header::HeaderValue::from_str(v).is_ok(),
-                "invalid header {k:?} in OTEL_EXPORTER_OTLP_HEADERS: use key=value,key2=value2"
+            let bad = || {
+                format!(
+                    "invalid header {k:?} in OTEL_EXPORTER_OTLP_HEADERS: use key=value,key2=value2"
+                )
+            };
+            headers.insert(
+                hyper::header::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                    .with_context(bad)?,
+                hyper::header::HeaderValue::from_str(v).with_context(bad)?,
             );
         }
         Ok(match cfg.protocol {
@@ -244,24 +250,15 @@ impl Transport {
                 if cfg.gzip {
                     client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
                 }
-                let mut headers = tonic::metadata::MetadataMap::new();
-                for (k, v) in &cfg.headers {
-                    let key = tonic::metadata::MetadataKey::from_str(&k.to_ascii_lowercase())?;
-                    headers.insert(key, v.parse()?);
+                Self::Grpc {
+                    client,
+                    headers: tonic::metadata::MetadataMap::from_headers(headers),
                 }
-                Self::Grpc { client, headers }
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => {
                 let uri: hyper::Uri = cfg.url.parse().with_context(bad_url)?;
                 anyhow::ensure!(uri.host().is_some(), "{}", bad_url());
                 let json = cfg.protocol == Protocol::HttpJson;
-                let mut headers = hyper::HeaderMap::new();
-                for (k, v) in &cfg.headers {
-                    headers.insert(
-                        hyper::header::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?,
-                        v.parse()?,
-                    );
-                }
                 let ctype = if json {
                     "application/json"
                 } else {
