@@ -484,9 +484,12 @@ fn a_broker_restart_is_survived() {
     assert!(log.contains("detaching"), "clean exit: {log}");
 }
 
-/// The OTLP receiver goes away for a while and comes back on the same port: the tracer stays
-/// up, counts what it could not deliver, and delivers again afterwards; every span is
-/// delivered, failed or dropped, none unaccounted.
+/// How long the OTLP receiver stays away in the outage scenario.
+const OUTAGE: Duration = Duration::from_secs(60);
+
+/// The OTLP receiver goes away for [`OUTAGE`] while a producer keeps sending, and comes back on
+/// the same port: the tracer stays up with bounded memory, counts what it could not deliver,
+/// and delivers again afterwards; every span is delivered, failed or dropped, none unaccounted.
 #[test]
 fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
     let (rt, receiver, broker) = parts("outage", 1);
@@ -494,22 +497,28 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
     let mut env = otlp(&receiver);
     env.push(("OTEL_EXPORTER_OTLP_TIMEOUT", "1000".into()));
     let tracer = start_tracer(broker.port, "outage", &env);
-    let produce = |n: &str| {
-        delivered(
-            &client(&[
-                "produce",
-                "confluent",
-                &broker.bootstrap(),
-                "outage",
-                n,
-                "none",
-                "--partition",
-                "0",
-                "--flush-every",
-                "1",
-            ])
-            .unwrap(),
-        )
+    let pid = tracer.child.id();
+    let bootstrap = broker.bootstrap();
+    // One request, hence one send span, per record; `interval` seconds between records.
+    let produce_args = |n: &'static str, interval: &'static str| {
+        vec![
+            "produce".to_string(),
+            "confluent".into(),
+            bootstrap.clone(),
+            "outage".into(),
+            n.into(),
+            "none".into(),
+            "--partition".into(),
+            "0".into(),
+            "--flush-every".into(),
+            "1".into(),
+            "--interval".into(),
+            interval.into(),
+        ]
+    };
+    let produce = |n, interval| {
+        let args = produce_args(n, interval);
+        delivered(&client(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap())
     };
     let wait_for = |r: &Receiver, n: usize| {
         let end = Instant::now() + Duration::from_secs(10);
@@ -517,13 +526,22 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let first = produce("3");
+    let first = produce("3", "0");
     wait_for(&receiver, 3);
     let before = Seen::of(&receiver, "outage");
+    let attached_kib = tests::tracer::rss_kib(pid);
     drop(receiver);
-    let during = produce("3");
-    // Longer than the exporter's retries (about 1.2 s).
-    std::thread::sleep(Duration::from_secs(4));
+    // Steady traffic through the outage: 5 records a second.
+    let outage_start = Instant::now();
+    let steady_args = produce_args("250", "0.2");
+    let steady =
+        BackgroundClient::start(&steady_args.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap();
+    let mut peak_kib = attached_kib;
+    while outage_start.elapsed() < OUTAGE {
+        peak_kib = peak_kib.max(tests::tracer::rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let receiver = {
         let end = Instant::now() + Duration::from_secs(5);
         loop {
@@ -534,21 +552,28 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
             }
         }
     };
-    let last = produce("3");
+    let during = delivered(&steady.finish().unwrap());
+    let last = produce("3", "0");
     wait_for(&receiver, 3);
     let (_, log) = tracer.stop_with_log();
     let after = Seen::of(&receiver, "outage");
     let all: Vec<(i64, i64)> = first.iter().chain(&during).chain(&last).copied().collect();
     summary(&format!(
-        "e2e OTLP outage: {} records produced, {} send spans before the outage, {} after, {} spans failed during it",
+        "e2e OTLP outage of {} s: {} records produced, {} send spans before the outage, {} after, {} spans failed, tracer RSS {} KiB at the start and {} KiB peak",
+        OUTAGE.as_secs(),
         all.len(),
         before.send.len(),
         after.send.len(),
-        logged(&log, "export_failed")
+        logged(&log, "export_failed"),
+        attached_kib,
+        peak_kib,
     ));
     assert_eq!(before.lost(&first), 0);
     assert_eq!(after.lost(&last), 0, "export resumed: {log}");
-    assert!(logged(&log, "export_failed") >= 3, "{log}");
+    assert!(
+        logged(&log, "export_failed") >= 200,
+        "the outage's spans counted as failed: {log}"
+    );
     assert_eq!(
         logged(&log, "producer") + logged(&log, "consumer"),
         logged(&log, "exported")
@@ -557,5 +582,9 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
             + logged(&log, "queued")
             + logged(&log, "sampled_out"),
         "every span accounted for: {log}"
+    );
+    assert!(
+        peak_kib < attached_kib + (16 << 10),
+        "memory stays bounded: {attached_kib} KiB -> {peak_kib} KiB"
     );
 }

@@ -331,8 +331,6 @@ impl Framer {
                     }
                     self.size = Some(size as usize);
                     self.consumed = 0;
-                    // The frame's size is known: one allocation, no copies as it grows.
-                    self.buf.reserve_exact((size as usize).min(self.max_frame));
                 }
                 continue;
             };
@@ -342,6 +340,7 @@ impl Framer {
             } else {
                 n.min(self.max_frame - self.buf.len())
             };
+            self.grow(keep, size);
             self.buf.extend_from_slice(&bytes[..keep]);
             if keep < n {
                 self.damaged = true; // over the cap
@@ -356,6 +355,19 @@ impl Framer {
             }
         }
         None
+    }
+
+    /// Makes room for `more` bytes of a frame of `size`: doubling, as a Vec would, but never
+    /// past the frame (or the cap), so a multi-MiB frame costs a few allocations and its last
+    /// one is exact. Room is not taken from what the size prefix announces: a peer announcing
+    /// 16 MiB and sending nothing would otherwise hold 16 MiB of the global budget.
+    fn grow(&mut self, more: usize, size: usize) {
+        let (len, cap) = (self.buf.len(), self.buf.capacity());
+        if cap - len >= more {
+            return;
+        }
+        let want = (len + more).max(cap * 2).min(size.min(self.max_frame));
+        self.buf.reserve_exact(want.max(len + more) - len);
     }
 
     /// `lost` bytes are missing before the next piece (0: the next piece overlaps).
@@ -676,6 +688,35 @@ mod tests {
             ok
         });
         assert_eq!(got, vec![b"Bokay".to_vec()]);
+    }
+
+    /// Memory follows the bytes that came, not the size a peer announces; a frame arriving in
+    /// pieces still ends in one exact buffer.
+    #[test]
+    fn announced_sizes_are_not_reserved() {
+        let mut f = Framer::new(16 << 20, true);
+        let mut head = ((16 << 20) - 1i32).to_be_bytes().to_vec();
+        head.extend_from_slice(&[7; 10]);
+        assert!(run(&mut f, &[(0, &head)], NEVER).is_empty());
+        assert!(f.buffered() < 1 << 10, "{}", f.buffered());
+
+        let mut f = Framer::new(16 << 20, true);
+        let size = 3 << 20;
+        let mut frame = (size as i32).to_be_bytes().to_vec();
+        frame.extend((0..size).map(|i| i as u8));
+        let (mut stream, mut out) = (Stream::default(), Vec::new());
+        let mut peak = 0;
+        for (i, chunk) in frame.chunks(64 << 10).enumerate() {
+            let piece = stream.push((i * (64 << 10)) as u64, chunk);
+            f.push(&piece, 1, 2, NEVER, &mut |fr| {
+                out.push(fr.body.to_vec());
+                true
+            });
+            peak = peak.max(f.buffered());
+        }
+        assert!(peak <= size, "never past the frame: {peak}");
+        assert_eq!(out.len(), 1);
+        assert!(out[0] == frame[4..], "the frame's bytes");
     }
 
     #[test]
