@@ -1,15 +1,21 @@
 //! The tracer stopped as an orchestrator stops it: SIGTERM must flush and detach everything it
 //! loaded, and even SIGKILL must leave no eBPF program or map behind (the kernel frees them
 //! with the process's last descriptor). Checked with bpftool, by the ids the tracer's own
-//! programs and maps had while it ran. Its own test binary: no other tracer loads programs
-//! meanwhile.
+//! programs and maps had while it ran. Its own test binary, its tests one at a time
+//! ([`ALONE`]): no other tracer loads programs meanwhile.
 
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use tests::{Broker, tracer::Tracer};
+use tests::{
+    BackgroundClient, Broker, summary,
+    tracer::{Tracer, named},
+};
+
+/// Held by each test: the program and map checks need no other tracer starting meanwhile.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Ids of the loaded eBPF programs (`prog`) or maps (`map`).
 fn ids(kind: &str) -> BTreeSet<u64> {
@@ -32,6 +38,7 @@ fn ids(kind: &str) -> BTreeSet<u64> {
 
 #[test]
 fn sigterm_and_sigkill_leave_no_program_or_map_behind() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let broker = Broker::start().unwrap();
     for (signal, name) in [(libc::SIGTERM, "sigterm"), (libc::SIGKILL, "sigkill")] {
         let (progs_before, maps_before) = (ids("prog"), ids("map"));
@@ -64,4 +71,106 @@ fn sigterm_and_sigkill_leave_no_program_or_map_behind() {
             "{name}: programs and maps left behind"
         );
     }
+}
+
+/// An integer attribute of an OTLP-JSON span (ints are JSON strings there).
+fn int_attr(span: &serde_json::Value, key: &str) -> Option<i64> {
+    let v = tests::tracer::attr(span, key)?;
+    v["intValue"].as_str()?.parse().ok()
+}
+
+/// The offsets a send or poll span covers.
+fn offsets(span: &serde_json::Value) -> std::ops::RangeInclusive<i64> {
+    match int_attr(span, "messaging.kafka.offset") {
+        Some(o) => o..=o,
+        None => {
+            int_attr(span, "messaging.kafka.first_offset").unwrap()
+                ..=int_attr(span, "messaging.kafka.last_offset").unwrap()
+        }
+    }
+}
+
+/// A tracer killed with SIGKILL while a producer and a consumer are running, and started again
+/// (as a DaemonSet restarts it): the new one attaches next to the old one's leftovers, and
+/// every record delivered after it attached has a send span, its fetches linked under it.
+#[test]
+fn a_tracer_killed_mid_stream_and_restarted_traces_on() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = Broker::start().unwrap();
+    broker.create_topic("killed", 1).unwrap();
+    let first = Tracer::start(broker.port, "killed-first");
+    let consumer = BackgroundClient::start(&[
+        "consume",
+        "confluent",
+        &broker.bootstrap(),
+        "killed",
+        "100",
+        "--partition",
+        "0",
+        "--timeout",
+        "40",
+    ])
+    .unwrap();
+    let producer = BackgroundClient::start(&[
+        "produce",
+        "confluent",
+        &broker.bootstrap(),
+        "killed",
+        "100",
+        "none",
+        "--partition",
+        "0",
+        "--flush-every",
+        "1",
+        "--interval",
+        "0.1",
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut first = first;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.child.id() as i32, libc::SIGKILL) };
+    first.child.wait().unwrap();
+    let second = Tracer::start(broker.port, "killed-second");
+    let attached = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let produced: serde_json::Value = serde_json::from_str(&producer.finish().unwrap()).unwrap();
+    consumer.finish().unwrap();
+    let (spans, log) = second.stop_with_log();
+    // Delivered a second after the restart: produced while the new tracer watched.
+    let after: Vec<i64> = produced
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["time"].as_f64().unwrap() > attached + 1.0)
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect();
+    let send = named(&spans, "send killed");
+    let poll = named(&spans, "poll killed");
+    let uncovered: Vec<i64> = after
+        .iter()
+        .filter(|o| !send.iter().any(|s| offsets(s).contains(o)))
+        .copied()
+        .collect();
+    let first_after = *after.first().expect("records after the restart");
+    let polls_after: Vec<_> = poll
+        .iter()
+        .filter(|p| *offsets(p).start() >= first_after)
+        .collect();
+    let linked = polls_after
+        .iter()
+        .filter(|p| send.iter().any(|s| s["spanId"] == p["parentSpanId"]))
+        .count();
+    summary(&format!(
+        "e2e tracer SIGKILL and restart: {} records after the restart, {} without a send span, {linked} of {} later poll spans linked",
+        after.len(),
+        uncovered.len(),
+        polls_after.len()
+    ));
+    assert!(after.len() >= 40, "attached at {attached}: {produced}");
+    assert_eq!(uncovered, Vec::<i64>::new(), "{log}");
+    assert!(!polls_after.is_empty(), "{} poll spans: {log}", poll.len());
+    assert_eq!(linked, polls_after.len(), "{log}");
 }

@@ -253,6 +253,14 @@ impl Framer {
         self.buf.capacity()
     }
 
+    /// Forgets a frame start found by resynchronising whose frame has not completed: it was
+    /// searched for under a hypothesis that turned out wrong.
+    pub fn drop_guess(&mut self) {
+        if self.synced && self.after_resync {
+            self.unsync();
+        }
+    }
+
     fn unsync(&mut self) {
         if self.synced {
             self.counters.resyncs += 1;

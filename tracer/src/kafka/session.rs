@@ -297,6 +297,7 @@ impl Session {
         } else {
             &plausible_resp
         };
+        let role_known = request_dir.is_some();
         let mut on_frame = |f: Frame<'_>| -> bool {
             let (as_request, guessed) = match *request_dir {
                 Some(d) => (d == dir, false),
@@ -334,6 +335,13 @@ impl Session {
             }
         };
         framers[dir as usize].push(piece, first_ns, last_ns, plausible, &mut on_frame);
+        // The first request names the roles. A frame the other direction found meanwhile was
+        // searched for as a request in what is the response stream: inside a fetch response,
+        // zero-filled fields read as a small request header with a size that can hold up every
+        // later response, so that guess goes and the search restarts for responses.
+        if !role_known && *request_dir == Some(dir) {
+            framers[1 - dir as usize].drop_guess();
+        }
     }
 
     /// The connection closed: requests still waiting will get no response.
@@ -480,6 +488,24 @@ mod tests {
     /// Attached mid-stream to a young connection: its first bytes are a response whose
     /// correlation id (13) reads as the start of a Produce v13 request. The guess fails to
     /// decode and names no direction, so the next request and its response still pair.
+    /// Mid-stream, the response stream's bytes are searched for a request until the roles are
+    /// known; a guess found there (a "Produce v3" header with an empty client id in the zeros of
+    /// a fetch response, announcing 1 MiB) must not outlive the first real request.
+    #[test]
+    fn a_guess_in_the_response_stream_goes_when_the_roles_are_known() {
+        let mut c = Conn::with(true);
+        let mut zeros = vec![0x00, 0x10, 0x00, 0x00, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0];
+        zeros.extend([0u8; 50]);
+        c.push(Direction::Ingress, &zeros);
+        c.push(Direction::Egress, &request(18, 0, 7, b""));
+        c.push(Direction::Ingress, &api_versions_response(7));
+        assert_eq!(c.out.len(), 1, "{:?}", c.counters);
+        assert!(matches!(
+            c.out[0].response,
+            Some(Ok(Response::ApiVersions(_)))
+        ));
+    }
+
     #[test]
     fn a_response_mistaken_for_a_request_does_not_fix_the_roles() {
         let mut c = Conn::with(true);
