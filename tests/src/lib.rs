@@ -262,6 +262,29 @@ pub fn consume(bootstrap: &str, topic: &str, count: &str) -> anyhow::Result<Stri
     ])
 }
 
+/// librdkafka producing `count` records in `codec` to partition 0 of `topic`, each with the
+/// W3C header [`TRACEPARENT`], then consuming them as [`consume`] does.
+pub fn produce_and_consume(
+    bootstrap: &str,
+    topic: &str,
+    count: &str,
+    codec: &str,
+) -> anyhow::Result<()> {
+    client(&[
+        "produce",
+        "confluent",
+        bootstrap,
+        topic,
+        count,
+        codec,
+        "--traceparent",
+        TRACEPARENT,
+        "--partition",
+        "0",
+    ])?;
+    consume(bootstrap, topic, count).map(drop)
+}
+
 /// Same as [`client`], with environment variables for the client process.
 pub fn client_env(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<String> {
     finish(

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tests::{
-    Broker, TRACEPARENT, client, consume,
+    Broker, produce_and_consume,
     tracer::{Tracer, proc_status},
     venv,
 };
@@ -318,20 +318,7 @@ fn the_daemonsets_capabilities_are_enough() {
         (1 << 38) | (1 << 39),
         "only the granted capabilities"
     );
-    client(&[
-        "produce",
-        "confluent",
-        &broker.bootstrap(),
-        "least-privilege",
-        "2",
-        "none",
-        "--traceparent",
-        TRACEPARENT,
-        "--partition",
-        "0",
-    ])
-    .unwrap();
-    consume(&broker.bootstrap(), "least-privilege", "2").unwrap();
+    produce_and_consume(&broker.bootstrap(), "least-privilege", "2", "none").unwrap();
     let (resources, log) = tracer.stop_with_resources();
     let spans: Vec<(&str, &Value)> = resources
         .iter()

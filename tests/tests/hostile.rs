@@ -15,7 +15,7 @@ use std::{
 };
 
 use tests::{
-    Broker, TRACEPARENT, client, consume, payload, summary,
+    Broker, payload, produce_and_consume, summary,
     tracer::{Tracer, logged, named, rss_kib},
 };
 
@@ -150,20 +150,7 @@ fn hostile_connections_leave_memory_bounded_and_clients_traced() {
     let hostile_peak = rss.peak();
 
     // Meanwhile, a well-behaved producer and consumer.
-    client(&[
-        "produce",
-        "confluent",
-        &broker.bootstrap(),
-        "hostile",
-        "20",
-        "none",
-        "--traceparent",
-        TRACEPARENT,
-        "--partition",
-        "0",
-    ])
-    .unwrap();
-    consume(&broker.bootstrap(), "hostile", "20").unwrap();
+    produce_and_consume(&broker.bootstrap(), "hostile", "20", "none").unwrap();
     let (spans, log) = tracer.stop_with_log();
     let peak = rss.stop();
     drop(held);

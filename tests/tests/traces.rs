@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Broker, TRACEPARENT, client, consume,
+    Broker, client, consume, produce_and_consume,
     tracer::{Tracer, attr, logged, named, rss_kib},
 };
 
@@ -15,20 +15,7 @@ fn producer_and_consumer_spans_join_the_header_trace() {
     let broker = Broker::start().unwrap();
     broker.create_topic("e2e-header", 1).unwrap();
     let tracer = Tracer::start(broker.port, "header");
-    client(&[
-        "produce",
-        "confluent",
-        &broker.bootstrap(),
-        "e2e-header",
-        "3",
-        "zstd",
-        "--traceparent",
-        TRACEPARENT,
-        "--partition",
-        "0",
-    ])
-    .unwrap();
-    consume(&broker.bootstrap(), "e2e-header", "3").unwrap();
+    produce_and_consume(&broker.bootstrap(), "e2e-header", "3", "zstd").unwrap();
     let spans = tracer.stop();
     let (send, poll) = (
         named(&spans, "send e2e-header"),
@@ -183,20 +170,7 @@ async fn spans_reach_an_otlp_receiver(protocol: &str, gzip: bool) {
     let bootstrap = broker.bootstrap();
     let t = topic.clone();
     tokio::task::spawn_blocking(move || {
-        client(&[
-            "produce",
-            "confluent",
-            &bootstrap,
-            &t,
-            "2",
-            "lz4",
-            "--traceparent",
-            TRACEPARENT,
-            "--partition",
-            "0",
-        ])
-        .unwrap();
-        consume(&bootstrap, &t, "2").unwrap();
+        produce_and_consume(&bootstrap, &t, "2", "lz4").unwrap();
     })
     .await
     .unwrap();

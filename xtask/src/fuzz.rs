@@ -1,6 +1,7 @@
 //! `cargo xtask fuzz`: runs every cargo-fuzz target of fuzz/ with libFuzzer's memory and time
-//! limits, the `session` target seeded from the recorded real traffic in
-//! tracer/tests/fixtures. Any crash, leak, allocation over the limit or hang fails the command.
+//! limits, the `session` and `decoders` targets seeded from the recorded real traffic in
+//! tracer/tests/fixtures (whole connections and their single frames). Any crash, leak,
+//! allocation over the limit or hang fails the command.
 
 use std::{path::Path, process::Command};
 
@@ -13,7 +14,7 @@ pub const TARGETS: [&str; 3] = ["session", "decoders", "records"];
 /// Runs each target for `seconds`.
 pub fn run(root: &Path, seconds: u64, targets: &[String]) -> anyhow::Result<()> {
     let nightly = setup::ebpf_toolchain(root)?;
-    seed_session_corpus(root)?;
+    seed_corpora(root)?;
     let targets: Vec<&str> = if targets.is_empty() {
         TARGETS.to_vec()
     } else {
@@ -65,14 +66,43 @@ pub fn run(root: &Path, seconds: u64, targets: &[String]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Writes each recorded connection as an input of the `session` target: 64-byte pieces, each
-/// behind a control byte (direction bit, no loss, length class 3).
-fn seed_session_corpus(root: &Path) -> anyhow::Result<()> {
-    let corpus = root.join("fuzz/corpus/session");
-    std::fs::create_dir_all(&corpus)?;
+/// One recorded connection: its data records, each (direction, bytes); direction 0 is what the
+/// client sent. The format is tracer/tests/fixtures/README.md's.
+fn recording(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let end = (at + 5 + len).min(bytes.len());
+        records.push((bytes[at], &bytes[at + 5..end]));
+        at = end;
+    }
+    records
+}
+
+/// The frames (size prefix removed) of one direction's bytes.
+fn frames(stream: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(size) = stream.get(at..at + 4) {
+        let size = u32::from_be_bytes(size.try_into().expect("4 bytes")) as usize;
+        let Some(frame) = stream.get(at + 4..at + 4 + size) else {
+            break;
+        };
+        out.push(frame);
+        at += 4 + size;
+    }
+    out
+}
+
+/// Seeds from every recorded connection: for `session`, the connection as 64-byte pieces each
+/// behind a control byte (direction bit, no loss, length class 3); for `decoders`, each request
+/// frame and each response frame behind its request's API key and version.
+fn seed_corpora(root: &Path) -> anyhow::Result<()> {
     let fixtures = root.join("tracer/tests/fixtures");
     let cases =
         std::fs::read_dir(&fixtures).with_context(|| format!("reading {}", fixtures.display()))?;
+    let mut seeds: Vec<(&str, String, Vec<u8>)> = Vec::new();
     for case in cases.flatten().filter(|e| e.path().is_dir()) {
         let recordings = std::fs::read_dir(case.path())
             .with_context(|| format!("reading {}", case.path().display()))?;
@@ -82,26 +112,47 @@ fn seed_session_corpus(root: &Path) -> anyhow::Result<()> {
             }
             let bytes =
                 std::fs::read(&rec).with_context(|| format!("reading {}", rec.display()))?;
-            let mut seed = vec![0u8];
-            let mut at = 0;
-            while at + 5 <= bytes.len() {
-                let len =
-                    u32::from_le_bytes(bytes[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-                let ctl = if bytes[at] == 0 { 0x30 } else { 0xb0 };
-                for piece in bytes[at + 5..(at + 5 + len).min(bytes.len())].chunks(64) {
-                    seed.push(ctl);
-                    seed.extend_from_slice(piece);
-                }
-                at += 5 + len;
-            }
             let name = format!(
                 "{}-{}",
                 case.file_name().to_string_lossy(),
                 rec.file_name().unwrap_or_default().to_string_lossy()
             );
-            std::fs::write(corpus.join(&name), seed)
-                .with_context(|| format!("writing fuzz seed {name}"))?;
+            let records = recording(&bytes);
+            let mut session = vec![0u8];
+            let mut streams = [Vec::new(), Vec::new()];
+            for (dir, data) in &records {
+                for piece in data.chunks(64) {
+                    session.push(if *dir == 0 { 0x30 } else { 0xb0 });
+                    session.extend_from_slice(piece);
+                }
+                streams[usize::from(*dir != 0)].extend_from_slice(data);
+            }
+            seeds.push(("session", name.clone(), session));
+            // Requests name the key and version their responses (same correlation id) answer.
+            let mut asked = std::collections::HashMap::new();
+            for (i, request) in frames(&streams[0]).into_iter().enumerate() {
+                if let (Some(kv), Some(corr)) = (request.get(..4), request.get(4..8)) {
+                    asked.insert(corr.to_vec(), [kv[1], kv[3]]);
+                }
+                seeds.push((
+                    "decoders",
+                    format!("{name}-req{i}"),
+                    [&[0u8], request].concat(),
+                ));
+            }
+            for (i, response) in frames(&streams[1]).into_iter().enumerate() {
+                if let Some(kv) = response.get(..4).and_then(|corr| asked.get(corr)) {
+                    let seed = [&[1u8], &kv[..], response].concat();
+                    seeds.push(("decoders", format!("{name}-resp{i}"), seed));
+                }
+            }
         }
+    }
+    for (target, name, seed) in seeds {
+        let corpus = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        std::fs::write(corpus.join(&name), seed)
+            .with_context(|| format!("writing fuzz seed {target}/{name}"))?;
     }
     Ok(())
 }
