@@ -571,7 +571,7 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
     assert_eq!(before.lost(&first), 0);
     assert_eq!(after.lost(&last), 0, "export resumed: {log}");
     assert!(
-        logged(&log, "export_failed") >= 200,
+        logged(&log, "export_failed") >= 150,
         "the outage's spans counted as failed: {log}"
     );
     assert_eq!(
