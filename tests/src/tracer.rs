@@ -5,6 +5,10 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -164,4 +168,45 @@ pub fn proc_status(pid: u32, key: &str) -> Option<String> {
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     proc_status(pid, "VmRSS").unwrap().parse().unwrap()
+}
+
+/// Samples a process's resident memory every 100 ms until stopped; the peak in KiB.
+pub struct PeakRss {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakRss {
+    /// Starts sampling process `pid`.
+    pub fn watch(pid: u32) -> Self {
+        let (stop, peak) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                // Until the process is gone (it may exit before the sampler is stopped).
+                if let Some(kib) = proc_status(pid, "VmRSS").and_then(|v| v.parse().ok()) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, peak, thread }
+    }
+
+    /// The peak so far.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Stops sampling; the peak.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let peak = self.peak.clone();
+        self.thread.join().unwrap();
+        peak.load(Ordering::Relaxed)
+    }
 }

@@ -7,16 +7,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::Duration,
 };
 
 use tests::{
     Broker, payload, produce_and_consume, summary,
-    tracer::{Tracer, logged, named, rss_kib},
+    tracer::{PeakRss, Tracer, logged, named, rss_kib},
 };
 
 /// The memory bound the deployment promises (requests.memory of the DaemonSet), in KiB.
@@ -53,41 +49,6 @@ fn raise_fd_limit() {
     };
     // SAFETY: setrlimit with a valid struct; the tests run as root.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-}
-
-/// Samples a process's resident memory every 100 ms until stopped; the peak in KiB.
-struct PeakRss {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl PeakRss {
-    fn watch(pid: u32) -> Self {
-        let (stop, peak) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Self { stop, peak, thread }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let peak = self.peak.clone();
-        self.thread.join().unwrap();
-        peak.load(Ordering::Relaxed)
-    }
 }
 
 #[test]

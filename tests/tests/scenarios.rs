@@ -14,7 +14,7 @@ use tests::{
     BackgroundClient, Broker, client, consume,
     receiver::{Received, Receiver},
     summary,
-    tracer::{Tracer, logged},
+    tracer::{PeakRss, Tracer, logged},
 };
 
 /// A runtime for the receiver's tasks while the test thread drives blocking clients.
@@ -530,6 +530,7 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
     wait_for(&receiver, 3);
     let before = Seen::of(&receiver, "outage");
     let attached_kib = tests::tracer::rss_kib(pid);
+    let rss = PeakRss::watch(pid);
     drop(receiver);
     // Steady traffic through the outage: 5 records a second.
     let outage_start = Instant::now();
@@ -537,11 +538,7 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
     let steady =
         BackgroundClient::start(&steady_args.iter().map(String::as_str).collect::<Vec<_>>())
             .unwrap();
-    let mut peak_kib = attached_kib;
-    while outage_start.elapsed() < OUTAGE {
-        peak_kib = peak_kib.max(tests::tracer::rss_kib(pid));
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    std::thread::sleep(OUTAGE.saturating_sub(outage_start.elapsed()));
     let receiver = {
         let end = Instant::now() + Duration::from_secs(5);
         loop {
@@ -556,6 +553,7 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
     let last = produce("3", "0");
     wait_for(&receiver, 3);
     let (_, log) = tracer.stop_with_log();
+    let peak_kib = rss.stop();
     let after = Seen::of(&receiver, "outage");
     let all: Vec<(i64, i64)> = first.iter().chain(&during).chain(&last).copied().collect();
     summary(&format!(

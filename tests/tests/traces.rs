@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{
     Broker, client, consume, produce_and_consume,
-    tracer::{Tracer, attr, logged, named, rss_kib},
+    tracer::{PeakRss, Tracer, attr, logged, named, rss_kib},
 };
 
 #[test]
@@ -251,6 +251,7 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
     );
     let pid = tracer.child.id();
     let before = rss_kib(pid);
+    let rss = PeakRss::watch(pid);
     // One request, hence one span, per record.
     let bootstrap = broker.bootstrap();
     let producer = std::thread::spawn(move || {
@@ -268,14 +269,9 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
         ])
         .unwrap()
     });
-    let mut peak = before;
-    while !producer.is_finished() {
-        peak = peak.max(rss_kib(pid));
-        std::thread::sleep(Duration::from_millis(100));
-    }
     producer.join().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    peak = peak.max(rss_kib(pid));
+    let peak = rss.stop();
     let (_, log) = tracer.stop_with_log();
     eprintln!("tracer RSS: {before} KiB attached, {peak} KiB peak");
     let failed_over_time: Vec<u64> = log

@@ -127,7 +127,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&root, &["build", "--release", "--package", "tracer"])?;
             image::build(&root)
         }
-        Cmd::Manifest { check } => manifest::run(&root, check),
+        Cmd::Manifest { check } => {
+            setup::python_env(&root)?;
+            setup::helm(&root)?;
+            manifest::run(&root, check)
+        }
         Cmd::Bench { which, args } => {
             setup::all(&root)?;
             match which.as_str() {

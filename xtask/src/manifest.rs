@@ -8,7 +8,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::setup::{self, output};
+use crate::setup::output;
 
 const MANIFEST: &str = "deploy/kubernetes/kafka-tracer.yaml";
 const CHART: &str = "deploy/helm/kafka-tracer";
@@ -26,10 +26,8 @@ metadata:
   name: kafka-tracer
 ";
 
-/// The manifest as the chart renders it now.
+/// The manifest as the chart renders it now (with the Helm `setup::helm` installs).
 fn render(root: &Path) -> anyhow::Result<String> {
-    setup::python_env(root)?;
-    setup::helm(root)?;
     let chart = std::fs::read_to_string(root.join(CHART).join("Chart.yaml"))?;
     let app_version = format!("appVersion: \"{}\"", env!("CARGO_PKG_VERSION"));
     if !chart.lines().any(|l| l == app_version) {
