@@ -699,7 +699,7 @@ mod tests {
     }
 
     /// Memory follows the bytes that came, not the size a peer announces; a frame arriving in
-    /// pieces still ends in one exact buffer.
+    /// pieces never gets more room than its size.
     #[test]
     fn announced_sizes_are_not_reserved() {
         let mut f = Framer::new(16 << 20, true);

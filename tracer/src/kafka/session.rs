@@ -485,9 +485,6 @@ mod tests {
         assert_eq!(c.counters.unanswered_requests, 3);
     }
 
-    /// Attached mid-stream to a young connection: its first bytes are a response whose
-    /// correlation id (13) reads as the start of a Produce v13 request. The guess fails to
-    /// decode and names no direction, so the next request and its response still pair.
     /// Mid-stream, the response stream's bytes are searched for a request until the roles are
     /// known; a guess found there (a "Produce v3" header with an empty client id in the zeros of
     /// a fetch response, announcing 1 MiB) must not outlive the first real request.
@@ -506,6 +503,9 @@ mod tests {
         ));
     }
 
+    /// Attached mid-stream to a young connection: its first bytes are a response whose
+    /// correlation id (13) reads as the start of a Produce v13 request. The guess fails to
+    /// decode and names no direction, so the next request and its response still pair.
     #[test]
     fn a_response_mistaken_for_a_request_does_not_fix_the_roles() {
         let mut c = Conn::with(true);
