@@ -1,6 +1,7 @@
 //! `cargo xtask fuzz`: runs every cargo-fuzz target of fuzz/ with libFuzzer's memory and time
 //! limits, the `session` and `decoders` targets seeded from the recorded real traffic in
-//! tracer/tests/fixtures (whole connections and their single frames). Any crash, leak,
+//! tracer/tests/fixtures (whole connections and their single frames), and every target with
+//! the inputs that once failed it (fuzz/regressions/<target>, committed). Any crash, leak,
 //! allocation over the limit or hang fails the command.
 
 use std::{path::Path, process::Command};
@@ -146,6 +147,15 @@ fn seed_corpora(root: &Path) -> anyhow::Result<()> {
                     seeds.push(("decoders", format!("{name}-resp{i}"), seed));
                 }
             }
+        }
+    }
+    for target in TARGETS {
+        let dir = root.join("fuzz/regressions").join(target);
+        for input in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = input.file_name().to_string_lossy().into_owned();
+            let seed = std::fs::read(input.path())
+                .with_context(|| format!("reading {}", input.path().display()))?;
+            seeds.push((target, format!("regression-{name}"), seed));
         }
     }
     for (target, name, seed) in seeds {
