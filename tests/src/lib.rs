@@ -285,6 +285,15 @@ pub fn produce_and_consume(
     consume(bootstrap, topic, count).map(drop)
 }
 
+/// The record offsets a send or poll span covers, from its attributes (`num` reads one as an
+/// integer): `messaging.kafka.offset` for one record, else the batch's first and last offsets.
+pub fn covered_offsets(num: impl Fn(&str) -> Option<i64>) -> Option<std::ops::RangeInclusive<i64>> {
+    match num("messaging.kafka.offset") {
+        Some(o) => Some(o..=o),
+        None => Some(num("messaging.kafka.first_offset")?..=num("messaging.kafka.last_offset")?),
+    }
+}
+
 /// Same as [`client`], with environment variables for the client process.
 pub fn client_env(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<String> {
     finish(

@@ -10,7 +10,7 @@ use std::{
 };
 
 use tests::{
-    BackgroundClient, Broker, summary,
+    BackgroundClient, Broker, covered_offsets, summary,
     tracer::{Tracer, named},
 };
 
@@ -73,21 +73,15 @@ fn sigterm_and_sigkill_leave_no_program_or_map_behind() {
     }
 }
 
-/// An integer attribute of an OTLP-JSON span (ints are JSON strings there).
-fn int_attr(span: &serde_json::Value, key: &str) -> Option<i64> {
-    let v = tests::tracer::attr(span, key)?;
-    v["intValue"].as_str()?.parse().ok()
-}
-
-/// The offsets a send or poll span covers.
+/// The offsets an OTLP-JSON send or poll span covers (ints are JSON strings there).
 fn offsets(span: &serde_json::Value) -> std::ops::RangeInclusive<i64> {
-    match int_attr(span, "messaging.kafka.offset") {
-        Some(o) => o..=o,
-        None => {
-            int_attr(span, "messaging.kafka.first_offset").unwrap()
-                ..=int_attr(span, "messaging.kafka.last_offset").unwrap()
-        }
-    }
+    covered_offsets(|k| {
+        tests::tracer::attr(span, k)?["intValue"]
+            .as_str()?
+            .parse()
+            .ok()
+    })
+    .unwrap()
 }
 
 /// A tracer killed with SIGKILL while a producer and a consumer are running, and started again

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    BackgroundClient, Broker, client, consume,
+    BackgroundClient, Broker, client, consume, covered_offsets,
     receiver::{Received, Receiver},
     summary,
     tracer::{PeakRss, Tracer, logged},
@@ -98,17 +98,9 @@ impl Seen {
     /// Whether a send span covers record `offset` of `partition`.
     fn covers(&self, partition: i64, offset: i64) -> bool {
         self.send.iter().any(|s| {
-            let num = |k| s.attr(k).and_then(|v| v.parse::<i64>().ok());
+            let num = |k: &str| s.attr(k).and_then(|v| v.parse::<i64>().ok());
             num("messaging.destination.partition.id") == Some(partition)
-                && match (
-                    num("messaging.kafka.offset"),
-                    num("messaging.kafka.first_offset"),
-                    num("messaging.kafka.last_offset"),
-                ) {
-                    (Some(o), _, _) => o == offset,
-                    (None, Some(first), Some(last)) => (first..=last).contains(&offset),
-                    _ => false,
-                }
+                && covered_offsets(num).is_some_and(|o| o.contains(&offset))
         })
     }
 
@@ -398,10 +390,8 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
         .poll
         .iter()
         .filter(|p| {
-            let first = p
-                .attr("messaging.kafka.offset")
-                .or_else(|| p.attr("messaging.kafka.first_offset"));
-            first.and_then(|o| o.parse::<i64>().ok()).unwrap() < first_after
+            let offsets = covered_offsets(|k| p.attr(k)?.parse().ok()).unwrap();
+            *offsets.start() < first_after
         })
         .count();
     assert!(
