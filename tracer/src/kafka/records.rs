@@ -323,7 +323,8 @@ fn zstd_into(
         // The buffer may have had more room than this limit from earlier use.
         Ok(_) if out.len() > limit => Err(RecordError::TooLarge { limit }),
         Ok(_) => Ok(()),
-        Err(_) if over && out.capacity() >= limit => Err(RecordError::TooLarge { limit }),
+        // Content beyond the room given: more than the limit allows.
+        Err(_) if over => Err(RecordError::TooLarge { limit }),
         Err(code) => Err(fail(code)),
     }
 }
