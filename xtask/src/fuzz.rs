@@ -4,17 +4,17 @@
 //! the inputs that once failed it (fuzz/regressions/<target>, committed). Any crash, leak,
 //! allocation over the limit or hang fails the command.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
-use crate::setup;
+use crate::toolchain;
 
 pub const TARGETS: [&str; 3] = ["session", "decoders", "records"];
 
 /// Runs each target for `seconds`.
 pub fn run(root: &Path, seconds: u64, targets: &[String]) -> anyhow::Result<()> {
-    let nightly = setup::ebpf_toolchain(root)?;
+    let nightly = toolchain::ebpf(root)?;
     seed_corpora(root)?;
     let targets: Vec<&str> = if targets.is_empty() {
         TARGETS.to_vec()
@@ -23,9 +23,8 @@ pub fn run(root: &Path, seconds: u64, targets: &[String]) -> anyhow::Result<()> 
     };
     let mut summary = Vec::new();
     for t in targets {
-        let out = Command::new("cargo")
+        let out = toolchain::cargo_of(&nightly)
             .current_dir(root.join("fuzz"))
-            .arg(format!("+{nightly}"))
             .args(["fuzz", "run", "-O", t, "--"])
             // No allocation may exceed 128 MB (the decoders' bounds are 1 MiB frames and
             // batches in the targets), no input may take 10 s.

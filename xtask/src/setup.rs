@@ -8,6 +8,8 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
+use crate::toolchain;
+
 /// bpf-linker release whose default LLVM (23) matches the pinned nightly's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -16,8 +18,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// What building and running the tracer needs.
 pub fn all(root: &Path) -> anyhow::Result<()> {
-    let nightly = ebpf_toolchain(root)?;
-    toolchain(&nightly, &["rust-src"])?;
+    toolchain::install(toolchain::USERSPACE, &["rustfmt", "clippy"])?;
+    let nightly = toolchain::ebpf(root)?;
+    toolchain::install(&nightly, &["rust-src"])?;
     bpf_linker(&nightly)?;
     tracefs();
     Ok(())
@@ -88,7 +91,7 @@ pub fn podman() -> anyhow::Result<()> {
 }
 
 /// Installs Debian package `package` unless all of `commands` are already there.
-fn apt_package(package: &str, commands: &[&str]) -> anyhow::Result<()> {
+pub fn apt_package(package: &str, commands: &[&str]) -> anyhow::Result<()> {
     if commands.iter().all(|c| which::which(c).is_ok()) {
         return Ok(());
     }
@@ -162,20 +165,18 @@ pub fn python_env(root: &Path) -> anyhow::Result<()> {
 }
 
 fn cargo_fuzz() -> anyhow::Result<()> {
-    if output(Command::new("cargo").args(["fuzz", "--version"]))
+    if output(toolchain::cargo().args(["fuzz", "--version"]))
         .is_ok_and(|v| v.contains(CARGO_FUZZ_VERSION))
     {
         return Ok(());
     }
-    run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
-            "install",
-            "cargo-fuzz",
-            "--version",
-            CARGO_FUZZ_VERSION,
-            "--locked",
-        ]),
-    )
+    run(toolchain::cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 /// Runs a command, echoing it, and fails with its exit status.
@@ -210,44 +211,6 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The eBPF crate's pinned nightly, from tracer-ebpf/rust-toolchain.toml (also read by
-/// tracer/build.rs).
-pub fn ebpf_toolchain(root: &Path) -> anyhow::Result<String> {
-    let file = root.join("tracer-ebpf/rust-toolchain.toml");
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("channel = "))
-        .map(|v| v.trim_matches('"').to_string())
-        .ok_or_else(|| anyhow!("no `channel = ...` in {}", file.display()))
-}
-
-/// Installs `name` with `components` unless both are present. (The userspace toolchain needs no
-/// step: rustup installs it from rust-toolchain.toml before xtask itself can run.)
-fn toolchain(name: &str, components: &[&str]) -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        name,
-    ]));
-    if let Ok(list) = &installed
-        && components.iter().all(|c| {
-            list.lines()
-                .any(|l| l.starts_with(&format!("{c}-")) || l == *c)
-        })
-    {
-        return Ok(());
-    }
-    let mut cmd = Command::new("rustup");
-    cmd.args(["toolchain", "install", name, "--profile", "minimal"]);
-    for c in components {
-        cmd.args(["--component", c]);
-    }
-    run(&mut cmd)
 }
 
 /// bpf-linker built against the pinned nightly's own libLLVM (no LLVM development package of the
@@ -285,17 +248,13 @@ fn bpf_linker(nightly: &str) -> anyhow::Result<()> {
         std::os::unix::fs::symlink(&lib, &link)
             .with_context(|| format!("linking {} to {}", link.display(), lib.display()))?;
     }
-    run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .env("LLVM_PREFIX", &prefix)
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-            ]),
-    )
+    run(toolchain::cargo().env("LLVM_PREFIX", &prefix).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+    ]))
 }
 
 fn home() -> anyhow::Result<PathBuf> {
