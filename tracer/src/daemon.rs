@@ -251,6 +251,11 @@ fn render_metrics(m: &Metrics, k: &KernelCounters, p: &PipelineCounters, t: &Tra
                 c.unnamed_topics,
                 "batches whose topic id was not resolved",
             ),
+            (
+                "aborted_batches",
+                c.aborted_batches,
+                "fetched batches of aborted transactions (dropped by read_committed consumers; no span)",
+            ),
             ("spans", c.producer_spans + c.consumer_spans, "spans built"),
             (
                 "spans_sampled_out",
@@ -544,7 +549,7 @@ fn log_traces(t: &Traces) {
     let (sent, failed, _) = t.export_outcome();
     tracing::info!(
         "spans: producer={} consumer={} exported={sent} export_failed={failed} sampled_out={} \
-         queue_dropped={} queued={} unlinked_produces={} links_dropped={} unnamed_topics={}",
+         queue_dropped={} queued={} unlinked_produces={} links_dropped={} unnamed_topics={} aborted_batches={}",
         c.producer_spans,
         c.consumer_spans,
         t.sampled_out,
@@ -552,7 +557,8 @@ fn log_traces(t: &Traces) {
         t.queue.len(),
         c.unlinked_produces,
         c.links_dropped,
-        c.unnamed_topics
+        c.unnamed_topics,
+        c.aborted_batches
     );
 }
 

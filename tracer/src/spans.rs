@@ -123,6 +123,9 @@ pub struct SpanCounters {
     pub links_dropped: u64,
     /// Batches of topics whose name is not known yet (topic id not resolved).
     pub unnamed_topics: u64,
+    /// Fetched batches of aborted transactions: a read_committed consumer drops them, so they
+    /// get no poll span.
+    pub aborted_batches: u64,
 }
 
 /// Where the trace of a batch comes from.
@@ -371,12 +374,14 @@ pub fn spans(
                 .and_then(|c| catalog.group(o.tgid, c));
             for p in &f.partitions {
                 let topic = topic_name(catalog, &p.topic, counters);
+                counters.aborted_batches +=
+                    p.records.batches.iter().filter(|b| b.aborted).count() as u64;
                 for (i, b) in p
                     .records
                     .batches
                     .iter()
                     .enumerate()
-                    .filter(|(_, b)| !b.control)
+                    .filter(|(_, b)| !b.control && !b.aborted)
                 {
                     let count = p
                         .records

@@ -154,7 +154,8 @@ pub fn decode_metadata(body: &[u8], version: i16) -> Result<MetadataResponse, De
 }
 
 pub fn decode_api_versions(body: &[u8], version: i16) -> Result<ApiVersionsResponse, DecodeError> {
-    check_version("ApiVersions", version, 0..=4)?;
+    // v5 (Kafka 4.4) has v4's layout (checked against the 4.4 message schema).
+    check_version("ApiVersions", version, 0..=5)?;
     let flex = version >= 3;
     let mut r = Reader::new(body);
     let error_code = r.i16()?;
@@ -168,7 +169,8 @@ pub fn decode_api_versions(body: &[u8], version: i16) -> Result<ApiVersionsRespo
 }
 
 pub fn decode_list_offsets(body: &[u8], version: i16) -> Result<Vec<OffsetEntry>, DecodeError> {
-    check_version("ListOffsets", version, 1..=10)?;
+    // v11 (Kafka 4.4) has v10's layout (checked against the 4.4 message schema).
+    check_version("ListOffsets", version, 1..=11)?;
     let flex = flexible_request(api::LIST_OFFSETS, version);
     let mut r = Reader::new(body);
     if version >= 2 {
@@ -286,6 +288,12 @@ pub fn decode_group_request(
                 r.skip_tags(flex)?;
             }
         }
+        api::CONSUMER_GROUP_HEARTBEAT | api::SHARE_GROUP_HEARTBEAT => {
+            check_version("group heartbeat", version, 0..=1)?;
+            g.group_id = string(&mut r, flex)?;
+            g.member_id = string(&mut r, flex)?.filter(|m| !m.is_empty());
+            g.generation = Some(r.i32()?); // member epoch
+        }
         api::OFFSET_FETCH => {
             check_version("OffsetFetch", version, 0..=10)?;
             g.group_id = if version >= 8 {
@@ -316,6 +324,7 @@ pub fn decode_group_response(
     };
     // throttle_time_ms leads every one of these responses from the version given.
     let throttle_from = match api_key {
+        api::CONSUMER_GROUP_HEARTBEAT | api::SHARE_GROUP_HEARTBEAT => 0,
         api::JOIN_GROUP => 2,
         api::OFFSET_COMMIT | api::OFFSET_FETCH => 3,
         _ => 1,
@@ -363,6 +372,13 @@ pub fn decode_group_response(
         api::SYNC_GROUP | api::HEARTBEAT | api::LEAVE_GROUP => {
             check_version("group", version, 0..=5)?;
             g.error_code = r.i16()?;
+        }
+        api::CONSUMER_GROUP_HEARTBEAT | api::SHARE_GROUP_HEARTBEAT => {
+            check_version("group heartbeat", version, 0..=1)?;
+            g.error_code = r.i16()?;
+            r.string(flex)?; // error_message
+            g.member_id = string(&mut r, flex)?.filter(|m| !m.is_empty());
+            g.generation = Some(r.i32()?); // member epoch
         }
         api::OFFSET_COMMIT => {
             check_version("OffsetCommit", version, 0..=10)?;

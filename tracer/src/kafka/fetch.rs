@@ -51,6 +51,43 @@ pub struct FetchPartitionResponse {
     pub records: PartitionRecords,
 }
 
+/// A transaction a read_committed fetch response says was aborted: the batches of
+/// `producer_id` from `first_offset` on, up to that producer's abort marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AbortedTransaction {
+    producer_id: i64,
+    first_offset: i64,
+}
+
+/// Marks the transactional batches that belong to an aborted transaction, as the Java
+/// consumer finds them: a producer's transaction is open-and-aborted from the first offset the
+/// list gives for it until its next control batch (the abort marker).
+fn mark_aborted(records: &mut PartitionRecords, aborted: &mut [AbortedTransaction]) {
+    if aborted.is_empty() {
+        return;
+    }
+    aborted.sort_unstable_by_key(|a| a.first_offset);
+    let mut next = 0;
+    // Producers with an aborted transaction in progress at the current batch. The list comes
+    // from the frame, so this is bounded by its size.
+    let mut open: Vec<i64> = Vec::new();
+    for b in &mut records.batches {
+        let last = b.base_offset + i64::from(b.last_offset_delta);
+        while let Some(a) = aborted.get(next).filter(|a| a.first_offset <= last) {
+            open.push(a.producer_id);
+            next += 1;
+        }
+        let Some(at) = open.iter().position(|&p| p == b.producer_id) else {
+            continue;
+        };
+        if b.control {
+            open.swap_remove(at);
+        } else if b.transactional {
+            b.aborted = true;
+        }
+    }
+}
+
 /// Checks the version; returns whether it uses the flexible encoding.
 fn check(version: i16) -> Result<bool, DecodeError> {
     check_version("Fetch", version, 4..=18)?;
@@ -162,15 +199,21 @@ pub fn decode_response(
                 let high_watermark = r.i64()?;
                 let last_stable_offset = r.i64()?;
                 let log_start_offset = if version >= 5 { r.i64()? } else { -1 };
+                // Present (possibly empty) only in answers to read_committed fetches.
+                let mut aborted = Vec::new();
                 for _ in 0..r.array_len(flexible, min(16))? {
-                    r.i64()?; // producer_id
-                    r.i64()?; // first_offset
+                    aborted.push(AbortedTransaction {
+                        producer_id: r.i64()?,
+                        first_offset: r.i64()?,
+                    });
                     r.skip_tags(flexible)?;
                 }
                 if version >= 11 {
                     r.i32()?; // preferred_read_replica
                 }
                 let (field, cut) = r.records_field(flexible, partial)?;
+                let mut records = PartitionRecords::collect(field, d, opts);
+                mark_aborted(&mut records, &mut aborted);
                 out.partitions.push(FetchPartitionResponse {
                     topic: topic.clone(),
                     partition,
@@ -178,7 +221,7 @@ pub fn decode_response(
                     high_watermark,
                     last_stable_offset,
                     log_start_offset,
-                    records: PartitionRecords::collect(field, d, opts),
+                    records,
                 });
                 if cut {
                     out.truncated = true;
@@ -193,4 +236,76 @@ pub fn decode_response(
     });
     out.truncated |= ended_early(partial, walked)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::{BatchInfo, records::Compression};
+
+    fn batch(base_offset: i64, records: i32, producer_id: i64, kind: &str) -> BatchInfo {
+        BatchInfo {
+            base_offset,
+            record_count: records,
+            last_offset_delta: records - 1,
+            compression: Compression::None,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            log_append_time: false,
+            producer_id,
+            transactional: kind != "plain",
+            control: kind == "marker",
+            aborted: false,
+            bytes: 0,
+        }
+    }
+
+    /// Producer 7 commits offsets 0-2 (marker at 3), producer 8 aborts 4-5 (marker 6) while
+    /// producer 7's second transaction 7-8 is aborted too (marker 10), with a plain batch at 9
+    /// between: only the two aborted transactions' data batches are marked.
+    #[test]
+    fn aborted_transactions_mark_their_batches_up_to_the_marker() {
+        let mut records = PartitionRecords {
+            batches: vec![
+                batch(0, 3, 7, "txn"),
+                batch(3, 1, 7, "marker"),
+                batch(4, 2, 8, "txn"),
+                batch(6, 1, 8, "marker"),
+                batch(7, 2, 7, "txn"),
+                batch(9, 1, -1, "plain"),
+                batch(10, 1, 7, "marker"),
+                batch(11, 2, 8, "txn"),
+            ],
+            ..PartitionRecords::default()
+        };
+        let mut aborted = [
+            AbortedTransaction {
+                producer_id: 7,
+                first_offset: 7,
+            },
+            AbortedTransaction {
+                producer_id: 8,
+                first_offset: 4,
+            },
+        ];
+        mark_aborted(&mut records, &mut aborted);
+        let marked: Vec<i64> = records
+            .batches
+            .iter()
+            .filter(|b| b.aborted)
+            .map(|b| b.base_offset)
+            .collect();
+        // Producer 8's batch at 11 starts a new transaction after its abort marker.
+        assert_eq!(marked, [4, 7]);
+    }
+
+    #[test]
+    fn without_an_aborted_list_nothing_is_marked() {
+        let mut records = PartitionRecords {
+            batches: vec![batch(0, 3, 7, "txn")],
+            ..PartitionRecords::default()
+        };
+        mark_aborted(&mut records, &mut []);
+        assert!(!records.batches[0].aborted);
+    }
 }

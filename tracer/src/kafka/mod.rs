@@ -46,10 +46,16 @@ pub mod api {
     pub const LEAVE_GROUP: i16 = 13;
     pub const SYNC_GROUP: i16 = 14;
     pub const API_VERSIONS: i16 = 18;
+    /// KIP-848 consumer groups: replaces JoinGroup, SyncGroup and Heartbeat.
+    pub const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
+    /// KIP-932 share groups.
+    pub const SHARE_GROUP_HEARTBEAT: i16 = 76;
+    pub const SHARE_FETCH: i16 = 78;
+    pub const SHARE_ACKNOWLEDGE: i16 = 79;
 }
 
-/// The consumer-group APIs, decoded into [`GroupInfo`].
-const GROUP_APIS: [i16; 7] = [
+/// The consumer- and share-group APIs, decoded into [`GroupInfo`].
+const GROUP_APIS: [i16; 9] = [
     api::FIND_COORDINATOR,
     api::JOIN_GROUP,
     api::SYNC_GROUP,
@@ -57,6 +63,8 @@ const GROUP_APIS: [i16; 7] = [
     api::LEAVE_GROUP,
     api::OFFSET_COMMIT,
     api::OFFSET_FETCH,
+    api::CONSUMER_GROUP_HEARTBEAT,
+    api::SHARE_GROUP_HEARTBEAT,
 ];
 
 /// Fails for a version outside `range` of the named API.

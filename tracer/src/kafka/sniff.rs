@@ -9,6 +9,10 @@ pub const MAX_REQUEST_SIZE: i32 = 100 * 1024 * 1024;
 const MAX_API_KEY: i16 = 95;
 /// Highest API version considered plausible (Fetch, the highest, is at 18 in Kafka 4.x).
 const MAX_API_VERSION: i16 = 25;
+/// Versions past the newest that the `kafka-protocol` tables know, still taken as Kafka: clients
+/// newer than the tables send them (the Java client 4.4 sends ApiVersions v5, OffsetCommit v10,
+/// ShareFetch v2), and each Kafka release adds at most a version or two per API.
+const NEWER_VERSIONS: i16 = 3;
 /// Size prefix + api key + api version + correlation id + client id length.
 const HEADER_PREFIX: usize = 4 + 2 + 2 + 4 + 2;
 
@@ -40,10 +44,11 @@ pub fn looks_like_request(bytes: &[u8]) -> Option<bool> {
         return Some(false);
     }
     // Keys and versions the protocol defines, from Kafka's message definitions (keys unknown to
-    // them pass on the ranges above, so newer clients are still recognised).
+    // them pass on the ranges above, and versions a little past their newest, so newer clients
+    // are still recognised).
     if let Ok(key) = kafka_protocol::messages::ApiKey::try_from(api_key) {
         let v = key.valid_versions();
-        if api_version < v.min || api_version > v.max {
+        if api_version < v.min || api_version > v.max.saturating_add(NEWER_VERSIONS) {
             return Some(false);
         }
     }
@@ -81,6 +86,17 @@ mod tests {
         // Decidable from the fixed prefix alone.
         assert_eq!(looks_like_request(&API_VERSIONS[..14]), Some(true));
         assert_eq!(looks_like_request(&API_VERSIONS[..13]), None);
+    }
+
+    #[test]
+    fn accepts_versions_newer_than_the_tables_within_reach() {
+        // The Java client 4.4 opens with ApiVersions v5; the kafka-protocol tables stop at v4.
+        let mut v5 = API_VERSIONS.to_vec();
+        v5[6..8].copy_from_slice(&5i16.to_be_bytes());
+        assert_eq!(looks_like_request(&v5), Some(true));
+        let mut far = API_VERSIONS.to_vec();
+        far[6..8].copy_from_slice(&(4 + NEWER_VERSIONS + 1).to_be_bytes());
+        assert_eq!(looks_like_request(&far), Some(false));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct BatchInfo {
     pub producer_id: i64,
     pub transactional: bool,
     pub control: bool,
+    /// Part of a transaction that was aborted (read from a `read_committed` fetch response's
+    /// aborted-transaction list): the client drops its records, so they were not consumed.
+    pub aborted: bool,
     /// Size of the batch on the wire.
     pub bytes: u32,
 }
@@ -129,6 +132,7 @@ impl PartitionRecords {
                 producer_id: h.producer_id,
                 transactional: h.transactional(),
                 control: h.control(),
+                aborted: false,
                 bytes: (batch.records.len() + super::records::BATCH_HEADER_LEN) as u32,
             });
             if h.control() {
