@@ -7,6 +7,7 @@
                     [--tolerate-errors]
   client.py consume LIB BOOTSTRAP TOPIC COUNT [--group G] [--partition P]
   client.py perf confluent BOOTSTRAP TOPIC COUNT [CODEC] [--size BYTES]
+  client.py create-topic confluent BOOTSTRAP TOPIC PARTITIONS
 
 Prints one JSON line: what it produced (partition, offset, headers) or consumed.
 """
@@ -166,9 +167,26 @@ def perf_confluent(a):
             "produce_s": produce_s, "consume_s": consume_s}
 
 
+def create_topic_confluent(a):
+    """Creates TOPIC with COUNT partitions and one replica, waiting until its leader is known."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    for f in admin.create_topics([NewTopic(a.topic, a.count, 1)], request_timeout=30).values():
+        f.result(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        t = admin.list_topics(a.topic, timeout=10).topics.get(a.topic)
+        if t and t.error is None and len(t.partitions) == a.count and all(
+                p.leader >= 0 for p in t.partitions.values()):
+            return {"topic": a.topic, "partitions": a.count}
+        time.sleep(0.1)
+    raise SystemExit(f"topic {a.topic} has no leader after 30 s")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("op", choices=["produce", "consume", "perf"])
+    ap.add_argument("op", choices=["produce", "consume", "perf", "create-topic"])
     ap.add_argument("lib", choices=["confluent", "kafka-python"])
     ap.add_argument("bootstrap")
     ap.add_argument("topic")
@@ -190,7 +208,7 @@ def main():
     a = ap.parse_args()
     fn = {("produce", "confluent"): produce_confluent, ("produce", "kafka-python"): produce_kafka_python,
           ("consume", "confluent"): consume_confluent, ("consume", "kafka-python"): consume_kafka_python,
-          ("perf", "confluent"): perf_confluent}
+          ("perf", "confluent"): perf_confluent, ("create-topic", "confluent"): create_topic_confluent}
     print(json.dumps(fn[(a.op, a.lib)](a)))
 
 

@@ -1,8 +1,11 @@
 //! Helpers shared by the end-to-end tests: deterministic payloads, sockets driven with the exact
 //! syscalls the capture must understand, and collection of capture records.
 
+pub mod broker;
 pub mod receiver;
 pub mod tracer;
+
+pub use broker::Broker;
 
 use std::{io, os::fd::RawFd};
 
@@ -147,99 +150,36 @@ pub fn venv() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv")
 }
 
-/// A tansu broker on 127.0.0.1 with a free port, stopped on drop.
-pub struct Broker {
-    child: std::process::Child,
-    pub port: u16,
-}
-
-impl Broker {
-    fn tansu() -> std::path::PathBuf {
-        venv().join("bin/tansu")
-    }
-
-    pub fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        Ok(Self {
-            child: Self::spawn(port)?,
-            port,
-        })
-    }
-
-    /// Stops the broker and starts a new one on the same port, as a restart would (tansu keeps
-    /// its log in memory: topics must be created again).
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(self.port)?;
-        Ok(())
-    }
-
-    /// A tansu process listening on `port`.
-    fn spawn(port: u16) -> anyhow::Result<std::process::Child> {
-        use anyhow::Context as _;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = std::process::Command::new(Self::tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting tansu (run `cargo xtask setup`)")?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                anyhow::bail!("tansu did not listen on {port}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Ok(child)
-    }
-
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn create_topic(&self, name: &str, partitions: u32) -> anyhow::Result<()> {
-        let out = std::process::Command::new(Self::tansu())
-            .args([
-                "topic",
-                "create",
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
-            .args(["--partitions", &partitions.to_string(), name])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "creating topic {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// The command of a test client: `args` are `OP LIB ...` as tests/kafka/client.py takes them,
+/// and LIB picks the program: `confluent` (librdkafka) and `kafka-python` run client.py in the
+/// virtualenv, `franz` and `sarama` the Go clients (tests/go), `java` the Java clients
+/// (tests/java: kafka-clients and kafka-streams), so a test swaps libraries and keeps its
+/// assertions.
 fn client_command(args: &[&str]) -> std::process::Command {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/client.py");
-    let mut cmd = std::process::Command::new(venv().join("bin/python"));
-    cmd.arg(script).args(args);
-    cmd
+    let installed = |var| broker::installed(var).unwrap_or_else(|e| panic!("{e:#}"));
+    match args.get(1).copied() {
+        Some("franz" | "sarama") => {
+            let mut cmd = std::process::Command::new(installed("KAFKA_TRACER_GO_CLIENT"));
+            cmd.args(args);
+            cmd
+        }
+        Some("java") => {
+            let classpath = format!(
+                "{}:{}",
+                installed("KAFKA_TRACER_JAVA_CLIENTS").display(),
+                broker::kafka_classpath().unwrap_or_else(|e| panic!("{e:#}"))
+            );
+            let mut cmd = broker::java(&classpath);
+            cmd.arg("JavaClient").arg(args[0]).args(&args[2..]);
+            cmd
+        }
+        _ => {
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/client.py");
+            let mut cmd = std::process::Command::new(venv().join("bin/python"));
+            cmd.arg(script).args(args);
+            cmd
+        }
+    }
 }
 
 /// Runs tests/kafka/client.py with the virtualenv's Python; returns its JSON output line.

@@ -1,10 +1,12 @@
 //! `cargo xtask <command>`: the project's own build, setup, run and test entry points, so a new
 //! machine needs nothing but rustup and cargo.
 
+mod clients;
 mod fuzz;
 mod image;
 mod manifest;
 mod setup;
+mod toolchain;
 
 use std::{
     path::{Path, PathBuf},
@@ -146,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Test { args } => {
             setup::all(&root)?;
             setup::test_env(&root)?;
+            let clients = clients::install(&root)?;
             cargo(&root, &["fmt", "--all", "--", "--check"])
                 .context("formatting differs: run `cargo fmt --all`")?;
             manifest::run(&root, true)?;
@@ -167,9 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The end-to-end scenarios each append a summary line here.
             let summary = root.join("target/e2e-summary.txt");
             let _ = std::fs::remove_file(&summary);
-            let mut test =
-                setup::as_root(&std::env::var_os("CARGO").map_or("cargo".into(), PathBuf::from));
-            test.current_dir(&root)
+            let mut test = setup::as_root("cargo".as_ref());
+            clients.export(&mut test);
+            test.env("RUSTUP_TOOLCHAIN", toolchain::USERSPACE)
+                .current_dir(&root)
                 .args(["test", "--release"])
                 .args(&args);
             let (status, passed, failed) = run_counting_tests(&mut test)?;
@@ -196,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// programs that drive the real broker and clients), and runs it as root with `args`.
 fn tests_binary(root: &Path, name: &str, args: &[String]) -> anyhow::Result<()> {
     setup::python_env(root)?;
+    let clients = clients::install(root)?;
     cargo(
         root,
         &[
@@ -211,7 +216,9 @@ fn tests_binary(root: &Path, name: &str, args: &[String]) -> anyhow::Result<()> 
             name,
         ],
     )?;
-    let status = setup::as_root(&root.join("target/release").join(name))
+    let mut cmd = setup::as_root(&root.join("target/release").join(name));
+    clients.export(&mut cmd);
+    let status = cmd
         .args(args)
         .status()
         .with_context(|| format!("starting {name}"))?;
@@ -255,8 +262,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `cargo ARGS` in the workspace with the toolchain that runs xtask.
+/// Runs `cargo ARGS` in the workspace with the pinned userspace toolchain.
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    setup::run(Command::new(cargo).current_dir(root).args(args))
+    setup::run(toolchain::cargo().current_dir(root).args(args))
 }

@@ -1,0 +1,294 @@
+//! The brokers the end-to-end tests run against, each on 127.0.0.1 with free ports and stopped
+//! on drop: Apache Kafka itself (the broker users run: KRaft, one node in combined mode, from
+//! the jars `cargo xtask test` copies from Maven Central), and tansu (a Kafka-compatible broker
+//! written in Rust, from the Python virtualenv) as a second, independent implementation.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// How long Apache Kafka may take to format its storage and listen (a cold JVM on a loaded
+/// 2-core machine takes 5-15 s).
+const KAFKA_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// tansu listens within milliseconds.
+const TANSU_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// The cluster id every test broker is formatted with (Kafka's quickstart example id).
+const CLUSTER_ID: &str = "MkU3OEVBNTcwNTJENDM2Qk";
+
+/// Which broker implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Kafka,
+    Tansu,
+}
+
+/// A running broker.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    pub kind: Kind,
+    /// Apache Kafka's configuration, data and log (removed on drop).
+    dir: Option<PathBuf>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A directory named by an environment variable that `cargo xtask test` sets.
+pub fn installed(var: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .with_context(|| format!("{var} is not set: run the tests with `cargo xtask test`, which installs Apache Kafka and the Java and Go clients and sets it"))
+}
+
+/// The classpath of Apache Kafka's jars (broker, clients, streams, logging).
+pub fn kafka_classpath() -> anyhow::Result<String> {
+    Ok(format!(
+        "{}/*",
+        installed("KAFKA_TRACER_KAFKA_LIBS")?.display()
+    ))
+}
+
+/// A JVM that starts quickly and stays small: tests start many short-lived ones.
+pub fn java(classpath: &str) -> Command {
+    let mut c = Command::new("java");
+    c.args([
+        "-Xmx512m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-cp",
+        classpath,
+    ]);
+    c
+}
+
+/// Makes `cmd`'s process get SIGKILL when the thread that starts it ends, so a test that is
+/// itself killed leaves no broker behind holding ports.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe; no allocation between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+impl Broker {
+    /// A tansu broker (in-memory log).
+    pub fn start() -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut broker = Self {
+            child: Self::spawn_tansu(port)?,
+            port,
+            kind: Kind::Tansu,
+            dir: None,
+        };
+        broker.wait_listening(TANSU_START_TIMEOUT)?;
+        Ok(broker)
+    }
+
+    /// An Apache Kafka broker: KRaft, one node acting as broker and controller, every internal
+    /// topic (offsets, transactions, share-group state) with one replica and one partition, so
+    /// transactions and share groups work on one node and it starts quickly.
+    pub fn apache() -> anyhow::Result<Self> {
+        let classpath = kafka_classpath()?;
+        let (port, controller) = (free_port()?, free_port()?);
+        let dir = std::env::temp_dir().join(format!("kt-kafka-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("server.properties");
+        std::fs::write(
+            &config,
+            format!(
+                "process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=1
+group.initial.rebalance.delay.ms=0
+",
+                data = dir.join("data").display()
+            ),
+        )?;
+        // The broker logs to a file, whose last lines explain a failed start.
+        let log4j = dir.join("log4j2.properties");
+        std::fs::write(
+            &log4j,
+            format!(
+                "rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=file
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName={}
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+",
+                dir.join("broker.log").display()
+            ),
+        )?;
+        let log4j_opt = format!("-Dlog4j2.configurationFile={}", log4j.display());
+        let format = java(&classpath)
+            .arg(&log4j_opt)
+            .args(["kafka.tools.StorageTool", "format", "--standalone"])
+            .args(["--cluster-id", CLUSTER_ID, "--config"])
+            .arg(&config)
+            .output()
+            .context("starting java (cargo xtask test installs a JDK)")?;
+        if !format.status.success() {
+            bail!(
+                "formatting Apache Kafka's storage failed: {}",
+                String::from_utf8_lossy(&format.stderr)
+            );
+        }
+        let mut cmd = java(&classpath);
+        cmd.arg(&log4j_opt)
+            .arg("kafka.Kafka")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr"))?);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().context("starting Apache Kafka")?;
+        let mut broker = Self {
+            child,
+            port,
+            kind: Kind::Kafka,
+            dir: Some(dir),
+        };
+        broker.wait_listening(KAFKA_START_TIMEOUT)?;
+        Ok(broker)
+    }
+
+    /// Waits until the broker accepts connections; fails with its last log lines.
+    fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self.child.try_wait()?;
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "{:?} broker did not listen on {} within {timeout:?} ({}); its last log lines:\n{}",
+                    self.kind,
+                    self.port,
+                    exited.map_or("still running".into(), |s| s.to_string()),
+                    self.last_log_lines(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines of Apache Kafka's log and standard error.
+    pub fn last_log_lines(&self, n: usize) -> String {
+        let Some(dir) = &self.dir else {
+            return "(tansu logs nothing)".into();
+        };
+        let tail = |p: &Path| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        format!(
+            "{}\n{}",
+            tail(&dir.join("broker.log")),
+            tail(&dir.join("stderr"))
+        )
+    }
+
+    /// Stops the broker and starts a new one on the same port, as a restart would (tansu keeps
+    /// its log in memory: topics must be created again).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.kind == Kind::Tansu, "only tansu restarts here");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn_tansu(self.port)?;
+        self.wait_listening(TANSU_START_TIMEOUT)
+    }
+
+    fn tansu() -> PathBuf {
+        super::venv().join("bin/tansu")
+    }
+
+    /// A tansu process listening on `port`.
+    fn spawn_tansu(port: u16) -> anyhow::Result<Child> {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(Self::tansu());
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        cmd.spawn()
+            .context("starting tansu (run `cargo xtask setup`)")
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) -> anyhow::Result<()> {
+        let out = match self.kind {
+            Kind::Tansu => Command::new(Self::tansu())
+                .args([
+                    "topic",
+                    "create",
+                    "--broker",
+                    &format!("tcp://127.0.0.1:{}", self.port),
+                ])
+                .args(["--partitions", &partitions.to_string(), name])
+                .output()?,
+            // The AdminClient of librdkafka: a JVM per topic would cost seconds each.
+            Kind::Kafka => super::client_command(&[
+                "create-topic",
+                "confluent",
+                &self.bootstrap(),
+                name,
+                &partitions.to_string(),
+            ])
+            .output()?,
+        };
+        anyhow::ensure!(
+            out.status.success(),
+            "creating topic {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The Apache Kafka broker and the Java and Go clients of the end-to-end tests and the demo,
+//! installed from Maven Central and the Go module proxy into a cache outside `target/`
+//! (`$XDG_CACHE_HOME/kafka-tracer`, else `~/.cache/kafka-tracer`), so `cargo clean` keeps them
+//! and a second run finds them in well under a second.
+//!
+//! - `tests/java/pom.xml` names the broker (`kafka_2.13`), `kafka-clients`, `kafka-streams` and
+//!   the broker's logging; `mvn dependency:copy-dependencies` puts their jars in one directory,
+//!   whose name carries a hash of the POM, so a changed pin installs afresh.
+//! - `tests/java/src/JavaClient.java` is compiled with `javac` against those jars (no Maven
+//!   build plugins to download).
+//! - `tests/go` is built with `go build`: franz-go and sarama, pinned by its go.mod and go.sum.
+//!
+//! Their paths reach the tests and the demo through the environment ([`Paths::export`]).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::setup::{apt_package, output, run};
+
+/// Where the installed parts are.
+pub struct Paths {
+    /// Every jar of the broker and the Java clients (a classpath is `libs/*`).
+    pub libs: PathBuf,
+    /// The compiled Java clients (`JavaClient`).
+    pub java_clients: PathBuf,
+    /// The Go clients' binary.
+    pub go_client: PathBuf,
+}
+
+impl Paths {
+    /// Hands the paths to a test or demo process.
+    pub fn export(&self, cmd: &mut Command) {
+        cmd.env("KAFKA_TRACER_KAFKA_LIBS", &self.libs)
+            .env("KAFKA_TRACER_JAVA_CLIENTS", &self.java_clients)
+            .env("KAFKA_TRACER_GO_CLIENT", &self.go_client);
+    }
+}
+
+/// Installs what is missing, checks what is there.
+pub fn install(root: &Path) -> anyhow::Result<Paths> {
+    let cache = cache_dir()?;
+    let java_dir = root.join("tests/java");
+    let libs = jars(&java_dir, &cache)?;
+    let java_clients = java_clients(&java_dir, &libs, &cache)?;
+    let go_client = go_client(&root.join("tests/go"), &cache)?;
+    Ok(Paths {
+        libs,
+        java_clients,
+        go_client,
+    })
+}
+
+/// `$XDG_CACHE_HOME/kafka-tracer` or `~/.cache/kafka-tracer`.
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("kafka-tracer"))
+}
+
+/// A short, stable hash of some files' contents (FNV-1a), to name what was built from them.
+fn fingerprint(files: &[&Path]) -> anyhow::Result<String> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in files {
+        for b in std::fs::read(f).with_context(|| format!("reading {}", f.display()))? {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// Java 17+ and Maven, from Debian's packages when missing.
+fn java_tools() -> anyhow::Result<()> {
+    apt_package("openjdk-17-jdk-headless", &["java", "javac"])?;
+    apt_package("maven", &["mvn"])
+}
+
+/// The broker's and clients' jars, copied by Maven into `cache/kafka-libs-<pom hash>`.
+fn jars(java_dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+    let pom = java_dir.join("pom.xml");
+    let dir = cache.join(format!("kafka-libs-{}", fingerprint(&[&pom])?));
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    java_tools()?;
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    run(Command::new("mvn")
+        .current_dir(java_dir)
+        .args(["--batch-mode", "--quiet", "dependency:copy-dependencies"])
+        .arg(format!("-DoutputDirectory={}", partial.display())))
+    .context("copying the Apache Kafka jars from Maven Central (tests/java/pom.xml)")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
+    std::fs::write(dir.join(".complete"), "")?;
+    Ok(dir)
+}
+
+/// `JavaClient` compiled into `cache/java-clients-<source and pom hash>`.
+fn java_clients(java_dir: &Path, libs: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+    let source = java_dir.join("src/JavaClient.java");
+    let pom = java_dir.join("pom.xml");
+    let dir = cache.join(format!("java-clients-{}", fingerprint(&[&source, &pom])?));
+    if dir.join("JavaClient.class").exists() {
+        return Ok(dir);
+    }
+    java_tools()?;
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    run(Command::new("javac")
+        .args(["-nowarn", "-d"])
+        .arg(&partial)
+        .arg("-cp")
+        .arg(libs.join("*"))
+        .arg(&source))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The Go clients built into `cache/bin/goclient`; `go build` keeps its own cache, so this is
+/// quick when nothing changed.
+fn go_client(go_dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+    let version = output(Command::new("go").arg("version")).map_err(|_| {
+        anyhow::anyhow!(
+            "Go is not installed: the Go clients (franz-go, sarama) need Go 1.26 or later from https://go.dev/dl (Debian's golang package is too old)"
+        )
+    })?;
+    let bin = cache.join("bin/goclient");
+    let status = Command::new("go")
+        .current_dir(go_dir)
+        .args(["build", "-mod=readonly", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .status()
+        .context("starting go build")?;
+    if !status.success() {
+        bail!(
+            "building the Go clients in {} failed ({status}) with {}",
+            go_dir.display(),
+            version.trim()
+        );
+    }
+    Ok(bin)
+}
