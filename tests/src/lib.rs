@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod receiver;
+pub mod seen;
 pub mod tracer;
 
 pub use broker::Broker;

@@ -203,6 +203,19 @@ impl Receiver {
         })
     }
 
+    /// A receiver on a runtime of its own, for tests whose thread drives blocking clients.
+    pub fn in_background() -> (tokio::runtime::Runtime, Self) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let receiver = rt
+            .block_on(Self::start(None))
+            .expect("the OTLP receiver starts");
+        (rt, receiver)
+    }
+
     /// The OTLP/gRPC endpoint.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

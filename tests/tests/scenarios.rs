@@ -5,32 +5,23 @@
 //! target/e2e-summary.txt, which `cargo xtask test` prints).
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tests::{
     BackgroundClient, Broker, client, consume, covered_offsets,
-    receiver::{Received, Receiver},
+    receiver::Receiver,
+    seen::{Seen, records as delivered},
     summary,
     tracer::{PeakRss, Tracer, logged},
 };
 
-/// A runtime for the receiver's tasks while the test thread drives blocking clients.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// What a scenario runs against: a runtime for the receiver, the receiver, and a broker with
 /// `topic` in `partitions` partitions.
 fn parts(topic: &str, partitions: u32) -> (tokio::runtime::Runtime, Receiver, Broker) {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let (rt, receiver) = Receiver::in_background();
     let broker = Broker::start().unwrap();
     broker.create_topic(topic, partitions).unwrap();
     (rt, receiver, broker)
@@ -46,91 +37,11 @@ fn start_tracer(port: u16, name: &str, env: &[(&str, String)]) -> Tracer {
     Tracer::start_with(port, name, &env)
 }
 
-/// (partition, offset) of each record a producer reports delivered.
-fn delivered(output: &str) -> Vec<(i64, i64)> {
-    let v: Value = serde_json::from_str(output).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r.get("error").is_none())
-        .map(|r| {
-            (
-                r["partition"].as_i64().unwrap(),
-                r["offset"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// The spans of one topic, as Jaeger would show them, and how they link.
-struct Seen {
-    send: Vec<Received>,
-    poll: Vec<Received>,
-}
-
-impl Seen {
-    fn of(receiver: &Receiver, topic: &str) -> Self {
-        let spans = receiver.topic(topic);
-        let (send, poll) = spans
-            .into_iter()
-            .partition(|r| r.span.name == format!("send {topic}"));
-        let poll: Vec<Received> = poll;
-        assert!(
-            poll.iter().all(|r| r.span.name == format!("poll {topic}")),
-            "only send and poll spans"
-        );
-        Self { send, poll }
-    }
-
-    /// Poll spans whose parent is a received send span, in its trace.
-    fn linked(&self) -> usize {
-        let parents: HashSet<(Vec<u8>, Vec<u8>)> = self
-            .send
-            .iter()
-            .map(|s| (s.span.trace_id.clone(), s.span.span_id.clone()))
-            .collect();
-        self.poll
-            .iter()
-            .filter(|c| parents.contains(&(c.span.trace_id.clone(), c.span.parent_span_id.clone())))
-            .count()
-    }
-
-    /// Whether a send span covers record `offset` of `partition`.
-    fn covers(&self, partition: i64, offset: i64) -> bool {
-        self.send.iter().any(|s| {
-            let num = |k: &str| s.attr(k).and_then(|v| v.parse::<i64>().ok());
-            num("messaging.destination.partition.id") == Some(partition)
-                && covered_offsets(num).is_some_and(|o| o.contains(&offset))
-        })
-    }
-
-    /// Records produced without a send span covering them.
-    fn lost(&self, produced: &[(i64, i64)]) -> usize {
-        produced
-            .iter()
-            .filter(|(p, o)| !self.covers(*p, *o))
-            .count()
-    }
-
-    fn summary(&self, scenario: &str, produced: &[(i64, i64)]) {
-        summary(&format!(
-            "e2e {scenario}: {} records produced, {} send + {} poll spans received, {} of {} poll spans linked to their send span, {} records without a send span",
-            produced.len(),
-            self.send.len(),
-            self.poll.len(),
-            self.linked(),
-            self.poll.len(),
-            self.lost(produced)
-        ));
-    }
-}
-
 /// Every codec, produced by both client libraries and consumed by librdkafka: each batch has a
 /// send span covering its records, and each fetched batch a poll span under it.
 #[test]
 fn every_codec_is_traced_and_linked() {
-    let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(None)).unwrap();
+    let (_rt, receiver) = Receiver::in_background();
     let broker = Broker::start().unwrap();
     let tracer = start_tracer(broker.port, "codecs", &otlp(&receiver));
     let mut produced = Vec::new();

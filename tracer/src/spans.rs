@@ -232,6 +232,12 @@ fn common(
         ),
         ("network.peer.port", (remote.port() as i64).into()),
         ("network.local.port", (local.port() as i64).into()),
+        // The Produce/Fetch version the client and broker agreed on (not a semantic
+        // convention): what a version-dependent difference between clients comes down to.
+        (
+            "messaging.kafka.request.version",
+            i64::from(o.exchange.header.api_version).into(),
+        ),
     ];
     if let Some(c) = &o.exchange.header.client_id {
         a.push(("messaging.client.id", c.as_str().into()));

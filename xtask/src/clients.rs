@@ -32,11 +32,24 @@ pub struct Paths {
 }
 
 impl Paths {
+    fn vars(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("KAFKA_TRACER_KAFKA_LIBS", &self.libs),
+            ("KAFKA_TRACER_JAVA_CLIENTS", &self.java_clients),
+            ("KAFKA_TRACER_GO_CLIENT", &self.go_client),
+        ]
+    }
+
     /// Hands the paths to a test or demo process.
     pub fn export(&self, cmd: &mut Command) {
-        cmd.env("KAFKA_TRACER_KAFKA_LIBS", &self.libs)
-            .env("KAFKA_TRACER_JAVA_CLIENTS", &self.java_clients)
-            .env("KAFKA_TRACER_GO_CLIENT", &self.go_client);
+        cmd.envs(self.vars());
+    }
+
+    /// Prints them as shell assignments, for running single tests by hand.
+    pub fn print(&self) {
+        for (k, v) in self.vars() {
+            println!("export {k}={}", v.display());
+        }
     }
 }
 

@@ -29,7 +29,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what is missing: pinned toolchains, rust-src, bpf-linker; mount tracefs.
-    Setup,
+    Setup {
+        /// Also what the tests need (brokers, Java and Go clients, Python clients, tools), and
+        /// print the environment that points the tests at them.
+        #[arg(long)]
+        tests: bool,
+    },
     /// Set up, build, and run kafka-tracer (as root, through sudo when needed).
     Run {
         /// Instead: start a local broker, the tracer, two producers and a consumer group, and
@@ -93,7 +98,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.command {
-        Cmd::Setup => setup::all(&root),
+        Cmd::Setup { tests } => {
+            setup::all(&root)?;
+            if tests {
+                setup::test_env(&root)?;
+                clients::install(&root)?.print();
+            }
+            Ok(())
+        }
         Cmd::Run { demo: true, .. } => {
             setup::all(&root)?;
             tests_binary(&root, "demo", &[])

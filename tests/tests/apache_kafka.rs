@@ -1,0 +1,436 @@
+//! End-to-end scenarios against Apache Kafka itself (4.4, KRaft, one node), with the clients
+//! most producers and consumers use: the Java client (kafka-clients, Kafka Streams), the Go
+//! clients franz-go and sarama, and librdkafka. Every record a producer reports delivered must
+//! be covered by a send span, and every record a consumer reports consumed by a poll span that
+//! hangs under its send span; the negotiated Produce and Fetch versions, codecs, headers and
+//! group protocols are those of the README's client table, each row checked here.
+
+use std::time::Duration;
+
+use tests::{
+    BackgroundClient, Broker, TRACEPARENT, client,
+    receiver::{Receiver, hex},
+    seen::{self, Seen, records},
+    summary,
+    tracer::{Tracer, logged},
+};
+
+/// A tracer exporting to `receiver` over OTLP/HTTP, on the broker's port.
+fn tracer(broker: &Broker, name: &str, receiver: &Receiver) -> Tracer {
+    let endpoint = receiver.http_endpoint();
+    Tracer::start_with(
+        broker.port,
+        name,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    )
+}
+
+/// The client id each test client sends.
+fn client_id(lib: &str) -> String {
+    format!("tracer-test-{lib}")
+}
+
+/// One row of the client table: who produces with which codec, who consumes and how, and the
+/// Produce and Fetch versions the clients negotiate with Apache Kafka 4.4.
+struct Row {
+    producer: &'static str,
+    codec: &'static str,
+    produce_version: i64,
+    consumer: &'static str,
+    /// None: partition assignment; Some(protocol): a group with that `group.protocol`
+    /// (`classic` for the Go clients, which have no other).
+    group: Option<&'static str>,
+    fetch_version: i64,
+}
+
+const ROWS: [Row; 10] = [
+    Row {
+        producer: "java",
+        codec: "lz4",
+        produce_version: 13,
+        consumer: "franz",
+        group: None,
+        fetch_version: 18,
+    },
+    Row {
+        producer: "java",
+        codec: "snappy",
+        produce_version: 13,
+        consumer: "sarama",
+        group: None,
+        fetch_version: 12,
+    },
+    Row {
+        producer: "java",
+        codec: "zstd",
+        produce_version: 13,
+        consumer: "java",
+        group: Some("consumer"),
+        fetch_version: 18,
+    },
+    Row {
+        producer: "franz",
+        codec: "snappy",
+        produce_version: 13,
+        consumer: "java",
+        group: Some("classic"),
+        fetch_version: 18,
+    },
+    Row {
+        producer: "franz",
+        codec: "gzip",
+        produce_version: 13,
+        consumer: "java",
+        group: None,
+        fetch_version: 18,
+    },
+    Row {
+        producer: "franz",
+        codec: "none",
+        produce_version: 13,
+        consumer: "franz",
+        group: Some("classic"),
+        fetch_version: 18,
+    },
+    Row {
+        producer: "sarama",
+        codec: "zstd",
+        produce_version: 10,
+        consumer: "java",
+        group: Some("consumer"),
+        fetch_version: 18,
+    },
+    Row {
+        producer: "sarama",
+        codec: "lz4",
+        produce_version: 10,
+        consumer: "confluent",
+        group: None,
+        fetch_version: 16,
+    },
+    Row {
+        producer: "sarama",
+        codec: "gzip",
+        produce_version: 10,
+        consumer: "franz",
+        group: None,
+        fetch_version: 18,
+    },
+    Row {
+        producer: "confluent",
+        codec: "zstd",
+        produce_version: 10,
+        consumer: "java",
+        group: None,
+        fetch_version: 18,
+    },
+];
+
+/// Records each row produces.
+const RECORDS: usize = 6;
+
+/// Every row of the client table: the producer's records all in send spans with the row's
+/// codec, Produce version and (for the clients given one) the W3C trace context of their
+/// headers; the consumer's records all in poll spans linked to those send spans, with the
+/// row's Fetch version and group name.
+#[test]
+fn java_go_and_librdkafka_clients_are_traced_through_apache_kafka() {
+    let (_rt, receiver) = Receiver::in_background();
+    let broker = Broker::apache().unwrap();
+    let tracer = tracer(&broker, "apache-clients", &receiver);
+    let bootstrap = broker.bootstrap();
+    let mut runs = Vec::new();
+    for (i, row) in ROWS.iter().enumerate() {
+        let topic = format!("ak-{}-{}-{}", row.producer, row.codec, row.consumer);
+        broker.create_topic(&topic, 1).unwrap();
+        let count = RECORDS.to_string();
+        let mut produce = vec![
+            "produce",
+            row.producer,
+            &bootstrap,
+            &topic,
+            &count,
+            row.codec,
+            "--partition",
+            "0",
+        ];
+        // Half of the rows carry a trace context in their headers, half are linked by offset.
+        if i % 2 == 0 {
+            produce.extend(["--traceparent", TRACEPARENT]);
+        }
+        let produced = records(&client(&produce).unwrap());
+        let group = format!("ak-group-{i}");
+        let mut consume = vec![
+            "consume",
+            row.consumer,
+            &bootstrap,
+            &topic,
+            &count,
+            "--timeout",
+            "40",
+        ];
+        match row.group {
+            Some(protocol) => {
+                consume.extend(["--group", &group]);
+                if row.consumer == "java" {
+                    consume.extend(["--protocol", protocol]);
+                }
+            }
+            None => consume.extend(["--partition", "0"]),
+        }
+        let consumed = records(&client(&consume).unwrap());
+        runs.push((i, topic, group, produced, consumed));
+    }
+    let (_, log) = tracer.stop_with_log();
+    for (i, topic, group, produced, consumed) in &runs {
+        let row = &ROWS[*i];
+        let seen = Seen::of(&receiver, topic);
+        let (producer, consumer) = (client_id(row.producer), client_id(row.consumer));
+        let send = seen.sends_where(seen::client(&producer, false)).send;
+        let poll = seen.polls_where(seen::client(&consumer, false)).poll;
+        let scenario = format!(
+            "Apache Kafka {} {} -> {}{}",
+            row.producer,
+            row.codec,
+            row.consumer,
+            row.group
+                .map(|p| format!(" (group, {p} protocol)"))
+                .unwrap_or_default()
+        );
+        seen.summary(&scenario, produced);
+        let unpolled = seen.unpolled(consumed);
+        summary(&format!(
+            "e2e {scenario}: {} records consumed, {unpolled} without a linked poll span",
+            consumed.len()
+        ));
+        assert_eq!(produced.len(), RECORDS, "{scenario}");
+        assert_eq!(consumed.len(), RECORDS, "{scenario}");
+        assert!(!send.is_empty(), "{scenario}: send spans: {log}");
+        assert_eq!(seen.lost(produced), 0, "{scenario}: {log}");
+        assert_eq!(unpolled, 0, "{scenario}: {log}");
+        for s in &send {
+            assert_eq!(
+                s.attr("messaging.kafka.compression").as_deref(),
+                Some(row.codec)
+            );
+            assert_eq!(
+                s.attr("messaging.kafka.request.version"),
+                Some(row.produce_version.to_string()),
+                "{scenario}: Produce version"
+            );
+            if i % 2 == 0 {
+                assert_eq!(hex(&s.span.trace_id), TRACEPARENT[3..35], "{scenario}");
+                assert_eq!(
+                    hex(&s.span.parent_span_id),
+                    TRACEPARENT[36..52],
+                    "{scenario}"
+                );
+            }
+        }
+        for p in &poll {
+            assert_eq!(
+                p.attr("messaging.kafka.request.version"),
+                Some(row.fetch_version.to_string()),
+                "{scenario}: Fetch version"
+            );
+            if row.group.is_some() {
+                assert_eq!(
+                    p.attr("messaging.consumer.group.name").as_deref(),
+                    Some(group.as_str()),
+                    "{scenario}: group on the poll span"
+                );
+            }
+        }
+    }
+    assert_eq!(logged(&log, "undecodable_requests"), 0, "{log}");
+    assert_eq!(logged(&log, "undecodable_responses"), 0, "{log}");
+}
+
+/// Transactions of the Java client (transactions v2: partitions added through Produce): every
+/// transactional record has a send span, committed or aborted; a `read_committed` consumer
+/// (KIP-848 group) is never shown consuming an aborted record, although the fetch responses
+/// carry those batches; a `read_uncommitted` consumer (franz-go) is, as it does consume them.
+#[test]
+fn aborted_transactions_are_never_reported_as_consumed() {
+    let (_rt, receiver) = Receiver::in_background();
+    let broker = Broker::apache().unwrap();
+    broker.create_topic("ak-txn", 1).unwrap();
+    let tracer = tracer(&broker, "apache-transactions", &receiver);
+    let bootstrap = broker.bootstrap();
+    let transact = |count: &str, abort: bool| {
+        let mut args = vec![
+            "transact",
+            "java",
+            &bootstrap,
+            "ak-txn",
+            count,
+            "none",
+            "--partition",
+            "0",
+        ];
+        if abort {
+            args.push("--abort");
+        }
+        records(&client(&args).unwrap())
+    };
+    let committed_first = transact("4", false);
+    let aborted = transact("3", true);
+    let committed_last = transact("2", false);
+    let committed: Vec<(i64, i64)> = committed_first
+        .iter()
+        .chain(&committed_last)
+        .copied()
+        .collect();
+    let read_committed = records(
+        &client(&[
+            "consume",
+            "java",
+            &broker.bootstrap(),
+            "ak-txn",
+            &committed.len().to_string(),
+            "--group",
+            "ak-txn-committed",
+            "--protocol",
+            "consumer",
+            "--read-committed",
+            "--timeout",
+            "40",
+        ])
+        .unwrap(),
+    );
+    // Everything in the log but the three markers.
+    let everything = records(
+        &client(&[
+            "consume",
+            "franz",
+            &broker.bootstrap(),
+            "ak-txn",
+            &(committed.len() + aborted.len()).to_string(),
+            "--partition",
+            "0",
+            "--timeout",
+            "40",
+        ])
+        .unwrap(),
+    );
+    let (_, log) = tracer.stop_with_log();
+    let seen = Seen::of(&receiver, "ak-txn");
+    let all_produced: Vec<(i64, i64)> = committed.iter().chain(&aborted).copied().collect();
+    seen.summary("Apache Kafka transactions", &all_produced);
+    let (java, franz) = (client_id("java"), client_id("franz"));
+    // Each consumer's poll spans, with every send span.
+    let committed_view = seen.polls_where(seen::client(&java, false));
+    let uncommitted_view = seen.polls_where(seen::client(&franz, false));
+    let aborted_polled = committed_view.polled(&aborted);
+    summary(&format!(
+        "e2e Apache Kafka transactions: {} committed and {} aborted records, read_committed consumed {} ({} of them in poll spans, {aborted_polled} aborted records shown consumed), read_uncommitted consumed {}, aborted_batches {}",
+        committed.len(),
+        aborted.len(),
+        read_committed.len(),
+        read_committed.len() - committed_view.unpolled(&read_committed),
+        everything.len(),
+        logged(&log, "aborted_batches"),
+    ));
+    assert_eq!(
+        seen.lost(&all_produced),
+        0,
+        "every transactional record sent: {log}"
+    );
+    assert_eq!(
+        read_committed, committed,
+        "the client drops the aborted records"
+    );
+    assert_eq!(committed_view.unpolled(&read_committed), 0, "{log}");
+    assert_eq!(
+        aborted_polled, 0,
+        "no aborted record in a read_committed poll span"
+    );
+    assert!(logged(&log, "aborted_batches") >= 1, "{log}");
+    assert_eq!(everything.len(), all_produced.len());
+    assert_eq!(
+        uncommitted_view.unpolled(&everything),
+        0,
+        "read_uncommitted consumes aborted records too: {log}"
+    );
+}
+
+/// A Kafka Streams application (exactly_once_v2) between two topics: its consumer's poll spans
+/// link to the input's send spans, its transactional producer's send spans cover every output
+/// record, and a consumer of the output links to those.
+#[test]
+fn a_kafka_streams_application_is_traced_on_both_sides() {
+    let (_rt, receiver) = Receiver::in_background();
+    let broker = Broker::apache().unwrap();
+    broker.create_topic("ak-streams-in", 1).unwrap();
+    broker.create_topic("ak-streams-out", 1).unwrap();
+    let tracer = tracer(&broker, "apache-streams", &receiver);
+    let input = records(
+        &client(&[
+            "produce",
+            "franz",
+            &broker.bootstrap(),
+            "ak-streams-in",
+            "5",
+            "snappy",
+            "--partition",
+            "0",
+            "--traceparent",
+            TRACEPARENT,
+        ])
+        .unwrap(),
+    );
+    let streams = BackgroundClient::start(&[
+        "streams",
+        "java",
+        &broker.bootstrap(),
+        "ak-streams-in",
+        "ak-streams-out",
+        "5",
+        "--app-id",
+        "ak-streams-app",
+        "--timeout",
+        "60",
+    ])
+    .unwrap();
+    let out = streams.finish().unwrap();
+    assert!(out.contains("\"complete\":true"), "{out}");
+    let output = records(
+        &client(&[
+            "consume",
+            "franz",
+            &broker.bootstrap(),
+            "ak-streams-out",
+            "5",
+            "--partition",
+            "0",
+            "--timeout",
+            "40",
+        ])
+        .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, log) = tracer.stop_with_log();
+    let inside = Seen::of(&receiver, "ak-streams-in");
+    let outside = Seen::of(&receiver, "ak-streams-out");
+    let app = client_id("java");
+    let app_polls = inside.polls_where(seen::client(&app, true));
+    let app_sends = outside.sends_where(seen::client(&app, true));
+    inside.summary("Apache Kafka Streams input", &input);
+    app_sends.summary("Apache Kafka Streams output", &output);
+    assert_eq!(output.len(), 5);
+    assert_eq!(inside.lost(&input), 0, "{log}");
+    assert_eq!(
+        app_polls.unpolled(&input),
+        0,
+        "the application's polls: {log}"
+    );
+    assert!(
+        app_polls
+            .poll
+            .iter()
+            .all(|p| p.attr("messaging.consumer.group.name").as_deref() == Some("ak-streams-app")),
+        "the application id is the group"
+    );
+    assert_eq!(app_sends.lost(&output), 0, "the application's sends: {log}");
+    assert_eq!(app_sends.unpolled(&output), 0, "{log}");
+}
