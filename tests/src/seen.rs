@@ -42,20 +42,26 @@ pub fn client(id: &str, prefix: bool) -> impl Fn(&Received) -> bool + '_ {
 pub struct Seen {
     pub send: Vec<Received>,
     pub poll: Vec<Received>,
+    /// Share-group acknowledgements (`ack` spans).
+    pub ack: Vec<Received>,
 }
 
 impl Seen {
     pub fn of(receiver: &Receiver, topic: &str) -> Self {
-        let spans = receiver.topic(topic);
-        let (send, poll) = spans
-            .into_iter()
-            .partition(|r| r.span.name == format!("send {topic}"));
-        let poll: Vec<Received> = poll;
-        assert!(
-            poll.iter().all(|r| r.span.name == format!("poll {topic}")),
-            "only send and poll spans"
-        );
-        Self { send, poll }
+        let mut seen = Self {
+            send: Vec::new(),
+            poll: Vec::new(),
+            ack: Vec::new(),
+        };
+        for r in receiver.topic(topic) {
+            match r.span.name.strip_suffix(topic) {
+                Some("send ") => seen.send.push(r),
+                Some("poll ") => seen.poll.push(r),
+                Some("ack ") => seen.ack.push(r),
+                _ => panic!("only send, poll and ack spans: {}", r.span.name),
+            }
+        }
+        seen
     }
 
     /// The same send spans, and only the poll spans `keep` accepts.
@@ -63,6 +69,7 @@ impl Seen {
         Self {
             send: self.send.clone(),
             poll: self.poll.iter().filter(|r| keep(r)).cloned().collect(),
+            ack: self.ack.clone(),
         }
     }
 
@@ -71,6 +78,7 @@ impl Seen {
         Self {
             send: self.send.iter().filter(|r| keep(r)).cloned().collect(),
             poll: self.poll.clone(),
+            ack: self.ack.clone(),
         }
     }
 

@@ -210,3 +210,28 @@ impl PeakRss {
         peak.load(Ordering::Relaxed)
     }
 }
+
+/// A port nothing listens on now (for a tracer's /metrics).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// The tracer's /metrics at `addr`, as Prometheus gets it (status line and headers included).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).expect("the tracer's metrics port");
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request sent");
+    let mut body = String::new();
+    c.read_to_string(&mut body).expect("response read");
+    body
+}
+
+/// The value of the sample `series` (name and labels, as exposed) in a scrape.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -12,7 +12,7 @@ use tests::{
     receiver::{Receiver, hex},
     seen::{self, Seen, records},
     summary,
-    tracer::{Tracer, logged},
+    tracer::{Tracer, free_port, logged, sample, scrape},
 };
 
 /// A tracer exporting to `receiver` over OTLP/HTTP, on the broker's port.
@@ -433,4 +433,155 @@ fn a_kafka_streams_application_is_traced_on_both_sides() {
     );
     assert_eq!(app_sends.lost(&output), 0, "the application's sends: {log}");
     assert_eq!(app_sends.unpolled(&output), 0, "{log}");
+}
+
+/// A share group (KIP-932) member, the Java `KafkaShareConsumer`, releases the first records it
+/// gets and accepts the rest: the released ones come back with delivery count 2. Every delivery
+/// has a poll span under its send span, carrying the group and delivery count; each
+/// acknowledgement an `ack` span with what became of its records; and /metrics counts
+/// deliveries, redeliveries, acceptances, releases and rejections exactly as the client saw them.
+#[test]
+fn share_group_deliveries_and_acknowledgements_are_traced_and_counted() {
+    const RECORDS: usize = 10;
+    const RELEASED: usize = 3;
+    let (_rt, receiver) = Receiver::in_background();
+    let broker = Broker::apache().unwrap();
+    broker.create_topic("ak-share", 1).unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let endpoint = receiver.http_endpoint();
+    let tracer = Tracer::start_with(
+        broker.port,
+        "apache-share",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("KAFKA_TRACER_METRICS_ADDR", metrics.as_str()),
+        ],
+    );
+    let produced = records(
+        &client(&[
+            "produce",
+            "franz",
+            &broker.bootstrap(),
+            "ak-share",
+            &RECORDS.to_string(),
+            "none",
+            "--partition",
+            "0",
+        ])
+        .unwrap(),
+    );
+    let out = client(&[
+        "share",
+        "java",
+        &broker.bootstrap(),
+        "ak-share",
+        &RECORDS.to_string(),
+        "--group",
+        "ak-share-group",
+        "--release",
+        &RELEASED.to_string(),
+        "--timeout",
+        "60",
+    ])
+    .unwrap();
+    let deliveries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let count = |key: &str, want: &str| {
+        deliveries
+            .iter()
+            .filter(|d| d[key].to_string().trim_matches('"') == want)
+            .count() as f64
+    };
+    let (redelivered, released, accepted) = (
+        count("delivery_count", "2"),
+        count("ack", "release"),
+        count("ack", "accept"),
+    );
+    let series = |outcome: &str| {
+        format!(
+            r#"kafka_share_records_total{{group="ak-share-group",topic="ak-share",outcome="{outcome}"}}"#
+        )
+    };
+    // The last acknowledgement's answer reaches /metrics within a second or two.
+    let mut body = String::new();
+    for _ in 0..50 {
+        body = scrape(&metrics);
+        if sample(&body, &series("accepted")) == Some(accepted) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, log) = tracer.stop_with_log();
+    let seen = Seen::of(&receiver, "ak-share");
+    let delivered: Vec<(i64, i64)> = records(&out);
+    let polls = seen.polls_where(seen::client(&client_id("java"), false));
+    let ack_total = |attr: &str| -> f64 {
+        seen.ack
+            .iter()
+            .filter_map(|a| a.attr(attr)?.parse::<f64>().ok())
+            .sum()
+    };
+    summary(&format!(
+        "e2e Apache Kafka share group: {} records produced, {} deliveries ({redelivered} redelivered), {released} released and {accepted} accepted by the client; {} poll spans, {} of the deliveries without a linked poll span; {} ack spans; /metrics delivered {:?} redelivered {:?} released {:?} accepted {:?}",
+        produced.len(),
+        delivered.len(),
+        polls.poll.len(),
+        polls.unpolled(&delivered),
+        seen.ack.len(),
+        sample(&body, &series("delivered")),
+        sample(&body, &series("redelivered")),
+        sample(&body, &series("released")),
+        sample(&body, &series("accepted")),
+    ));
+    assert_eq!(produced.len(), RECORDS);
+    assert_eq!(
+        (redelivered, released, accepted),
+        (RELEASED as f64, RELEASED as f64, RECORDS as f64),
+        "the client's own account: {out}"
+    );
+    assert_eq!(polls.unpolled(&delivered), 0, "{log}");
+    for p in &polls.poll {
+        assert_eq!(
+            p.attr("messaging.consumer.group.name").as_deref(),
+            Some("ak-share-group")
+        );
+        assert!(p.attr("messaging.kafka.share.delivery_count").is_some());
+    }
+    // The redelivered records are in poll spans saying so.
+    let again = polls
+        .polls_where(|p| p.attr("messaging.kafka.share.delivery_count").as_deref() == Some("2"));
+    let redelivered_records: Vec<(i64, i64)> = deliveries
+        .iter()
+        .filter(|d| d["delivery_count"] == 2)
+        .map(|d| {
+            (
+                d["partition"].as_i64().unwrap(),
+                d["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(again.unpolled(&redelivered_records), 0, "{log}");
+    assert_eq!(
+        sample(&body, &series("delivered")),
+        Some(delivered.len() as f64),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &series("redelivered")),
+        Some(redelivered),
+        "{body}"
+    );
+    assert_eq!(sample(&body, &series("released")), Some(released), "{body}");
+    assert_eq!(sample(&body, &series("accepted")), Some(accepted), "{body}");
+    assert_eq!(sample(&body, &series("rejected")), None, "{body}");
+    assert_eq!(ack_total("messaging.kafka.share.released"), released);
+    assert_eq!(ack_total("messaging.kafka.share.accepted"), accepted);
+    // Acknowledgements hang under the send span of what they settle.
+    let parents: std::collections::HashSet<Vec<u8>> =
+        seen.send.iter().map(|s| s.span.span_id.clone()).collect();
+    assert!(
+        seen.ack
+            .iter()
+            .all(|a| parents.contains(&a.span.parent_span_id)),
+        "ack spans under their send spans: {log}"
+    );
 }

@@ -15,7 +15,7 @@ use tests::{
     receiver::Receiver,
     seen::{Seen, records as delivered},
     summary,
-    tracer::{PeakRss, Tracer, logged},
+    tracer::{PeakRss, Tracer, free_port, logged, scrape},
 };
 
 /// What a scenario runs against: a runtime for the receiver, the receiver, and a broker with
@@ -82,25 +82,6 @@ fn every_codec_is_traced_and_linked() {
             );
         }
     }
-}
-
-/// Scrapes the tracer's /metrics.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    c.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A consumer group (kafka-python, subscribing) over three partitions: its poll spans carry

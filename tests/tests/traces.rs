@@ -313,12 +313,7 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
 fn metrics_show_lag_latency_and_health() {
     let broker = Broker::start().unwrap();
     broker.create_topic("e2e-metrics", 1).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", tests::tracer::free_port());
     let tracer = Tracer::start_with(
         broker.port,
         "metrics",
@@ -350,16 +345,7 @@ fn metrics_show_lag_latency_and_health() {
     ])
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let scrape = || {
-        use std::io::{Read as _, Write as _};
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        c.read_to_string(&mut body).unwrap();
-        body
-    };
-    let body = scrape();
+    let body = tests::tracer::scrape(&addr);
     let _ = tracer.stop();
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let series = r#"group="e2e-metrics-group",topic="e2e-metrics",partition="0"}"#;

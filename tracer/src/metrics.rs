@@ -82,6 +82,9 @@ pub struct Metrics {
     e2e: Family<Arc<str>, Histogram>,
     /// (api, error code) -> count.
     errors: Family<(&'static str, i16), u64>,
+    /// (share group, topic, outcome) -> records: delivered, redelivered (delivery count above
+    /// one), and acknowledged as accepted, released or rejected.
+    share: Family<(Arc<str>, Arc<str>, &'static str), u64>,
 }
 
 impl Default for Metrics {
@@ -107,6 +110,7 @@ impl Metrics {
             high_watermark: Family::new(),
             e2e: Family::new(),
             errors: Family::new(),
+            share: Family::new(),
         }
     }
 
@@ -119,6 +123,7 @@ impl Metrics {
             + self.high_watermark.refused
             + self.e2e.refused
             + self.errors.refused
+            + self.share.refused
     }
 
     /// Records what an exchange says. `clock_offset_ns` turns kernel times into Unix times.
@@ -230,6 +235,37 @@ impl Metrics {
                 }
                 self.observe_duration(api, duration);
             }
+            (Ok(Request::Share(req)), Some(Ok(resp))) => {
+                let group: Arc<str> = req.group_id.as_deref().unwrap_or("").into();
+                let mut add = |topic: Arc<str>, outcome, n: u64| {
+                    if n > 0
+                        && let Some(c) = self.share.get((group.clone(), topic, outcome))
+                    {
+                        *c = c.saturating_add(n);
+                    }
+                };
+                if let Response::ShareFetch(f) = resp {
+                    for p in &f.partitions {
+                        let topic = name(&p.topic);
+                        for a in &p.acquired {
+                            add(topic.clone(), "delivered", a.len());
+                            if a.delivery_count > 1 {
+                                add(topic.clone(), "redelivered", a.len());
+                            }
+                        }
+                    }
+                }
+                // Acknowledgements count once the broker took the request.
+                if resp.error_code().is_none() {
+                    for a in &req.acknowledgements {
+                        let topic = name(&a.topic);
+                        add(topic.clone(), "accepted", a.counts.accepted);
+                        add(topic.clone(), "released", a.counts.released);
+                        add(topic, "rejected", a.counts.rejected);
+                    }
+                }
+                self.observe_duration(api, duration);
+            }
             _ => self.observe_duration(api, duration),
         }
     }
@@ -318,6 +354,15 @@ impl Metrics {
                 &format!("topic=\"{}\"", label(topic)),
                 h,
                 &E2E_BUCKETS,
+            );
+        }
+        out.push_str("# TYPE kafka_share_records counter\n# HELP kafka_share_records Share-group records delivered, redelivered (delivery count above one), and acknowledged as accepted, released or rejected.\n");
+        for ((group, topic, outcome), n) in &self.share.series {
+            let _ = writeln!(
+                out,
+                "kafka_share_records_total{{group=\"{}\",topic=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label(group),
+                label(topic)
             );
         }
         out.push_str("# TYPE kafka_errors counter\n# HELP kafka_errors Responses carrying a Kafka error code.\n");

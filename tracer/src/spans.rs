@@ -16,7 +16,10 @@ use tracer_common::ConnTuple;
 use crate::{
     capture::endpoints,
     correlate::{self, TraceContext},
-    kafka::{Catalog, PartitionRecords, Request, Response, TopicRef},
+    kafka::{
+        Acknowledgement, AcquiredRecords, BatchInfo, Catalog, PartitionRecords, Request, Response,
+        TopicRef,
+    },
     pipeline::Observed,
 };
 
@@ -57,6 +60,19 @@ pub const MAX_LINKS: usize = 32;
 pub enum SpanKind {
     Producer,
     Consumer,
+    /// A settle operation (share-group acknowledgement).
+    Client,
+}
+
+impl SpanKind {
+    /// The OTLP `SpanKind` number: CLIENT = 3, PRODUCER = 4, CONSUMER = 5.
+    pub fn otlp(self) -> i32 {
+        match self {
+            Self::Client => 3,
+            Self::Producer => 4,
+            Self::Consumer => 5,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -269,6 +285,166 @@ fn topic_name(catalog: &Catalog, t: &TopicRef, counters: &mut SpanCounters) -> A
     })
 }
 
+/// From the request's first byte to the response's last (or the request's last, unanswered).
+fn exchange_times(o: &Observed) -> (u64, u64) {
+    let ex = &o.exchange;
+    (
+        ex.request_ns.0,
+        ex.response_ns.map_or(ex.request_ns.1, |(_, e)| e),
+    )
+}
+
+/// What a consumer received of one batch: the records `first..first + count` of batch `batch`.
+struct Received<'a> {
+    topic: &'a Arc<str>,
+    partition: i32,
+    records: &'a PartitionRecords,
+    batch: u32,
+    first: i64,
+    count: usize,
+    group: Option<Arc<str>>,
+    /// Share groups: how often these records have been delivered (1 the first time).
+    delivery_count: Option<i16>,
+    error_code: i16,
+}
+
+/// The poll span of what a consumer received of one batch, in the trace of the batch's send
+/// span (or of the trace context its records carry).
+fn poll_span(
+    o: &Observed,
+    catalog: &Catalog,
+    cluster: &str,
+    keys: KeyMode,
+    counters: &mut SpanCounters,
+    r: Received<'_>,
+) -> Span {
+    let (start, end) = exchange_times(o);
+    let b = &r.records.batches[r.batch as usize];
+    let (derived_trace, producer_span) =
+        correlate::batch_ids(cluster, r.topic, r.partition, b.base_offset);
+    let trace = batch_trace(contexts(r.records, r.batch), derived_trace, counters);
+    let mut attributes = common(o, r.topic, r.partition, catalog, &o.tuple);
+    attributes.push(("messaging.operation.type", "receive".into()));
+    attributes.push(("messaging.operation.name", "poll".into()));
+    offsets(&mut attributes, r.first, r.count);
+    if let Some(k) = single_key(r.records, r.batch, keys) {
+        attributes.push(("messaging.kafka.message.key", k));
+    }
+    if let Some(g) = r.group {
+        attributes.push(("messaging.consumer.group.name", g.into()));
+    }
+    if let Some(n) = r.delivery_count {
+        attributes.push(("messaging.kafka.share.delivery_count", i64::from(n).into()));
+    }
+    // End-to-end: from the batch's (first record's) timestamp to reception.
+    attributes.push((
+        "messaging.kafka.batch.timestamp_ms",
+        b.base_timestamp.into(),
+    ));
+    counters.consumer_spans += 1;
+    Span {
+        trace_id: trace.trace_id,
+        span_id: random_span_id(),
+        parent_span_id: Some(producer_span),
+        tracestate: trace.tracestate,
+        name: format!("poll {}", r.topic),
+        kind: SpanKind::Consumer,
+        start_ns: start,
+        end_ns: end,
+        attributes,
+        links: trace.links,
+        error_code: (r.error_code != 0).then_some(r.error_code),
+        parent_sampled: trace.sampled,
+        tgid: o.tgid,
+    }
+}
+
+/// The part of batch `b` in the acquired ranges: its first offset, how many offsets, and the
+/// highest delivery count among them; `None` when none of it was acquired.
+fn acquired_in(b: &BatchInfo, acquired: &[AcquiredRecords]) -> Option<(i64, usize, i16)> {
+    if b.control {
+        return None;
+    }
+    let last = b.base_offset.saturating_add(i64::from(b.last_offset_delta));
+    let mut found: Option<(i64, usize, i16)> = None;
+    for a in acquired {
+        let (from, to) = (a.first_offset.max(b.base_offset), a.last_offset.min(last));
+        if from > to {
+            continue;
+        }
+        let n = usize::try_from(to - from + 1).unwrap_or(usize::MAX);
+        found = Some(match found {
+            None => (from, n, a.delivery_count),
+            Some((f, c, d)) => (f.min(from), c.saturating_add(n), d.max(a.delivery_count)),
+        });
+    }
+    found
+}
+
+/// The settle span of a share-group acknowledgement: the range, what became of it (accepted,
+/// released for redelivery, rejected), under the send span of the first delivered batch it
+/// covers and linked to the others' (from the catalog's memory of recent deliveries).
+fn ack_span(
+    o: &Observed,
+    catalog: &Catalog,
+    cluster: &str,
+    counters: &mut SpanCounters,
+    a: &Acknowledgement,
+    group: Option<Arc<str>>,
+) -> Span {
+    let (start, end) = exchange_times(o);
+    let topic = topic_name(catalog, &a.topic, counters);
+    let mut bases = catalog
+        .share_batches(o.tgid, &a.topic, a.partition, a.first_offset, a.last_offset)
+        .into_iter()
+        .map(|base| correlate::batch_ids(cluster, &topic, a.partition, base));
+    let (trace_id, parent) = match bases.next() {
+        Some((t, s)) => (t, Some(s)),
+        None => (random_trace_id(), None),
+    };
+    let links: Vec<Link> = bases
+        .take(MAX_LINKS)
+        .map(|(trace_id, span_id)| Link {
+            trace_id,
+            span_id,
+            tracestate: None,
+        })
+        .collect();
+    let mut attributes = common(o, &topic, a.partition, catalog, &o.tuple);
+    attributes.push(("messaging.operation.type", "settle".into()));
+    attributes.push(("messaging.operation.name", "ack".into()));
+    attributes.push(("messaging.kafka.first_offset", a.first_offset.into()));
+    attributes.push(("messaging.kafka.last_offset", a.last_offset.into()));
+    if let Some(g) = group {
+        attributes.push(("messaging.consumer.group.name", g.into()));
+    }
+    for (name, n) in [
+        ("messaging.kafka.share.accepted", a.counts.accepted),
+        ("messaging.kafka.share.released", a.counts.released),
+        ("messaging.kafka.share.rejected", a.counts.rejected),
+    ] {
+        if n > 0 {
+            attributes.push((name, i64::try_from(n).unwrap_or(i64::MAX).into()));
+        }
+    }
+    counters.consumer_spans += 1;
+    Span {
+        trace_id,
+        span_id: random_span_id(),
+        parent_span_id: parent,
+        tracestate: None,
+        name: format!("ack {topic}"),
+        kind: SpanKind::Client,
+        start_ns: start,
+        end_ns: end,
+        attributes,
+        links,
+        error_code: None,
+        parent_sampled: None,
+        tgid: o.tgid,
+    }
+}
+
 /// The spans of one exchange seen by the client (producer or consumer); none for the broker
 /// side or for other APIs.
 pub fn spans(
@@ -281,8 +457,7 @@ pub fn spans(
     if !ex.client_side {
         return Vec::new();
     }
-    let start = ex.request_ns.0;
-    let end = ex.response_ns.map_or(ex.request_ns.1, |(_, e)| e);
+    let (start, end) = exchange_times(o);
     let cluster = catalog.cluster_id(&o.broker());
     let cluster = cluster.as_deref().unwrap_or("");
     let mut out = Vec::new();
@@ -398,42 +573,49 @@ pub fn spans(
                     if count == 0 {
                         continue;
                     }
-                    let (derived_trace, producer_span) =
-                        correlate::batch_ids(cluster, &topic, p.partition, b.base_offset);
-                    let trace =
-                        batch_trace(contexts(&p.records, i as u32), derived_trace, counters);
-                    let mut attributes = common(o, &topic, p.partition, catalog, &o.tuple);
-                    attributes.push(("messaging.operation.type", "receive".into()));
-                    attributes.push(("messaging.operation.name", "poll".into()));
-                    offsets(&mut attributes, b.base_offset, count);
-                    if let Some(k) = single_key(&p.records, i as u32, keys) {
-                        attributes.push(("messaging.kafka.message.key", k));
-                    }
-                    if let Some(g) = &group {
-                        attributes.push(("messaging.consumer.group.name", g.clone().into()));
-                    }
-                    // End-to-end: from the batch's (first record's) timestamp to reception.
-                    attributes.push((
-                        "messaging.kafka.batch.timestamp_ms",
-                        b.base_timestamp.into(),
-                    ));
-                    counters.consumer_spans += 1;
-                    out.push(Span {
-                        trace_id: trace.trace_id,
-                        span_id: random_span_id(),
-                        parent_span_id: Some(producer_span),
-                        tracestate: trace.tracestate,
-                        name: format!("poll {topic}"),
-                        kind: SpanKind::Consumer,
-                        start_ns: start,
-                        end_ns: end,
-                        attributes,
-                        links: trace.links,
-                        error_code: (p.error_code != 0).then_some(p.error_code),
-                        parent_sampled: trace.sampled,
-                        tgid: o.tgid,
-                    });
+                    let received = Received {
+                        topic: &topic,
+                        partition: p.partition,
+                        records: &p.records,
+                        batch: i as u32,
+                        first: b.base_offset,
+                        count,
+                        group: group.clone(),
+                        delivery_count: None,
+                        error_code: p.error_code,
+                    };
+                    out.push(poll_span(o, catalog, cluster, keys, counters, received));
                 }
+            }
+        }
+        (Ok(Request::Share(req)), resp) => {
+            let group: Option<Arc<str>> = req.group_id.as_deref().map(Into::into);
+            if let Some(Ok(Response::ShareFetch(f))) = resp {
+                for p in &f.partitions {
+                    let topic = topic_name(catalog, &p.topic, counters);
+                    for (i, b) in p.records.batches.iter().enumerate() {
+                        // Only the records this member acquired were delivered to it.
+                        let Some((first, count, delivery_count)) = acquired_in(b, &p.acquired)
+                        else {
+                            continue;
+                        };
+                        let received = Received {
+                            topic: &topic,
+                            partition: p.partition,
+                            records: &p.records,
+                            batch: i as u32,
+                            first,
+                            count,
+                            group: group.clone(),
+                            delivery_count: Some(delivery_count),
+                            error_code: p.error_code,
+                        };
+                        out.push(poll_span(o, catalog, cluster, keys, counters, received));
+                    }
+                }
+            }
+            for a in &req.acknowledgements {
+                out.push(ack_span(o, catalog, cluster, counters, a, group.clone()));
             }
         }
         _ => {}

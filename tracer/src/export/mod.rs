@@ -13,7 +13,7 @@ use std::{collections::VecDeque, fmt::Write as _, sync::Arc};
 
 use crate::{
     correlate::hex,
-    spans::{Span, SpanKind, Value},
+    spans::{Span, Value},
 };
 
 /// Spans waiting for export; full, it drops the oldest.
@@ -181,11 +181,7 @@ fn span_json(out: &mut String, s: &Span, clock_offset_ns: i64) {
     }
     out.push_str(",\"name\":");
     json_str(out, &s.name);
-    // SPAN_KIND_PRODUCER = 4, SPAN_KIND_CONSUMER = 5.
-    let kind = match s.kind {
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
+    let kind = s.kind.otlp();
     let _ = write!(
         out,
         ",\"kind\":{kind},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\"",
@@ -238,6 +234,7 @@ fn span_json(out: &mut String, s: &Span, clock_offset_ns: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spans::SpanKind;
 
     fn span(kind: SpanKind, error: Option<i16>) -> Span {
         Span {

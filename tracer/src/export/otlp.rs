@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::{
 };
 
 use super::{Resource, by_resource, error_name, otlp_json};
-use crate::spans::{Span, SpanKind, Value};
+use crate::spans::{Span, Value};
 
 /// OTLP transports, as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,11 +113,7 @@ fn span(s: &Span, clock_offset_ns: i64) -> ProtoSpan {
         trace_state: s.tracestate.clone().unwrap_or_default(),
         parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         name: s.name.clone(),
-        // SPAN_KIND_PRODUCER = 4, SPAN_KIND_CONSUMER = 5.
-        kind: match s.kind {
-            SpanKind::Producer => 4,
-            SpanKind::Consumer => 5,
-        },
+        kind: s.kind.otlp(),
         start_time_unix_nano: unix(s.start_ns),
         end_time_unix_nano: unix(s.end_ns),
         attributes,

@@ -14,6 +14,7 @@ pub mod lookup;
 mod produce;
 pub mod records;
 mod session;
+mod share;
 mod sniff;
 mod summary;
 pub mod wire;
@@ -29,6 +30,10 @@ pub use header::{
 };
 pub use produce::{ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceResponse};
 pub use session::{Exchange, Session, SessionCounters};
+pub use share::{
+    AcknowledgeCounts, Acknowledgement, AcquiredRecords, ShareFetchResponse,
+    SharePartitionResponse, ShareRequest,
+};
 pub use sniff::{MAX_REQUEST_SIZE, looks_like_request};
 pub use summary::{BatchInfo, DecodeOptions, HeaderSpan, PartitionRecords, RecordInfo};
 
@@ -158,6 +163,9 @@ pub enum Request {
     /// A group API (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
     /// OffsetFetch): the group and what it says about it.
     Group(GroupInfo),
+    /// ShareFetch or ShareAcknowledge (the header's API key tells which): the share group and
+    /// the acknowledgements.
+    Share(ShareRequest),
     /// Any other API: header only.
     Other,
 }
@@ -172,6 +180,9 @@ pub enum Response {
     Group(GroupInfo),
     /// ListOffsets: (topic, partition, error, offset).
     ListOffsets(Vec<OffsetEntry>),
+    ShareFetch(ShareFetchResponse),
+    /// ShareAcknowledge: its top-level error code.
+    ShareAcknowledge(i16),
     /// Any other API: the top-level error code where the tracer knows where it is.
     Other,
 }
@@ -189,6 +200,10 @@ impl Response {
             Self::ApiVersions(a) => (a.error_code != 0).then_some(a.error_code),
             Self::Group(g) => (g.error_code != 0).then_some(g.error_code),
             Self::ListOffsets(o) => first(Box::new(o.iter().map(|e| e.error_code))),
+            Self::ShareFetch(f) => (f.error_code != 0)
+                .then_some(f.error_code)
+                .or_else(|| first(Box::new(f.partitions.iter().map(|p| p.error_code)))),
+            Self::ShareAcknowledge(e) => (*e != 0).then_some(*e),
             Self::Other => None,
         }
     }
@@ -206,6 +221,10 @@ pub fn decode_request(
             Request::Produce(produce::decode_request(body, h.api_version, partial, opts)?)
         }
         api::FETCH => Request::Fetch(fetch::decode_request(body, h.api_version)?),
+        api::SHARE_FETCH => Request::Share(share::decode_fetch_request(body, h.api_version)?),
+        api::SHARE_ACKNOWLEDGE => {
+            Request::Share(share::decode_acknowledge_request(body, h.api_version)?)
+        }
         k if GROUP_APIS.contains(&k) => {
             Request::Group(admin::decode_group_request(h.api_key, h.api_version, body)?)
         }
@@ -227,6 +246,12 @@ pub fn decode_response(
         api::METADATA => Response::Metadata(admin::decode_metadata(body, version)?),
         api::API_VERSIONS => Response::ApiVersions(admin::decode_api_versions(body, version)?),
         api::LIST_OFFSETS => Response::ListOffsets(admin::decode_list_offsets(body, version)?),
+        api::SHARE_FETCH => {
+            Response::ShareFetch(share::decode_fetch_response(body, version, partial, opts)?)
+        }
+        api::SHARE_ACKNOWLEDGE => {
+            Response::ShareAcknowledge(share::decode_acknowledge_response(body, version)?)
+        }
         k if GROUP_APIS.contains(&k) => {
             Response::Group(admin::decode_group_response(api_key, version, body)?)
         }
