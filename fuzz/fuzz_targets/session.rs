@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         max_decompressed: 1 << 20,
         ..DecodeOptions::default()
     };
+    // Flag bit 0: mid-stream; bit 1: roles known from the ports, as for `--ports` connections.
     let mut session = Session::new(flags & 1 != 0, 1 << 20, 8);
+    if flags & 2 != 0 {
+        session = session.with_requests_from(Direction::Egress);
+    }
     let mut streams = [Stream::default(), Stream::default()];
     let mut pos = [0u64; 2];
     let mut counters = SessionCounters::default();

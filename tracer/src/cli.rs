@@ -249,6 +249,12 @@ impl Args {
             } else {
                 std::time::Duration::ZERO
             },
+            // With every port traced, a port says nothing about who the broker is.
+            ports: if self.all_ports {
+                Vec::new()
+            } else {
+                self.ports.clone()
+            },
         }
     }
 }

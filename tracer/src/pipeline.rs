@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use tracer_common::ConnTuple;
+use tracer_common::{ConnTuple, Direction};
 
 use crate::{
     capture::{ConnEventExt as _, DataRecord, Record, RecordError, comm_str, endpoints},
@@ -26,6 +26,22 @@ pub struct PipelineConfig {
     /// Exchanges naming unknown topic ids wait this long for the broker lookup that names
     /// them (zero: no lookups, no waiting).
     pub park: std::time::Duration,
+    /// The broker ports (`--ports`): on a connection to or from one, which end sends the
+    /// requests is known from the ports alone.
+    pub ports: Vec<u16>,
+}
+
+impl PipelineConfig {
+    /// The direction requests travel on a connection with `tuple`, when the ports tell.
+    fn request_direction(&self, tuple: &ConnTuple) -> Option<Direction> {
+        if self.ports.contains(&tuple.rport) {
+            Some(Direction::Egress)
+        } else if self.ports.contains(&tuple.lport) {
+            Some(Direction::Ingress)
+        } else {
+            None
+        }
+    }
 }
 
 /// Exchanges waiting for a topic lookup at most; past it the oldest goes on unnamed.
@@ -40,6 +56,7 @@ impl Default for PipelineConfig {
             max_buffered_bytes: 128 << 20,
             decode: DecodeOptions::default(),
             park: std::time::Duration::ZERO,
+            ports: Vec::new(),
         }
     }
 }
@@ -184,9 +201,13 @@ impl Pipeline {
         }
         let conn_id = d.hdr.conn_id;
         let (cfg, sessions) = (&self.cfg, &mut self.sessions);
-        let session = sessions
-            .entry(conn_id)
-            .or_insert_with(|| Session::new(d.midstream(), cfg.max_frame_bytes, cfg.max_in_flight));
+        let session = sessions.entry(conn_id).or_insert_with(|| {
+            let session = Session::new(d.midstream(), cfg.max_frame_bytes, cfg.max_in_flight);
+            match cfg.request_direction(&d.hdr.tuple) {
+                Some(dir) => session.with_requests_from(dir),
+                None => session,
+            }
+        });
         if self.buffered > self.cfg.max_buffered_bytes && !piece.bytes.is_empty() {
             // Over the global bound: this piece becomes a gap the framer knows the size of.
             self.counters.buffer_full_bytes += piece.bytes.len() as u64;

@@ -57,6 +57,12 @@ enum Cmd {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
+    /// Record the decoder fixtures (tracer/tests/fixtures) from real clients and brokers:
+    /// `tansu` (librdkafka, kafka-python), `apache` (Java, franz-go, sarama), or both.
+    RecordFixtures {
+        /// Which set (default: both).
+        which: Option<String>,
+    },
     /// Build the container image (deploy/Containerfile, podman) and check it: its daemon must
     /// run and attach from the image's own files.
     Image,
@@ -134,6 +140,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &root,
                 minutes.map_or(seconds.unwrap_or(60), |m| m * 60),
                 &targets,
+            )
+        }
+        Cmd::RecordFixtures { which } => {
+            setup::all(&root)?;
+            tests_binary(
+                &root,
+                "record-fixtures",
+                &which.into_iter().collect::<Vec<_>>(),
             )
         }
         Cmd::Image => {

@@ -112,10 +112,12 @@ fn starts_like_request(body: &[u8], size: usize) -> bool {
     looks_like_request(&head[..4 + n]) == Some(true)
 }
 
-/// Handles a request frame; false rejects a frame found by resynchronising.
+/// Handles a request frame; false rejects a frame found by resynchronising, or (`strict`) one
+/// that does not decode.
 #[allow(clippy::too_many_arguments)]
 fn on_request(
     f: Frame<'_>,
+    strict: bool,
     dir: Direction,
     client_id: &mut Option<Option<String>>,
     inflight: &mut VecDeque<Pending>,
@@ -126,7 +128,7 @@ fn on_request(
 ) -> bool {
     let Ok((header, at)) = parse_request_header(f.body) else {
         counters.undecodable_requests += 1;
-        return !f.after_resync;
+        return !strict;
     };
     match client_id {
         Some(known) if f.after_resync && *known != header.client_id => return false,
@@ -143,7 +145,7 @@ fn on_request(
     }
     if request.is_err() {
         counters.undecodable_requests += 1;
-        if f.after_resync {
+        if strict {
             return false;
         }
     }
@@ -249,6 +251,15 @@ impl Session {
         }
     }
 
+    /// The requests travel in `dir`: known from the connection's ports (a client's end of a
+    /// connection to a broker port sends them), so no frame has to be guessed to name the
+    /// roles. (A guess can go wrong when a stream's start is lost: a response's correlation id
+    /// 4 then reads as a Produce v4 request header.)
+    pub fn with_requests_from(mut self, dir: Direction) -> Self {
+        self.request_dir = Some(dir);
+        self
+    }
+
     pub fn framers(&self) -> &[Framer; 2] {
         &self.framers
     }
@@ -303,9 +314,11 @@ impl Session {
                 Some(d) => (d == dir, false),
                 None if starts_like_request(f.body, f.size) => {
                     // The client speaks first: the first frame that reads as a request names
-                    // the request direction.
+                    // the request direction, if it decodes as one. (When the start of the
+                    // request stream is lost, the first response can read as a request header:
+                    // correlation id 4 reads as Produce v4.)
                     *request_dir = Some(dir);
-                    (true, f.after_resync)
+                    (true, true)
                 }
                 None => {
                     counters.frames_before_role += 1;
@@ -313,8 +326,10 @@ impl Session {
                 }
             };
             if as_request {
+                let strict = guessed || f.after_resync;
                 let accepted = on_request(
                     f,
+                    strict,
                     dir,
                     client_id,
                     inflight,
@@ -323,8 +338,8 @@ impl Session {
                     counters,
                     out,
                 );
-                // Mid-stream, a response can pass for a request header (corr id 13 reads as
-                // Produce v13): a guess the decoder rejects names no direction.
+                // A response can pass for a request header (corr id 13 reads as Produce v13): a
+                // guess the decoder rejects names no direction.
                 if guessed && !accepted {
                     *request_dir = None;
                     *client_id = None;
