@@ -1,6 +1,7 @@
-//! `cargo xtask run --demo` as a newcomer runs it: the demo binary prints linked traces, named
-//! after the services the clients call themselves (their own OTEL_SERVICE_NAME, read by the
-//! tracer from their environment).
+//! `cargo xtask run --demo` as a newcomer runs it: the demo binary prints linked traces through
+//! Apache Kafka, from a Java producer to a Go consumer group, named after the services the
+//! clients call themselves (their own OTEL_SERVICE_NAME, read by the tracer from their
+//! environment).
 
 #[test]
 fn the_demo_shows_linked_traces() {
@@ -16,7 +17,7 @@ fn the_demo_shows_linked_traces() {
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("2 traces link a producer to its consumer"),
+        stdout.contains("2 traces link a producer to its consumer. Trace "),
         "{stdout}"
     );
     for needle in [

@@ -1,8 +1,9 @@
-//! `cargo xtask run --demo`: a newcomer's first minute with kafka-tracer. Starts a local broker
-//! (tansu), the tracer on its port, two producers and a consumer group (real client libraries,
-//! unchanged: one producer puts a W3C `traceparent` on its records as an instrumented service
-//! would, the other sends none), then prints the traces the tracer built from the kernel's view
-//! of their sockets, as trees. With OTEL_EXPORTER_OTLP_ENDPOINT set, the spans go there instead
+//! `cargo xtask run --demo`: a newcomer's first minute with kafka-tracer. Starts a local Apache
+//! Kafka broker, the tracer on its port, two producers and a consumer group (real client
+//! libraries, unchanged: a Java producer puts a W3C `traceparent` on its records as an
+//! instrumented service would, a Go producer (sarama) sends none, and a Go consumer group
+//! (franz-go) reads both), then prints the traces the tracer built from the kernel's view of
+//! their sockets, as trees. With OTEL_EXPORTER_OTLP_ENDPOINT set, the spans go there instead
 //! (Jaeger, a collector) and the demo says where to look.
 
 use std::{collections::BTreeMap, process::ExitCode};
@@ -34,9 +35,10 @@ fn traceparent() -> String {
 }
 
 fn run() -> anyhow::Result<()> {
-    let broker = Broker::start()?;
+    eprintln!("demo: starting Apache Kafka (about 10 s)");
+    let broker = Broker::apache()?;
     broker.create_topic(TOPIC, 2)?;
-    eprintln!("demo: broker (tansu) on {}", broker.bootstrap());
+    eprintln!("demo: Apache Kafka on {}", broker.bootstrap());
     // Where spans go: the user's OTLP settings when there are some, else the terminal.
     let otel: Vec<(&str, String)> = [
         "OTEL_TRACES_EXPORTER",
@@ -49,14 +51,14 @@ fn run() -> anyhow::Result<()> {
     .collect();
     let env: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let tracer = Tracer::start_with(broker.port, "demo", &env);
-    eprintln!("demo: kafka-tracer attached; running the clients (about 10 s)");
+    eprintln!("demo: kafka-tracer attached; running the clients (about 15 s)");
     let bootstrap = broker.bootstrap();
     let tp = traceparent();
     client_env(
         &[("OTEL_SERVICE_NAME", "checkout")],
         &[
             "produce",
-            "confluent",
+            "java",
             &bootstrap,
             TOPIC,
             "3",
@@ -71,7 +73,7 @@ fn run() -> anyhow::Result<()> {
         &[("OTEL_SERVICE_NAME", "inventory")],
         &[
             "produce",
-            "kafka-python",
+            "sarama",
             &bootstrap,
             TOPIC,
             "2",
@@ -84,7 +86,7 @@ fn run() -> anyhow::Result<()> {
         &[("OTEL_SERVICE_NAME", "shipping")],
         &[
             "consume",
-            "confluent",
+            "franz",
             &bootstrap,
             TOPIC,
             "5",
@@ -113,10 +115,11 @@ fn run() -> anyhow::Result<()> {
         "no producer span with a consumer span under it; the tracer's log:\n{log}"
     );
     println!(
-        "{linked} traces link a producer to its consumer. Trace {} is the one `checkout` \
+        "{linked} traces link a producer to its consumer. Trace {} is the one `checkout` (Java) \
          started in its records' `traceparent` header; the other trace id was derived from the \
-         batch's (topic, partition, offset): `inventory` sent no header at all. No client was \
-         changed; the tracer saw their sockets from the kernel.",
+         batch's (topic, partition, offset): `inventory` (Go, sarama) sent no header at all. \
+         `shipping` is a Go consumer group (franz-go). No client was changed; the tracer saw \
+         their sockets from the kernel.",
         &tp[3..35]
     );
     Ok(())
