@@ -4,7 +4,8 @@
 //! could make it allocate gigabytes; its encoders serve as the reference in the tests.)
 
 use super::{
-    DecodeError, TopicRef, api, check_version, header::flexible_request, read_topic, wire::Reader,
+    DecodeError, TopicRef, api, check_version, header::flexible_request, names, read_topic,
+    wire::Reader,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +63,9 @@ pub struct GroupInfo {
     pub coordinator: Option<(i32, String, i32)>,
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A STRING or NULLABLE_STRING as text.
+/// A STRING or NULLABLE_STRING id (group, member, host, cluster), checked and bounded.
 fn string(r: &mut Reader<'_>, flexible: bool) -> Result<Option<String>, DecodeError> {
-    Ok(r.string(flexible)?.map(text))
+    Ok(r.string(flexible)?.map(names::id))
 }
 
 /// An array of INT32, skipped.
@@ -113,7 +110,7 @@ pub fn decode_metadata(body: &[u8], version: i16) -> Result<MetadataResponse, De
     let mut topics = Vec::new();
     for _ in 0..r.array_len(flex, 4)? {
         let error_code = r.i16()?;
-        let name = string(&mut r, flex)?;
+        let name = r.string(flex)?.map(|n| names::topic(n).to_string());
         let topic_id = if version >= 10 { r.uuid()? } else { [0; 16] };
         if version >= 1 {
             r.i8()?; // is_internal

@@ -147,8 +147,7 @@ pub fn decode_request(body: &[u8], version: i16) -> Result<FetchRequest, DecodeE
         }
     }
     let rack_id = if version >= 11 {
-        r.string(flexible)?
-            .map(|s| String::from_utf8_lossy(s).into_owned())
+        r.string(flexible)?.map(super::names::id)
     } else {
         None
     };

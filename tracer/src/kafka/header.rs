@@ -69,9 +69,7 @@ pub fn parse_request_header(frame: &[u8]) -> Result<(RequestHeader, usize), Deco
     let correlation_id = r.i32()?;
     // Header v0 (no client id) is only used by ControlledShutdown v0, which the tracer never
     // needs: every other request has a client id, and flexible ones add tagged fields.
-    let client_id = r
-        .string(false)?
-        .map(|s| String::from_utf8_lossy(s).into_owned());
+    let client_id = r.string(false)?.map(super::names::id);
     r.skip_tags(flexible_request(api_key, api_version))?;
     Ok((
         RequestHeader {

@@ -11,6 +11,7 @@ mod catalog;
 mod fetch;
 mod header;
 pub mod lookup;
+pub mod names;
 mod produce;
 pub mod records;
 mod session;
@@ -121,7 +122,7 @@ pub enum TopicRef {
 
 impl TopicRef {
     pub(crate) fn name(bytes: &[u8]) -> Self {
-        Self::Name(String::from_utf8_lossy(bytes).into())
+        Self::Name(names::topic(bytes))
     }
 }
 

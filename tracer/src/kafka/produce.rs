@@ -63,9 +63,7 @@ pub fn decode_request(
 ) -> Result<ProduceRequest, DecodeError> {
     let flexible = check(version)?;
     let mut r = Reader::new(body);
-    let transactional_id = r
-        .string(flexible)?
-        .map(|s| String::from_utf8_lossy(s).into_owned());
+    let transactional_id = r.string(flexible)?.map(super::names::id);
     let acks = r.i16()?;
     let timeout_ms = r.i32()?;
     let mut out = ProduceRequest {

@@ -129,7 +129,7 @@ fn acknowledgements(r: &mut Reader<'_>) -> Result<Vec<Acknowledgement>, DecodeEr
 }
 
 fn text(b: Option<&[u8]>) -> Option<String> {
-    b.map(|b| String::from_utf8_lossy(b).into_owned())
+    b.map(super::names::id)
 }
 
 /// A ShareFetch request: group, member and the acknowledgements it carries.
