@@ -347,6 +347,46 @@ fn aborted_transactions_are_never_reported_as_consumed() {
     );
     assert!(logged(&log, "aborted_batches") >= 1, "{log}");
     assert_eq!(everything.len(), all_produced.len());
+    // Each transaction ends in a span saying how, with the transactional id its send spans
+    // carry: two commits and one abort, the abort's id on the aborted records' send spans.
+    let ends: Vec<(String, String)> = receiver
+        .spans()
+        .iter()
+        .filter(|r| r.span.name.ends_with(" transaction"))
+        .map(|r| {
+            (
+                r.span.name.clone(),
+                r.attr("messaging.kafka.transactional_id")
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let ended = |how: &str| ends.iter().filter(|(n, _)| n == how).count();
+    assert_eq!(
+        (ended("commit transaction"), ended("abort transaction")),
+        (2, 1),
+        "{ends:?}"
+    );
+    let aborted_view = Seen {
+        send: seen
+            .send
+            .iter()
+            .filter(|s| {
+                let id = s.attr("messaging.kafka.transactional_id");
+                ends.iter()
+                    .any(|(n, t)| n == "abort transaction" && Some(t) == id.as_ref())
+            })
+            .cloned()
+            .collect(),
+        poll: Vec::new(),
+        ack: Vec::new(),
+    };
+    assert_eq!(
+        aborted_view.lost(&aborted),
+        0,
+        "the abort names the aborted sends: {ends:?}"
+    );
+    assert_eq!(aborted_view.lost(&committed), committed.len());
     assert_eq!(
         uncommitted_view.unpolled(&everything),
         0,

@@ -17,8 +17,8 @@ use crate::{
     capture::endpoints,
     correlate::{self, TraceContext},
     kafka::{
-        Acknowledgement, AcquiredRecords, BatchInfo, Catalog, PartitionRecords, Request, Response,
-        TopicRef,
+        Acknowledgement, AcquiredRecords, BatchInfo, Catalog, EndTxn, PartitionRecords, Request,
+        Response, TopicRef,
     },
     pipeline::Observed,
 };
@@ -231,15 +231,24 @@ fn common(
     catalog: &Catalog,
     tuple: &ConnTuple,
 ) -> Vec<(&'static str, Value)> {
-    let (local, remote) = endpoints(tuple);
-    let broker = o.broker();
     let mut a: Vec<(&'static str, Value)> = vec![
-        ("messaging.system", "kafka".into()),
         ("messaging.destination.name", topic.clone().into()),
         (
             "messaging.destination.partition.id",
             Value::Str(partition.to_string().into()),
         ),
+    ];
+    a.extend(connection(o, catalog, tuple));
+    a
+}
+
+/// Attributes of every span of an exchange, topic or not: the system, the broker and the
+/// connection, the client id, the cluster, the request's version.
+fn connection(o: &Observed, catalog: &Catalog, tuple: &ConnTuple) -> Vec<(&'static str, Value)> {
+    let (local, remote) = endpoints(tuple);
+    let broker = o.broker();
+    let mut a: Vec<(&'static str, Value)> = vec![
+        ("messaging.system", "kafka".into()),
         ("server.address", Value::Str(broker.ip().to_string().into())),
         ("server.port", (broker.port() as i64).into()),
         (
@@ -262,6 +271,36 @@ fn common(
         a.push(("messaging.kafka.cluster.id", c.into()));
     }
     a
+}
+
+/// The span of a transaction's end (EndTxn): `commit transaction` or `abort transaction`, with
+/// the transactional id and producer id that the transaction's send spans carry too.
+fn end_txn_span(o: &Observed, catalog: &Catalog, t: &EndTxn, error: Option<i16>) -> Span {
+    let (start, end) = exchange_times(o);
+    let outcome = if t.committed { "commit" } else { "abort" };
+    let mut attributes = connection(o, catalog, &o.tuple);
+    attributes.push(("messaging.operation.type", "settle".into()));
+    attributes.push(("messaging.operation.name", outcome.into()));
+    attributes.push((
+        "messaging.kafka.transactional_id",
+        t.transactional_id.as_str().into(),
+    ));
+    attributes.push(("messaging.kafka.producer_id", t.producer_id.into()));
+    Span {
+        trace_id: random_trace_id(),
+        span_id: random_span_id(),
+        parent_span_id: None,
+        tracestate: None,
+        name: format!("{outcome} transaction"),
+        kind: SpanKind::Client,
+        start_ns: start,
+        end_ns: end,
+        attributes,
+        links: Vec::new(),
+        error_code: error,
+        parent_sampled: None,
+        tgid: o.tgid,
+    }
 }
 
 /// Offsets of a batch as attributes: the offset for one record, first and last otherwise.
@@ -525,6 +564,10 @@ pub fn spans(
                         attributes.push(("messaging.batch.message_count", (count as i64).into()));
                     }
                     attributes.push(("messaging.kafka.compression", b.compression.name().into()));
+                    if let Some(t) = &req.transactional_id {
+                        attributes.push(("messaging.kafka.transactional_id", t.as_str().into()));
+                        attributes.push(("messaging.kafka.producer_id", b.producer_id.into()));
+                    }
                     if let Some(k) = single_key(&p.records, i as u32, keys) {
                         attributes.push(("messaging.kafka.message.key", k));
                     }
@@ -617,6 +660,14 @@ pub fn spans(
             for a in &req.acknowledgements {
                 out.push(ack_span(o, catalog, cluster, counters, a, group.clone()));
             }
+        }
+        (Ok(Request::EndTxn(t)), resp) => {
+            let error = match resp {
+                Some(Ok(r)) => r.error_code(),
+                _ => None,
+            };
+            counters.producer_spans += 1;
+            out.push(end_txn_span(o, catalog, t, error));
         }
         _ => {}
     }

@@ -18,6 +18,7 @@ mod session;
 mod share;
 mod sniff;
 mod summary;
+mod txn;
 pub mod wire;
 
 pub use admin::{
@@ -37,6 +38,7 @@ pub use share::{
 };
 pub use sniff::{MAX_REQUEST_SIZE, looks_like_request};
 pub use summary::{BatchInfo, DecodeOptions, HeaderSpan, PartitionRecords, RecordInfo};
+pub use txn::EndTxn;
 
 /// API keys the tracer decodes.
 pub mod api {
@@ -52,6 +54,7 @@ pub mod api {
     pub const LEAVE_GROUP: i16 = 13;
     pub const SYNC_GROUP: i16 = 14;
     pub const API_VERSIONS: i16 = 18;
+    pub const END_TXN: i16 = 26;
     /// KIP-848 consumer groups: replaces JoinGroup, SyncGroup and Heartbeat.
     pub const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
     /// KIP-932 share groups.
@@ -164,6 +167,8 @@ pub enum Request {
     /// A group API (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
     /// OffsetFetch): the group and what it says about it.
     Group(GroupInfo),
+    /// A transaction's commit or abort.
+    EndTxn(EndTxn),
     /// ShareFetch or ShareAcknowledge (the header's API key tells which): the share group and
     /// the acknowledgements.
     Share(ShareRequest),
@@ -184,6 +189,8 @@ pub enum Response {
     ShareFetch(ShareFetchResponse),
     /// ShareAcknowledge: its top-level error code.
     ShareAcknowledge(i16),
+    /// EndTxn: its error code.
+    EndTxn(i16),
     /// Any other API: the top-level error code where the tracer knows where it is.
     Other,
 }
@@ -204,7 +211,7 @@ impl Response {
             Self::ShareFetch(f) => (f.error_code != 0)
                 .then_some(f.error_code)
                 .or_else(|| first(Box::new(f.partitions.iter().map(|p| p.error_code)))),
-            Self::ShareAcknowledge(e) => (*e != 0).then_some(*e),
+            Self::ShareAcknowledge(e) | Self::EndTxn(e) => (*e != 0).then_some(*e),
             Self::Other => None,
         }
     }
@@ -223,6 +230,7 @@ pub fn decode_request(
         }
         api::FETCH => Request::Fetch(fetch::decode_request(body, h.api_version)?),
         api::SHARE_FETCH => Request::Share(share::decode_fetch_request(body, h.api_version)?),
+        api::END_TXN => Request::EndTxn(txn::decode_request(body, h.api_version)?),
         api::SHARE_ACKNOWLEDGE => {
             Request::Share(share::decode_acknowledge_request(body, h.api_version)?)
         }
@@ -253,6 +261,7 @@ pub fn decode_response(
         api::SHARE_ACKNOWLEDGE => {
             Response::ShareAcknowledge(share::decode_acknowledge_response(body, version)?)
         }
+        api::END_TXN => Response::EndTxn(txn::decode_response(body, version)?),
         k if GROUP_APIS.contains(&k) => {
             Response::Group(admin::decode_group_response(api_key, version, body)?)
         }
