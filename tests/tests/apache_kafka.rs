@@ -625,3 +625,114 @@ fn share_group_deliveries_and_acknowledgements_are_traced_and_counted() {
         "ack spans under their send spans: {log}"
     );
 }
+
+/// A Java consumer group over three partitions keeps one incremental fetch session (KIP-227):
+/// after its first fetch, requests and responses name only the partitions that changed. Records
+/// produced to all three, then to one only, are each in a linked poll span, and /metrics ends
+/// with no lag, the commits at the high watermarks, and an end-to-end latency per record.
+#[test]
+fn incremental_fetch_sessions_keep_spans_lag_and_latency_right() {
+    let (_rt, receiver) = Receiver::in_background();
+    let broker = Broker::apache().unwrap();
+    broker.create_topic("ak-sessions", 3).unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let endpoint = receiver.http_endpoint();
+    let tracer = Tracer::start_with(
+        broker.port,
+        "apache-sessions",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("KAFKA_TRACER_METRICS_ADDR", metrics.as_str()),
+        ],
+    );
+    let bootstrap = broker.bootstrap();
+    let consumer = BackgroundClient::start(&[
+        "consume",
+        "java",
+        &bootstrap,
+        "ak-sessions",
+        "35",
+        "--group",
+        "ak-sessions-group",
+        "--protocol",
+        "classic",
+        "--timeout",
+        "60",
+    ])
+    .unwrap();
+    // Keys spread the first 30 over the partitions; the last 5 go to partition 1 alone, while
+    // the consumer's session is established.
+    let mut produced =
+        records(&client(&["produce", "franz", &bootstrap, "ak-sessions", "30", "none"]).unwrap());
+    std::thread::sleep(Duration::from_secs(4));
+    produced.extend(records(
+        &client(&[
+            "produce",
+            "franz",
+            &bootstrap,
+            "ak-sessions",
+            "5",
+            "none",
+            "--partition",
+            "1",
+        ])
+        .unwrap(),
+    ));
+    let consumed = records(&consumer.finish().unwrap());
+    let series = |family: &str, p: i64| {
+        format!(r#"{family}{{group="ak-sessions-group",topic="ak-sessions",partition="{p}"}}"#)
+    };
+    let high: std::collections::BTreeMap<i64, i64> =
+        produced.iter().fold(Default::default(), |mut m, (p, o)| {
+            let e = m.entry(*p).or_insert(0);
+            *e = (*e).max(o + 1);
+            m
+        });
+    // The commit on close reaches /metrics within a second or two.
+    let mut body = String::new();
+    for _ in 0..50 {
+        body = scrape(&metrics);
+        if high.iter().all(|(p, hw)| {
+            sample(&body, &series("kafka_consumer_committed_offset", *p)) == Some(*hw as f64)
+        }) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, log) = tracer.stop_with_log();
+    let seen = Seen::of(&receiver, "ak-sessions");
+    let polls = seen.polls_where(seen::client(&client_id("java"), false));
+    let latencies = sample(
+        &body,
+        r#"kafka_end_to_end_latency_seconds_count{topic="ak-sessions"}"#,
+    );
+    summary(&format!(
+        "e2e Apache Kafka incremental fetch sessions: {} records produced over {} partitions, {} consumed, {} without a linked poll span, end-to-end latencies {latencies:?}",
+        produced.len(),
+        high.len(),
+        consumed.len(),
+        polls.unpolled(&consumed),
+    ));
+    assert_eq!(consumed.len(), 35);
+    assert_eq!(high.len(), 3, "records on every partition: {produced:?}");
+    assert_eq!(seen.lost(&produced), 0, "{log}");
+    assert_eq!(polls.unpolled(&consumed), 0, "{log}");
+    for (p, hw) in &high {
+        assert_eq!(
+            sample(&body, &series("kafka_consumer_lag", *p)),
+            Some(0.0),
+            "partition {p}: {body}"
+        );
+        assert_eq!(
+            sample(&body, &series("kafka_consumer_committed_offset", *p)),
+            Some(*hw as f64),
+            "partition {p}: {body}"
+        );
+        assert_eq!(
+            sample(&body, &series("kafka_consumer_committed_lag", *p)),
+            Some(0.0),
+            "partition {p}: {body}"
+        );
+    }
+    assert!(latencies >= Some(35.0), "{body}");
+}
