@@ -72,6 +72,8 @@ impl ServiceRule {
 struct Process {
     exe: Option<String>,
     comm: Option<String>,
+    /// The program part of `args[0]` (see [`command`]).
+    command: Option<String>,
     args: Vec<String>,
     cgroup: String,
     /// `OTEL_SERVICE_NAME` in the process's environment.
@@ -101,6 +103,7 @@ impl Process {
         let args = nul_separated(read_limited(dir.join("cmdline")));
         let file_name =
             |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let command = args.first().map(|a| command(a));
         Self {
             // The exe link needs ptrace access (CAP_SYS_PTRACE for processes with more
             // capabilities than the tracer's); the command line, readable by all, names the
@@ -108,7 +111,8 @@ impl Process {
             exe: std::fs::read_link(dir.join("exe"))
                 .ok()
                 .and_then(|p| file_name(&p))
-                .or_else(|| args.first().and_then(|a| file_name(a.as_ref()))),
+                .or_else(|| command.as_deref().and_then(|c| file_name(c.as_ref()))),
+            command,
             comm: std::fs::read_to_string(dir.join("comm"))
                 .ok()
                 .map(|s| s.trim().to_string()),
@@ -131,6 +135,17 @@ impl Process {
             Field::Cgroup => self.cgroup.contains(&rule.text),
         }
     }
+}
+
+/// The program part of a command line's first argument, which is all the tracer exports of a
+/// command line: a process that rewrote its title (setproctitle, Perl's `$0`, Node's
+/// `process.title`) may have put its whole command line, secrets included, into `args[0]`, so
+/// it is cut at the first whitespace and before any `=`, and bounded like every other id.
+fn command(arg0: &str) -> String {
+    let end = arg0
+        .find(|c: char| c.is_whitespace() || c == '=')
+        .unwrap_or(arg0.len());
+    crate::kafka::names::id(&arg0.as_bytes()[..end])
 }
 
 /// The file name of a path without its extension: `/srv/orders.py` is `orders`.
@@ -183,7 +198,9 @@ fn program(exe: &str, args: &[String]) -> Option<String> {
         "node" | "ruby" | "perl" | "php" | "bun" | "deno" => {
             for a in it {
                 match a.as_str() {
-                    "-e" | "--eval" | "-r" => return None,
+                    // Inline code (`node -e/-p`, `perl -e/-E`, `ruby -e`, `php -r`) names no
+                    // program, and may hold anything.
+                    "-e" | "-E" | "--eval" | "-p" | "--print" | "-r" => return None,
                     "run" if kind == "deno" || kind == "bun" => {}
                     a if a.starts_with('-') => {}
                     a => return stem(a),
@@ -307,6 +324,8 @@ impl Resources {
             .or_else(|| p.exe.clone())
             .or_else(|| p.comm.clone())
             .unwrap_or_else(|| comm.to_string());
+        // Named by another process (its environment, its file names): bounded like a wire id.
+        let service = crate::kafka::names::id(service.as_bytes());
         let mut attributes: Vec<(String, Value)> = vec![
             ("service.name".into(), service.as_str().into()),
             ("process.pid".into(), (tgid as i64).into()),
@@ -314,11 +333,12 @@ impl Resources {
             ("telemetry.sdk.name".into(), "kafka-tracer".into()),
         ];
         if let Some(exe) = &p.exe {
+            let exe = crate::kafka::names::id(exe.as_bytes());
             attributes.push(("process.executable.name".into(), exe.as_str().into()));
         }
-        if !p.args.is_empty() {
+        if let Some(c) = &p.command {
             // The command line can hold secrets; its program name alone cannot.
-            attributes.push(("process.command".into(), p.args[0].as_str().into()));
+            attributes.push(("process.command".into(), c.as_str().into()));
         }
         if let Some(c) = &container {
             attributes.push(("container.id".into(), c.id.as_str().into()));
@@ -364,6 +384,51 @@ mod tests {
     }
 
     #[test]
+    fn rewritten_titles_give_only_their_program() {
+        for (arg0, want) in [
+            ("/usr/bin/worker", "/usr/bin/worker"),
+            // setproctitle: the whole command line in args[0].
+            ("worker --password=hunter2 --user admin", "worker"),
+            ("app:--db-password=hunter2", "app:--db-password"),
+            ("nginx: master process /usr/sbin/nginx", "nginx:"),
+            ("PASSWORD=hunter2", "PASSWORD"),
+            ("\tworker", ""),
+        ] {
+            let got = command(arg0);
+            assert_eq!(got, want, "{arg0:?}");
+            assert!(!got.contains("hunter2"));
+        }
+        assert_eq!(command(&"x".repeat(4096)), crate::kafka::names::INVALID);
+    }
+
+    /// A process that rewrote its title: no secret in any resource attribute.
+    #[test]
+    fn a_rewritten_title_leaves_no_secret_in_the_resource() {
+        let root = std::env::temp_dir().join(format!("kt-proc-title-{}", std::process::id()));
+        let proc_dir = root.join("4242");
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        std::fs::write(
+            proc_dir.join("cmdline"),
+            b"billing-worker --password=hunter2 --token=abc\0\0",
+        )
+        .unwrap();
+        std::fs::write(proc_dir.join("comm"), b"billing-worker\n").unwrap();
+        let mut resources = Resources::new(ResourceConfig::default());
+        resources.proc_root = root.clone();
+        let res = resources.of(4242, "billing-worker");
+        let _ = std::fs::remove_dir_all(&root);
+        for (k, v) in &res.attributes {
+            assert!(!format!("{v:?}").contains("hunter2"), "{k}: {v:?}");
+            assert!(!format!("{v:?}").contains("abc"), "{k}: {v:?}");
+        }
+        assert!(
+            res.attributes
+                .iter()
+                .any(|(k, v)| k == "service.name" && format!("{v:?}").contains("billing-worker"))
+        );
+    }
+
+    #[test]
     fn interpreters_are_named_after_their_program() {
         for (exe, cmdline, want) in [
             (
@@ -395,6 +460,8 @@ mod tests {
             ),
             ("node", "node --inspect server.js", Some("server")),
             ("node", "node -e 1", None),
+            ("node", "node -p process.env.SECRET", None),
+            ("perl", "perl -E say$ENV{TOKEN}", None),
             ("dotnet", "dotnet /app/Payments.dll", Some("Payments")),
             ("kafka-producer", "kafka-producer --x", None),
         ] {
