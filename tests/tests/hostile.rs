@@ -149,3 +149,139 @@ fn hostile_connections_leave_memory_bounded_and_clients_traced() {
         "{log}"
     );
 }
+
+/// A flexible (v2) request header: api key, version, correlation id, `client_id` (a plain
+/// nullable string, even here), no tagged fields.
+fn flexible_header(api_key: i16, version: i16, correlation_id: i32, client_id: &[u8]) -> Vec<u8> {
+    let mut h = api_key.to_be_bytes().to_vec();
+    h.extend_from_slice(&version.to_be_bytes());
+    h.extend_from_slice(&correlation_id.to_be_bytes());
+    h.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    h.extend_from_slice(client_id);
+    h.push(0);
+    h
+}
+
+/// A COMPACT_STRING.
+fn compact(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut n = s.len() as u64 + 1;
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(s);
+    out
+}
+
+fn frame(header: Vec<u8>, body: Vec<u8>) -> Vec<u8> {
+    let mut f = ((header.len() + body.len()) as i32).to_be_bytes().to_vec();
+    f.extend(header);
+    f.extend(body);
+    f
+}
+
+/// A unique string of `len` bytes for request `i` (`illegal`: with characters no topic name
+/// may have).
+fn unique(i: usize, len: usize, illegal: bool) -> Vec<u8> {
+    let mut s = format!("{}{i:08}-", if illegal { "bad name/" } else { "x" }).into_bytes();
+    s.resize(len, b'a' + (i % 26) as u8);
+    s
+}
+
+/// Strings from the wire as a hostile client sends them, to the real broker: Produce v9
+/// requests each naming a unique 1 MB topic, FindCoordinator and OffsetCommit requests with
+/// unique 1 MB group ids and topic names with illegal characters, every request with a unique
+/// 30 kB client id (a client id is an INT16-sized string). Before names were checked, 40 such requests took the tracer from 51 MB to
+/// 198 MB and /metrics to 80 MB. Now the tracer's memory stays within 16 MiB of where it was,
+/// /metrics under 1 MiB, every refused string is counted, and a well-behaved client is traced.
+#[test]
+fn hostile_strings_leave_memory_and_metrics_bounded() {
+    const REQUESTS: usize = 40;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("hostile-strings", 1).unwrap();
+    let addr = format!("127.0.0.1:{}", broker.port);
+    let metrics = format!("127.0.0.1:{}", tests::tracer::free_port());
+    let tracer = Tracer::start_with(
+        broker.port,
+        "hostile-strings",
+        &[("KAFKA_TRACER_METRICS_ADDR", metrics.as_str())],
+    );
+    let pid = tracer.child.id();
+    let attached = rss_kib(pid);
+    let rss = PeakRss::watch(pid);
+    let send = |f: Vec<u8>| {
+        // The broker may close a connection over such a request: one connection each.
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&f).unwrap();
+        let _ = read_frame(&mut s);
+    };
+    for i in 0..REQUESTS {
+        let client_id = unique(i, 30_000, false);
+        // Produce v9: null transactional id, acks 1, timeout, one topic with one partition and
+        // null records.
+        let mut body = vec![0];
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&1000i32.to_be_bytes());
+        body.push(2);
+        body.extend(compact(&unique(i, 1 << 20, false)));
+        body.push(2);
+        body.extend_from_slice(&0i32.to_be_bytes());
+        body.extend([0, 0, 0, 0]);
+        send(frame(flexible_header(0, 9, i as i32, &client_id), body));
+        // FindCoordinator v3: a 1 MB group id.
+        let mut body = compact(&unique(i, 1 << 20, true));
+        body.extend([0, 0]);
+        send(frame(flexible_header(10, 3, i as i32, &client_id), body));
+        // OffsetCommit v8: a 1 MB group id committing an offset of an illegally named topic.
+        let mut body = compact(&unique(i, 1 << 20, true));
+        body.extend_from_slice(&(-1i32).to_be_bytes()); // generation
+        body.extend(compact(b"")); // member id
+        body.push(0); // null group instance id
+        body.push(2);
+        body.extend(compact(&unique(i, 300, true)));
+        body.push(2);
+        body.extend_from_slice(&0i32.to_be_bytes());
+        body.extend_from_slice(&7i64.to_be_bytes());
+        body.extend_from_slice(&(-1i32).to_be_bytes()); // leader epoch
+        body.push(0); // null metadata
+        body.extend([0, 0, 0]);
+        send(frame(flexible_header(8, 8, i as i32, &client_id), body));
+    }
+    let hostile_peak = rss.peak();
+    produce_and_consume(&broker.bootstrap(), "hostile-strings", "5", "none").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let body = tests::tracer::scrape(&metrics);
+    let (spans, log) = tracer.stop_with_log();
+    let peak = rss.stop();
+    let invalid = logged(&log, "invalid_names");
+    summary(&format!(
+        "e2e hostile strings: {REQUESTS} x (Produce naming a 1 MB topic, FindCoordinator and OffsetCommit with 1 MB groups), each with a 30 kB client id; tracer RSS {attached} KiB attached, {hostile_peak} KiB peak under them; /metrics {} bytes; invalid_names {invalid}; well-behaved client: {} send spans",
+        body.len(),
+        named(&spans, "send hostile-strings").len()
+    ));
+    assert!(
+        hostile_peak < attached + (16 << 10),
+        "memory: {attached} KiB -> {hostile_peak} KiB"
+    );
+    assert!(peak < BOUND_KIB, "{peak} KiB");
+    assert!(body.len() < 1 << 20, "/metrics is {} bytes", body.len());
+    assert!(
+        !body.contains("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        "{}",
+        &body[..4096.min(body.len())]
+    );
+    // Each request's client id, and its topic or group name (the OffsetCommit's topic too):
+    // 3 client ids + 4 names per round, each refused at least once.
+    assert!(invalid >= (7 * REQUESTS) as u64, "{invalid} refused: {log}");
+    assert_eq!(named(&spans, "send hostile-strings").len(), 1, "{log}");
+    assert!(!named(&spans, "poll hostile-strings").is_empty(), "{log}");
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["name"].as_str().is_some_and(|n| n.len() < 300)),
+        "span names bounded"
+    );
+}
