@@ -252,6 +252,11 @@ fn render_metrics(m: &Metrics, k: &KernelCounters, p: &PipelineCounters, t: &Tra
                 "batches whose topic id was not resolved",
             ),
             (
+                "sasl_tokens",
+                s.sasl_tokens,
+                "raw SASL tokens after a SaslHandshake v0, skipped unread",
+            ),
+            (
                 "invalid_names",
                 crate::kafka::names::refused(),
                 "topic names and ids from the wire that broke their rule, kept as <invalid>",
@@ -607,7 +612,7 @@ fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
          resyncs={} resync_skipped_bytes={} requests={} responses={} undecodable_requests={} \
          undecodable_responses={} unmatched_responses={} unanswered_requests={} acks0_produces={} \
          legacy_batches={} undecodable_batches={} topic_lookups={} topic_lookup_failures={} \
-         invalid_names={} {kernel}",
+         sasl_tokens={} invalid_names={} {kernel}",
         p.bad_records,
         p.refused_records,
         p.detected_kafka,
@@ -629,6 +634,7 @@ fn log_counters(k: &KernelCounters, p: &PipelineCounters, connections: usize) {
         s.undecodable_batches,
         p.topic_lookups,
         p.topic_lookup_failures,
+        s.sasl_tokens,
         crate::kafka::names::refused(),
     );
     if lost > 0 {

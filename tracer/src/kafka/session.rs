@@ -48,6 +48,9 @@ pub struct SessionCounters {
     pub acks0_produces: u64,
     /// Frames seen before the connection's client side was known.
     pub frames_before_role: u64,
+    /// Frames of a legacy SASL exchange (after SaslHandshake v0 the client and broker send raw
+    /// authentication tokens, not Kafka messages): skipped unread, never decoded or logged.
+    pub sasl_tokens: u64,
     /// Legacy (magic 0/1) message sets skipped, and record batches that could not be read
     /// (corrupt, or failed or oversized decompression), in Produce requests and Fetch responses.
     pub legacy_batches: u64,
@@ -80,7 +83,13 @@ pub struct Session {
     framers: [Framer; 2],
     inflight: VecDeque<Pending>,
     max_inflight: usize,
+    /// After a SaslHandshake v0 request: raw SASL tokens (passwords, SCRAM proofs) follow,
+    /// framed by a size prefix alone, until the client's next Kafka request.
+    sasl_tokens: bool,
 }
+
+/// SaslHandshake, whose version 0 is followed by raw (unframed by Kafka) SASL tokens.
+const SASL_HANDSHAKE: i16 = 17;
 
 /// The bytes start a response to one of the requests in flight (`corrs`).
 fn plausible_response(b: &[u8], corrs: &[i32]) -> Option<bool> {
@@ -248,6 +257,7 @@ impl Session {
             ],
             inflight: VecDeque::new(),
             max_inflight,
+            sasl_tokens: false,
         }
     }
 
@@ -287,6 +297,7 @@ impl Session {
             framers,
             inflight,
             max_inflight,
+            sasl_tokens,
         } = self;
         // Before the role is known both directions look for requests; after, the response
         // direction looks for a response to a request in flight (ids copied: the frame handler
@@ -325,7 +336,22 @@ impl Session {
                     return !f.after_resync;
                 }
             };
+            if *sasl_tokens {
+                // A raw token is skipped unread; the client's next Kafka request (its own
+                // client id in a plausible header) ends the exchange. The broker's tokens come
+                // while no request is in flight.
+                let resumes = as_request
+                    && starts_like_request(f.body, f.size)
+                    && parse_request_header(f.body)
+                        .is_ok_and(|(h, _)| Some(&h.client_id) == client_id.as_ref());
+                if !resumes && (as_request || inflight.is_empty()) {
+                    counters.sasl_tokens += 1;
+                    return true;
+                }
+                *sasl_tokens = !resumes;
+            }
             if as_request {
+                *sasl_tokens = f.body.get(..4) == Some(&[0, SASL_HANDSHAKE as u8, 0, 0][..]);
                 let strict = guessed || f.after_resync;
                 let accepted = on_request(
                     f,
@@ -405,6 +431,47 @@ mod tests {
         f.extend(0i16.to_be_bytes());
         f.extend(0i32.to_be_bytes());
         [(f.len() as i32).to_be_bytes().to_vec(), f].concat()
+    }
+
+    /// A legacy SASL/PLAIN exchange (SaslHandshake v0, then raw tokens) and a request after
+    /// it: the tokens are skipped unread, so the password never becomes a header field, and the
+    /// connection's Kafka traffic goes on being decoded.
+    #[test]
+    fn raw_sasl_tokens_after_a_v0_handshake_are_never_decoded() {
+        let mut c = Conn::new();
+        // SaslHandshake v0 "PLAIN", answered with no error and the mechanisms.
+        c.push(Direction::Egress, &request(17, 0, 1, b"\x00\x05PLAIN"));
+        let mut resp = 1i32.to_be_bytes().to_vec();
+        resp.extend(b"\x00\x00\x00\x00\x00\x01\x00\x05PLAIN");
+        c.push(
+            Direction::Ingress,
+            &[(resp.len() as i32).to_be_bytes().to_vec(), resp].concat(),
+        );
+        // A client token, size-prefixed, that reads like a small request header whose client
+        // id holds the password (the worst case), and a broker token (SCRAM's server-first).
+        let sized = |t: &[u8]| [(t.len() as i32).to_be_bytes().to_vec(), t.to_vec()].concat();
+        c.push(
+            Direction::Egress,
+            &sized(b"\x00\x00\x00\x05\x00\x10hunter2-password-x"),
+        );
+        c.push(Direction::Ingress, &sized(b"r=nonce,s=c2FsdA==,i=4096"));
+        // Authenticated: an ApiVersions request and its answer.
+        c.push(Direction::Egress, &request(18, 0, 2, b""));
+        c.push(Direction::Ingress, &api_versions_response(2));
+        assert_eq!(c.counters.sasl_tokens, 2, "{:?}", c.counters);
+        let keys: Vec<(i16, i32)> = c
+            .out
+            .iter()
+            .map(|e| (e.header.api_key, e.header.correlation_id))
+            .collect();
+        assert_eq!(keys, [(17, 1), (18, 2)]);
+        assert!(
+            c.out.iter().all(|e| !format!("{e:?}").contains("hunter2")),
+            "{:?}",
+            c.out
+        );
+        assert_eq!(c.counters.undecodable_requests, 0);
+        assert_eq!(c.counters.unmatched_responses, 0);
     }
 
     struct Conn {
