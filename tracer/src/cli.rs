@@ -10,7 +10,7 @@ use crate::{
     export::ServiceRule,
     kafka::DecodeOptions,
     pipeline::PipelineConfig,
-    spans::KeyMode,
+    spans::{KeyMode, RecordKeys},
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -93,10 +93,24 @@ pub struct Args {
     pub resolve_topic_ids: bool,
 
     /// Record keys on spans of single-record batches (`messaging.kafka.message.key`): `off`
-    /// (default: keys may hold personal data), `plain`, or `hash` (a 64-bit hash, enough to
-    /// find a key's records without revealing it). Record values never leave the tracer.
+    /// (default: keys may hold personal data), `plain`, or `hash`: 64 bits of a BLAKE3 hash
+    /// keyed with the deployment's secret (--record-key-secret-file or
+    /// KAFKA_TRACER_RECORD_KEY_SECRET). Equal keys hash equally on every tracer sharing the
+    /// secret; without the secret nobody can test a hash against guessed keys (an unkeyed hash of
+    /// a low-entropy key, an account number say, is reversed by hashing every candidate). Without
+    /// a secret, one is drawn at each start: hashes then differ between tracers and restarts.
+    /// Record values never leave the tracer.
     #[arg(long, env = "KAFKA_TRACER_RECORD_KEYS", value_enum, default_value_t = KeyMode::Off)]
     pub record_keys: KeyMode,
+
+    /// A file whose contents key the record-key hash (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "KAFKA_TRACER_RECORD_KEY_SECRET_FILE")]
+    pub record_key_secret_file: Option<std::path::PathBuf>,
+
+    /// The record-key hash's secret itself (prefer the file: environments are visible to
+    /// whoever can read /proc/PID/environ).
+    #[arg(long, env = "KAFKA_TRACER_RECORD_KEY_SECRET", hide_env_values = true)]
+    pub record_key_secret: Option<String>,
 
     /// Where spans go: `otlp` (to the OTLP endpoint below), `console` (OTLP-JSON
     /// `ResourceSpans`, one per line, on standard output) or `none`. Default: `otlp` when an
@@ -233,6 +247,42 @@ impl Args {
 }
 
 impl Args {
+    /// What spans say of record keys, with the hash keyed from the configured secret.
+    pub fn record_keys(&self) -> anyhow::Result<RecordKeys> {
+        use anyhow::Context as _;
+        Ok(match self.record_keys {
+            KeyMode::Off => RecordKeys::Off,
+            KeyMode::Plain => RecordKeys::Plain,
+            KeyMode::Hash => {
+                let secret = match (&self.record_key_secret_file, &self.record_key_secret) {
+                    (Some(file), _) => std::fs::read(file).with_context(|| {
+                        format!(
+                            "reading the record-key secret {} (--record-key-secret-file / KAFKA_TRACER_RECORD_KEY_SECRET_FILE)",
+                            file.display()
+                        )
+                    })?,
+                    (None, Some(s)) => s.clone().into_bytes(),
+                    (None, None) => {
+                        tracing::warn!(
+                            "--record-keys hash without a secret: hashing with a key drawn for this run, so hashes differ between tracers and restarts; set KAFKA_TRACER_RECORD_KEY_SECRET_FILE for stable ones"
+                        );
+                        let mut k = [0u8; 32];
+                        // SAFETY: valid buffer of its length.
+                        let n = unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
+                        anyhow::ensure!(n == 32, "no random bytes for the record-key hash");
+                        k.to_vec()
+                    }
+                };
+                anyhow::ensure!(
+                    secret.len() >= 16,
+                    "the record-key secret is {} bytes: use at least 16 random bytes",
+                    secret.len()
+                );
+                RecordKeys::hashed_with(&secret)
+            }
+        })
+    }
+
     pub fn pipeline_config(&self) -> PipelineConfig {
         PipelineConfig {
             max_connections: self.max_connections,

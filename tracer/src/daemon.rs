@@ -38,7 +38,7 @@ enum Sink {
 /// What happens to spans after building, and its counters.
 struct Traces {
     sampler: Sampler,
-    keys: crate::spans::KeyMode,
+    keys: crate::spans::RecordKeys,
     slow_ns: u64,
     sink: Sink,
     resources: Resources,
@@ -97,7 +97,7 @@ impl Traces {
         let sampler = Sampler::from_otel(args.sampler.as_deref(), args.sampler_arg.as_deref())?;
         Ok(Self {
             sampler,
-            keys: args.record_keys,
+            keys: args.record_keys()?,
             slow_ns: args.slow_threshold_ms.saturating_mul(1_000_000),
             sink,
             resources: Resources::new(ResourceConfig {
@@ -116,7 +116,7 @@ impl Traces {
     }
 
     fn add(&mut self, o: &Observed, p: &Pipeline) {
-        for span in crate::spans::spans(o, &p.catalog, self.keys, &mut self.counters) {
+        for span in crate::spans::spans(o, &p.catalog, &self.keys, &mut self.counters) {
             let slow = span.end_ns.saturating_sub(span.start_ns) > self.slow_ns;
             if self.sampler.keep(
                 &span.trace_id,

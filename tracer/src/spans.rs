@@ -32,20 +32,42 @@ pub enum KeyMode {
     Hash,
 }
 
-impl KeyMode {
-    fn value(self, key: &[u8]) -> Option<Value> {
+/// What spans say of record keys: nothing, the key, or a keyed hash of it.
+#[derive(Clone, Debug, Default)]
+pub enum RecordKeys {
+    #[default]
+    Off,
+    Plain,
+    /// BLAKE3 keyed with a key derived from the deployment's secret: equal record keys give
+    /// equal hashes on every tracer sharing the secret, and without it a hash cannot be tested
+    /// against guessed keys.
+    Hash([u8; 32]),
+}
+
+impl RecordKeys {
+    /// Hashing keyed by `secret`.
+    pub fn hashed_with(secret: &[u8]) -> Self {
+        Self::Hash(blake3::derive_key("kafka-tracer record keys v1", secret))
+    }
+
+    fn value(&self, key: &[u8]) -> Option<Value> {
         match self {
             Self::Off => None,
             Self::Plain => Some(Value::Str(String::from_utf8_lossy(key).into())),
-            Self::Hash => Some(Value::Str(
-                format!("{:016x}", xxhash_rust::xxh3::xxh3_64(key)).into(),
-            )),
+            Self::Hash(k) => {
+                let h = blake3::keyed_hash(k, key);
+                let hex: String = h.as_bytes()[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Some(Value::Str(hex.into()))
+            }
         }
     }
 }
 
 /// The key of the only record of batch `batch`, when the batch has one record and keys are on.
-fn single_key(p: &PartitionRecords, batch: u32, keys: KeyMode) -> Option<Value> {
+fn single_key(p: &PartitionRecords, batch: u32, keys: &RecordKeys) -> Option<Value> {
     let mut records = p.records.iter().filter(|r| r.batch == batch);
     let (only, None) = (records.next()?, records.next()) else {
         return None;
@@ -353,7 +375,7 @@ fn poll_span(
     o: &Observed,
     catalog: &Catalog,
     cluster: &str,
-    keys: KeyMode,
+    keys: &RecordKeys,
     counters: &mut SpanCounters,
     r: Received<'_>,
 ) -> Span {
@@ -489,7 +511,7 @@ fn ack_span(
 pub fn spans(
     o: &Observed,
     catalog: &Catalog,
-    keys: KeyMode,
+    keys: &RecordKeys,
     counters: &mut SpanCounters,
 ) -> Vec<Span> {
     let ex = &o.exchange;

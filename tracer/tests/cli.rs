@@ -69,6 +69,38 @@ fn bad_value_is_one_clear_line_from_flag_or_environment() {
         .output()
         .unwrap();
     one_line_error(&out, &["no-such-group", "/sys/fs/cgroup"]);
+    let out = tracer()
+        .args(["--record-keys", "hash"])
+        .env("KAFKA_TRACER_RECORD_KEY_SECRET", "short")
+        .output()
+        .unwrap();
+    one_line_error(&out, &["record-key secret", "5 bytes", "16 random bytes"]);
+    let out = tracer()
+        .args([
+            "--record-keys",
+            "hash",
+            "--record-key-secret-file",
+            "/no/such/secret",
+        ])
+        .output()
+        .unwrap();
+    one_line_error(
+        &out,
+        &["/no/such/secret", "KAFKA_TRACER_RECORD_KEY_SECRET_FILE"],
+    );
+}
+
+/// The record-key secret never shows in the help text, even when it is set.
+#[test]
+fn help_hides_the_record_key_secret() {
+    let out = tracer()
+        .arg("--help")
+        .env("KAFKA_TRACER_RECORD_KEY_SECRET", "s3cr3t-value-xyz")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("KAFKA_TRACER_RECORD_KEY_SECRET"), "{help}");
+    assert!(!help.contains("s3cr3t-value-xyz"), "{help}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use tracer::{
     kafka::{Catalog, DecodeOptions, Exchange, Request, Session, SessionCounters},
     pipeline::Observed,
     reassembly::Stream,
-    spans::{KeyMode, Span, SpanCounters, SpanKind, spans},
+    spans::{RecordKeys, Span, SpanCounters, SpanKind, spans},
 };
 use tracer_common::{ConnTuple, Direction};
 
@@ -74,7 +74,7 @@ fn node(files: &[std::path::PathBuf]) -> (Vec<Span>, SpanCounters) {
     let mut counters = SpanCounters::default();
     let spans = all
         .iter()
-        .flat_map(|o| spans(o, &catalog, KeyMode::Off, &mut counters))
+        .flat_map(|o| spans(o, &catalog, &RecordKeys::Off, &mut counters))
         .collect();
     (spans, counters)
 }
@@ -193,7 +193,7 @@ fn produce_without_offsets_is_counted_and_not_linked() {
     let mut counters = SpanCounters::default();
     let spans: Vec<Span> = all
         .iter()
-        .flat_map(|o| spans(o, &catalog, KeyMode::Off, &mut counters))
+        .flat_map(|o| spans(o, &catalog, &RecordKeys::Off, &mut counters))
         .collect();
     assert_eq!(spans.len(), 1);
     assert_eq!(counters.unlinked_produces, 1);
@@ -367,8 +367,8 @@ fn records_without_headers_share_a_derived_trace() {
     let (produce, consume) = exchange_pair(3, None);
     // Two nodes, two catalogs, no cluster id known on either (the derivation still agrees).
     let (mut c1, mut c2) = (SpanCounters::default(), SpanCounters::default());
-    let p = spans(&produce, &Catalog::default(), KeyMode::Off, &mut c1);
-    let c = spans(&consume, &Catalog::default(), KeyMode::Off, &mut c2);
+    let p = spans(&produce, &Catalog::default(), &RecordKeys::Off, &mut c1);
+    let c = spans(&consume, &Catalog::default(), &RecordKeys::Off, &mut c2);
     assert_eq!((p.len(), c.len()), (1, 1));
     let (trace, span) = correlate::batch_ids("", "plain", 1, 40);
     assert_eq!(
@@ -379,38 +379,45 @@ fn records_without_headers_share_a_derived_trace() {
     assert!(p[0].links.is_empty() && c[0].links.is_empty());
 }
 
-/// Keys reach single-record spans only when enabled, in plain or hashed form.
+/// Keys reach single-record spans only when enabled, in plain or hashed form; the hash is keyed
+/// by the deployment's secret.
 #[test]
 fn record_keys_are_opt_in_and_can_be_hashed() {
     let (produce, consume) = exchange_pair(1, Some(b"user-42"));
-    let key = |mode, o: &Observed| {
-        let s = spans(o, &Catalog::default(), mode, &mut SpanCounters::default());
+    let key = |mode: RecordKeys, o: &Observed| {
+        let s = spans(o, &Catalog::default(), &mode, &mut SpanCounters::default());
         s[0].attributes
             .iter()
             .find(|(k, _)| *k == "messaging.kafka.message.key")
             .map(|(_, v)| format!("{v:?}"))
     };
-    assert_eq!(key(KeyMode::Off, &produce), None);
-    assert_eq!(key(KeyMode::Off, &consume), None);
+    assert_eq!(key(RecordKeys::Off, &produce), None);
+    assert_eq!(key(RecordKeys::Off, &consume), None);
     assert_eq!(
-        key(KeyMode::Plain, &produce).as_deref(),
+        key(RecordKeys::Plain, &produce).as_deref(),
         Some("Str(\"user-42\")")
     );
     assert_eq!(
-        key(KeyMode::Plain, &consume).as_deref(),
+        key(RecordKeys::Plain, &consume).as_deref(),
         Some("Str(\"user-42\")")
     );
-    let hashed = key(KeyMode::Hash, &produce).unwrap();
+    let secret = RecordKeys::hashed_with(b"0123456789abcdef-deployment");
+    let hashed = key(secret.clone(), &produce).unwrap();
     assert!(
         !hashed.contains("user") && hashed.len() == "Str(\"\")".len() + 16,
         "{hashed}"
     );
     assert_eq!(
-        key(KeyMode::Hash, &consume).unwrap(),
+        key(secret, &consume).unwrap(),
         hashed,
         "the same hash on both sides"
     );
+    // Another secret, another hash: the unkeyed hash of a guessed key tells nothing.
+    assert_ne!(
+        key(RecordKeys::hashed_with(b"another-secret-0123"), &produce).unwrap(),
+        hashed
+    );
     // Several records: no single key to name.
     let (many, _) = exchange_pair(3, Some(b"user-42"));
-    assert_eq!(key(KeyMode::Plain, &many), None);
+    assert_eq!(key(RecordKeys::Plain, &many), None);
 }
