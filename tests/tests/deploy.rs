@@ -61,7 +61,7 @@ fn render(values: &[&str]) -> Result<Vec<Value>, String> {
 }
 
 /// Every optional value set.
-const ALL_OPTIONS: [&str; 7] = [
+const ALL_OPTIONS: [&str; 9] = [
     r#"serviceMonitor={"enabled":true,"interval":"15s","labels":{"release":"prometheus"}}"#,
     r#"otlp={"endpoint":"","protocol":"grpc","compression":"gzip"}"#,
     r#"serviceRules=["cmdline:billing-worker=billing","exe:/opt/app=app"]"#,
@@ -69,6 +69,8 @@ const ALL_OPTIONS: [&str; 7] = [
     r#"extraEnv=[{"name":"KAFKA_TRACER_LOG","value":"debug"}]"#,
     r#"podLabels={"team":"data"}"#,
     r#"priorityClassName="system-node-critical""#,
+    r#"metricsBindAddress="::""#,
+    r#"networkPolicy={"enabled":true,"scrapeNamespaces":["monitoring","ops"]}"#,
 ];
 
 /// The prometheus-operator ServiceMonitor fields the chart uses (a CRD: not in k8s-openapi),
@@ -106,13 +108,16 @@ fn check(doc: &Value) -> Result<(), String> {
         let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
         serde_json::to_value(typed).map_err(|e| e.to_string())
     }
-    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core};
+    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as net};
     let kind = (doc["apiVersion"].as_str(), doc["kind"].as_str());
     let back = match kind {
         (Some("v1"), Some("Namespace")) => round_trip::<core::Namespace>(doc),
         (Some("v1"), Some("ServiceAccount")) => round_trip::<core::ServiceAccount>(doc),
         (Some("v1"), Some("Service")) => round_trip::<core::Service>(doc),
         (Some("apps/v1"), Some("DaemonSet")) => round_trip::<apps::DaemonSet>(doc),
+        (Some("networking.k8s.io/v1"), Some("NetworkPolicy")) => {
+            round_trip::<net::NetworkPolicy>(doc)
+        }
         (Some("monitoring.coreos.com/v1"), Some("ServiceMonitor")) => {
             round_trip::<ServiceMonitor>(doc)
         }
@@ -172,6 +177,8 @@ fn the_chart_lints_and_refuses_unknown_values() {
         r#"kafkaPorts=["9092"]"#,
         r#"serviceRules=["billing"]"#,
         r#"otlp={"endpoint":"https://collector:4318"}"#,
+        r#"metricsBindAddress="0.0.0.0:9464""#,
+        r#"networkPolicy={"enabled":true,"scrapeNamespaces":["Not A Namespace"]}"#,
     ] {
         let err = render(&[bad]).expect_err(bad);
         assert!(
@@ -207,6 +214,11 @@ fn chart_values_reach_the_daemon() {
         Some(json!("9092"))
     );
     assert!(defaults.iter().all(|d| d["kind"] != "ServiceMonitor"));
+    assert!(defaults.iter().all(|d| d["kind"] != "NetworkPolicy"));
+    assert_eq!(
+        value(&env_defaults, "KAFKA_TRACER_METRICS_ADDR"),
+        Some(json!("0.0.0.0:9464"))
+    );
 
     let all = render(&ALL_OPTIONS).unwrap();
     let env_all = env(&all);
@@ -231,6 +243,28 @@ fn chart_values_reach_the_daemon() {
         ))
     );
     assert_eq!(value(&env_all, "KAFKA_TRACER_LOG"), Some(json!("debug")));
+    assert_eq!(
+        value(&env_all, "KAFKA_TRACER_METRICS_ADDR"),
+        Some(json!("[::]:9464"))
+    );
+    // The NetworkPolicy selects the tracer pods, and admits the scrapers to the metrics port.
+    let policy = find(&all, "NetworkPolicy");
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &find(&all, "DaemonSet")["spec"]["template"]["metadata"]["labels"][k],
+            v,
+            "policy selector {k}"
+        );
+    }
+    let rule = &policy["spec"]["ingress"][0];
+    assert_eq!(
+        rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(["monitoring", "ops"])
+    );
+    assert_eq!(rule["ports"][0]["port"], "metrics");
     // The ServiceMonitor finds the Service, and the Service the DaemonSet's pods and port.
     let ds = find(&all, "DaemonSet");
     let service = find(&all, "Service");

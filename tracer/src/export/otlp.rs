@@ -208,7 +208,7 @@ impl Transport {
         let bad_url = || {
             format!(
                 "invalid OTLP endpoint {:?} (OTEL_EXPORTER_OTLP_ENDPOINT): use a URL such as http://collector:{}",
-                cfg.url,
+                redacted(&cfg.url),
                 if cfg.protocol == Protocol::Grpc {
                     4317
                 } else {
@@ -381,7 +381,7 @@ pub fn spawn(cfg: OtlpConfig) -> anyhow::Result<Exporter> {
                     Err(f) => {
                         c.failed_spans.fetch_add(n, Ordering::Relaxed);
                         if c.failed_requests.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
-                            tracing::warn!(url = %cfg.url, "OTLP export failed ({n} spans dropped): {}", f.message);
+                            tracing::warn!(url = %redacted(&cfg.url), "OTLP export failed ({n} spans dropped): {}", f.message);
                         }
                         break;
                     }
@@ -392,9 +392,45 @@ pub fn spawn(cfg: OtlpConfig) -> anyhow::Result<Exporter> {
     Ok(Exporter { tx, counters, task })
 }
 
+/// A URL as it may be logged: user info (credentials) and query (tokens) replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority.to_string(), |(_, h)| format!("***@{h}"));
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_string(),
+    };
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_urls_hide_credentials_and_queries() {
+        for (url, want) in [
+            (
+                "http://collector:4318/v1/traces",
+                "http://collector:4318/v1/traces",
+            ),
+            (
+                "https://user:pa55@collector.example:443/v1/traces?api-key=t0ken",
+                "https://***@collector.example:443/v1/traces?***",
+            ),
+            ("http://tok@host?x=1", "http://***@host?***"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redacted(url), want, "{url}");
+        }
+    }
 
     #[test]
     fn urls_follow_the_specification() {
