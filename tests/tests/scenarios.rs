@@ -63,15 +63,21 @@ fn every_codec_is_traced_and_linked() {
             .unwrap();
             mine.extend(delivered(&out));
         }
-        consume(&broker.bootstrap(), &topic, "8").unwrap();
-        produced.push((codec, topic, mine));
+        let consumed = delivered(&consume(&broker.bootstrap(), &topic, "8").unwrap());
+        produced.push((codec, topic, mine, consumed));
     }
     let (_, log) = tracer.stop_with_log();
-    for (codec, topic, mine) in &produced {
+    for (codec, topic, mine, consumed) in &produced {
         let seen = Seen::of(&receiver, topic);
         seen.summary(&format!("codec {codec}"), mine);
         assert_eq!(seen.send.len(), 2, "one batch per client ({codec}): {log}");
         assert_eq!(seen.lost(mine), 0, "{codec}");
+        assert_eq!(consumed.len(), 8, "{codec}");
+        assert_eq!(
+            seen.unpolled(consumed),
+            0,
+            "{codec}: every consumed record polled: {log}"
+        );
         assert!(!seen.poll.is_empty(), "{codec}");
         assert_eq!(seen.linked(), seen.poll.len(), "{codec}");
         for s in &seen.send {
@@ -104,24 +110,45 @@ fn consumer_groups_are_named_and_their_lag_measured() {
         ])
         .unwrap(),
     );
-    client(&[
-        "consume",
-        "kafka-python",
-        &broker.bootstrap(),
-        "groups",
-        "30",
-        "--group",
-        "scenario-group",
-        "--timeout",
-        "40",
-    ])
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let body = scrape(&metrics);
-    let _ = tracer.stop_with_log();
+    let consumed = delivered(
+        &client(&[
+            "consume",
+            "kafka-python",
+            &broker.bootstrap(),
+            "groups",
+            "30",
+            "--group",
+            "scenario-group",
+            "--timeout",
+            "40",
+        ])
+        .unwrap(),
+    );
+    let partitions: BTreeSet<i64> = produced.iter().map(|(p, _)| *p).collect();
+    // Scrape once the group's commit of every partition has reached /metrics.
+    let committed = |body: &str| {
+        partitions.iter().all(|p| {
+            body.contains(&format!(
+                r#"kafka_consumer_committed_offset{{group="scenario-group",topic="groups",partition="{p}"}}"#
+            ))
+        })
+    };
+    let mut body = scrape(&metrics);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !committed(&body) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        body = scrape(&metrics);
+    }
+    let (_, log) = tracer.stop_with_log();
     let seen = Seen::of(&receiver, "groups");
     seen.summary("consumer group", &produced);
     assert_eq!(seen.lost(&produced), 0);
+    assert_eq!(consumed.len(), 30);
+    assert_eq!(
+        seen.unpolled(&consumed),
+        0,
+        "every consumed record polled: {log}"
+    );
     assert!(!seen.poll.is_empty());
     assert_eq!(seen.linked(), seen.poll.len());
     for p in &seen.poll {
@@ -130,7 +157,6 @@ fn consumer_groups_are_named_and_their_lag_measured() {
             Some("scenario-group")
         );
     }
-    let partitions: BTreeSet<i64> = produced.iter().map(|(p, _)| *p).collect();
     assert!(partitions.len() > 1, "keys spread over partitions");
     for p in partitions {
         let series = format!(r#"group="scenario-group",topic="groups",partition="{p}"}}"#);
@@ -167,18 +193,20 @@ fn partitions_and_pipelined_requests_are_all_traced() {
         ])
         .unwrap(),
     );
-    client(&[
-        "consume",
-        "confluent",
-        &broker.bootstrap(),
-        "pipelined",
-        "3000",
-        "--group",
-        "pipelined-group",
-        "--timeout",
-        "40",
-    ])
-    .unwrap();
+    let consumed = delivered(
+        &client(&[
+            "consume",
+            "confluent",
+            &broker.bootstrap(),
+            "pipelined",
+            "3000",
+            "--group",
+            "pipelined-group",
+            "--timeout",
+            "40",
+        ])
+        .unwrap(),
+    );
     let (_, log) = tracer.stop_with_log();
     let seen = Seen::of(&receiver, "pipelined");
     seen.summary("partitions and pipelining", &produced);
@@ -199,6 +227,12 @@ fn partitions_and_pipelined_requests_are_all_traced() {
     ));
     assert_eq!(produced.len(), 3000);
     assert_eq!(seen.lost(&produced), 0, "{log}");
+    assert_eq!(consumed.len(), 3000);
+    assert_eq!(
+        seen.unpolled(&consumed),
+        0,
+        "every consumed record polled: {log}"
+    );
     let partitions: BTreeSet<String> = seen
         .send
         .iter()
@@ -243,7 +277,8 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
         "0.15",
     ])
     .unwrap();
-    std::thread::sleep(Duration::from_millis(2000));
+    // Both clients connected (each keeps a connection to the broker) before the tracer starts.
+    broker.wait_for_clients(2, Duration::from_secs(20)).unwrap();
     let tracer = start_tracer(broker.port, "early", &otlp(&receiver));
     let attached = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -342,7 +377,8 @@ fn a_broker_restart_is_survived() {
             .map_or(0, |i| i + 1);
         produced[restart_at..].to_vec()
     };
-    consume(&broker.bootstrap(), "restart", &after.len().to_string()).unwrap();
+    let consumed =
+        delivered(&consume(&broker.bootstrap(), "restart", &after.len().to_string()).unwrap());
     let (_, log) = tracer.stop_with_log();
     let seen = Seen::of(&receiver, "restart");
     let before = seen
@@ -363,6 +399,12 @@ fn a_broker_restart_is_survived() {
     );
     assert!(!seen.poll.is_empty());
     assert_eq!(seen.linked(), seen.poll.len());
+    assert_eq!(consumed, after, "the new log, consumed");
+    assert_eq!(
+        seen.unpolled(&consumed),
+        0,
+        "every consumed record polled: {log}"
+    );
     assert!(log.contains("detaching"), "clean exit: {log}");
 }
 

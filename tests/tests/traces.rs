@@ -344,11 +344,17 @@ fn metrics_show_lag_latency_and_health() {
         "20",
     ])
     .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let body = tests::tracer::scrape(&addr);
+    // Scrape once the group's commit has reached /metrics.
+    let series = r#"group="e2e-metrics-group",topic="e2e-metrics",partition="0"}"#;
+    let committed = format!("kafka_consumer_committed_offset{{{series} 3");
+    let mut body = tests::tracer::scrape(&addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !body.contains(&committed) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        body = tests::tracer::scrape(&addr);
+    }
     let _ = tracer.stop();
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    let series = r#"group="e2e-metrics-group",topic="e2e-metrics",partition="0"}"#;
     for (family, value) in [
         ("kafka_consumer_lag", 0),
         ("kafka_consumer_committed_offset", 3),
