@@ -25,6 +25,21 @@ fn tracer(broker: &Broker, name: &str, receiver: &Receiver) -> Tracer {
     )
 }
 
+/// The same, with /metrics on a free port: the tracer and that address.
+fn tracer_with_metrics(broker: &Broker, name: &str, receiver: &Receiver) -> (Tracer, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let endpoint = receiver.http_endpoint();
+    let tracer = Tracer::start_with(
+        broker.port,
+        name,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("KAFKA_TRACER_METRICS_ADDR", metrics.as_str()),
+        ],
+    );
+    (tracer, metrics)
+}
+
 /// The client id each test client sends.
 fn client_id(lib: &str) -> String {
     format!("tracer-test-{lib}")
@@ -487,16 +502,7 @@ fn share_group_deliveries_and_acknowledgements_are_traced_and_counted() {
     let (_rt, receiver) = Receiver::in_background();
     let broker = Broker::apache().unwrap();
     broker.create_topic("ak-share", 1).unwrap();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let endpoint = receiver.http_endpoint();
-    let tracer = Tracer::start_with(
-        broker.port,
-        "apache-share",
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("KAFKA_TRACER_METRICS_ADDR", metrics.as_str()),
-        ],
-    );
+    let (tracer, metrics) = tracer_with_metrics(&broker, "apache-share", &receiver);
     let produced = records(
         &client(&[
             "produce",
@@ -635,16 +641,7 @@ fn incremental_fetch_sessions_keep_spans_lag_and_latency_right() {
     let (_rt, receiver) = Receiver::in_background();
     let broker = Broker::apache().unwrap();
     broker.create_topic("ak-sessions", 3).unwrap();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let endpoint = receiver.http_endpoint();
-    let tracer = Tracer::start_with(
-        broker.port,
-        "apache-sessions",
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("KAFKA_TRACER_METRICS_ADDR", metrics.as_str()),
-        ],
-    );
+    let (tracer, metrics) = tracer_with_metrics(&broker, "apache-sessions", &receiver);
     let bootstrap = broker.bootstrap();
     let consumer = BackgroundClient::start(&[
         "consume",

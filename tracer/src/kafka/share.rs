@@ -132,45 +132,49 @@ fn text(b: Option<&[u8]>) -> Option<String> {
     b.map(super::names::id)
 }
 
-/// A ShareFetch request: group, member and the acknowledgements it carries.
-pub fn decode_fetch_request(body: &[u8], version: i16) -> Result<ShareRequest, DecodeError> {
-    check_version("ShareFetch", version, VERSIONS)?;
+/// A ShareFetch or ShareAcknowledge request: both open with the group, the member and the
+/// share session's epoch and end with the acknowledgements; `between` reads what one of them
+/// has in the middle.
+fn decode_request(
+    body: &[u8],
+    between: impl FnOnce(&mut Reader<'_>) -> Result<(), DecodeError>,
+) -> Result<ShareRequest, DecodeError> {
     let mut r = Reader::new(body);
     let group_id = text(r.string(true)?);
     let member_id = text(r.string(true)?);
     r.i32()?; // share_session_epoch
-    r.i32()?; // max_wait_ms
-    r.i32()?; // min_bytes
-    r.i32()?; // max_bytes
-    r.i32()?; // max_records
-    r.i32()?; // batch_size
-    if version >= 2 {
-        r.i8()?; // share_acquire_mode
-        r.i8()?; // is_renew_ack
-    }
-    let acknowledgements = acknowledgements(&mut r)?;
+    between(&mut r)?;
     Ok(ShareRequest {
         group_id,
         member_id,
-        acknowledgements,
+        acknowledgements: acknowledgements(&mut r)?,
+    })
+}
+
+/// A ShareFetch request: group, member and the acknowledgements it carries.
+pub fn decode_fetch_request(body: &[u8], version: i16) -> Result<ShareRequest, DecodeError> {
+    check_version("ShareFetch", version, VERSIONS)?;
+    decode_request(body, |r| {
+        // max_wait_ms, min_bytes, max_bytes, max_records, batch_size
+        for _ in 0..5 {
+            r.i32()?;
+        }
+        if version >= 2 {
+            r.i8()?; // share_acquire_mode
+            r.i8()?; // is_renew_ack
+        }
+        Ok(())
     })
 }
 
 /// A ShareAcknowledge request.
 pub fn decode_acknowledge_request(body: &[u8], version: i16) -> Result<ShareRequest, DecodeError> {
     check_version("ShareAcknowledge", version, VERSIONS)?;
-    let mut r = Reader::new(body);
-    let group_id = text(r.string(true)?);
-    let member_id = text(r.string(true)?);
-    r.i32()?; // share_session_epoch
-    if version >= 2 {
-        r.i8()?; // is_renew_ack
-    }
-    let acknowledgements = acknowledgements(&mut r)?;
-    Ok(ShareRequest {
-        group_id,
-        member_id,
-        acknowledgements,
+    decode_request(body, |r| {
+        if version >= 2 {
+            r.i8()?; // is_renew_ack
+        }
+        Ok(())
     })
 }
 
