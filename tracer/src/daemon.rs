@@ -351,6 +351,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             r = capture.readable() => {
                 r?;
                 capture.drain(|rec| pipeline.on_record(rec));
+                for tgid in pipeline.take_new_processes() {
+                    traces.resources.prefetch(tgid);
+                }
                 for (key, is_kafka) in pipeline.take_verdicts() {
                     if let Err(e) = capture.set_verdict(key, is_kafka) {
                         tracing::warn!("{e:#}");

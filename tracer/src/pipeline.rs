@@ -46,6 +46,9 @@ impl PipelineConfig {
 
 /// Exchanges waiting for a topic lookup at most; past it the oldest goes on unnamed.
 const MAX_PARKED: usize = 4096;
+/// New connections' processes noted between two drains at most (the rest are named later,
+/// when their spans are built).
+const MAX_NEW_PROCESSES: usize = 4096;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -135,6 +138,8 @@ pub struct Pipeline {
     unknown_topic_brokers: std::collections::HashSet<SocketAddr>,
     pub catalog: Catalog,
     counters: PipelineCounters,
+    /// See [`Pipeline::take_new_processes`].
+    new_processes: Vec<u32>,
 }
 
 impl Pipeline {
@@ -152,6 +157,7 @@ impl Pipeline {
             unknown_topic_brokers: std::collections::HashSet::new(),
             catalog: Catalog::default(),
             counters: PipelineCounters::default(),
+            new_processes: Vec::new(),
         }
     }
 
@@ -201,7 +207,11 @@ impl Pipeline {
         }
         let conn_id = d.hdr.conn_id;
         let (cfg, sessions) = (&self.cfg, &mut self.sessions);
+        let new_processes = &mut self.new_processes;
         let session = sessions.entry(conn_id).or_insert_with(|| {
+            if new_processes.len() < MAX_NEW_PROCESSES {
+                new_processes.push(d.tgid());
+            }
             let session = Session::new(d.midstream(), cfg.max_frame_bytes, cfg.max_in_flight);
             match cfg.request_direction(&d.hdr.tuple) {
                 Some(dir) => session.with_requests_from(dir),
@@ -315,6 +325,12 @@ impl Pipeline {
     }
 
     /// Verdicts reached since the last call.
+    /// Processes whose connections carried their first bytes since the last call: their
+    /// resources are worth reading now, while they still run.
+    pub fn take_new_processes(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.new_processes)
+    }
+
     pub fn take_verdicts(&mut self) -> Vec<(u64, bool)> {
         std::mem::take(&mut self.verdicts)
     }

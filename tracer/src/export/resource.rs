@@ -298,6 +298,19 @@ impl Resources {
         }
     }
 
+    /// Reads process `tgid`'s resource now, while it runs: a short-lived client (a CLI tool, a
+    /// batch job) may have exited by the time its first exchange ends, and with it its
+    /// command line and environment.
+    pub fn prefetch(&mut self, tgid: u32) {
+        let fresh = self
+            .by_tgid
+            .get(&tgid)
+            .is_some_and(|(_, at)| at.elapsed() < RESOURCE_TTL);
+        if !fresh && self.proc_root.join(tgid.to_string()).join("comm").exists() {
+            self.of(tgid, "");
+        }
+    }
+
     /// The resource of process `tgid` (`comm` is its thread name, the last fallback).
     pub fn of(&mut self, tgid: u32, comm: &str) -> Arc<Resource> {
         if let Some((r, at)) = self.by_tgid.get(&tgid)
