@@ -87,6 +87,16 @@ fn fingerprint(files: &[&Path]) -> anyhow::Result<String> {
     Ok(format!("{h:016x}"))
 }
 
+/// Makes `dir` by filling a `.partial` sibling with `make` and renaming it, so an interrupted
+/// install never leaves a directory that looks complete.
+fn fill(dir: &Path, make: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    make(&partial)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&partial, dir).with_context(|| format!("renaming to {}", dir.display()))
+}
+
 /// Java 17+ and Maven, from Debian's packages when missing.
 fn java_tools() -> anyhow::Result<()> {
     apt_package("openjdk-17-jdk-headless", &["java", "javac"])?;
@@ -101,16 +111,14 @@ fn jars(java_dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
     java_tools()?;
-    let partial = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    run(Command::new("mvn")
-        .current_dir(java_dir)
-        .args(["--batch-mode", "--quiet", "dependency:copy-dependencies"])
-        .arg(format!("-DoutputDirectory={}", partial.display())))
-    .context("copying the Apache Kafka jars from Maven Central (tests/java/pom.xml)")?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&partial, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
-    std::fs::write(dir.join(".complete"), "")?;
+    fill(&dir, |partial| {
+        run(Command::new("mvn")
+            .current_dir(java_dir)
+            .args(["--batch-mode", "--quiet", "dependency:copy-dependencies"])
+            .arg(format!("-DoutputDirectory={}", partial.display())))
+        .context("copying the Apache Kafka jars from Maven Central (tests/java/pom.xml)")?;
+        Ok(std::fs::write(partial.join(".complete"), "")?)
+    })?;
     Ok(dir)
 }
 
@@ -123,16 +131,14 @@ fn java_clients(java_dir: &Path, libs: &Path, cache: &Path) -> anyhow::Result<Pa
         return Ok(dir);
     }
     java_tools()?;
-    let partial = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    run(Command::new("javac")
-        .args(["-nowarn", "-d"])
-        .arg(&partial)
-        .arg("-cp")
-        .arg(libs.join("*"))
-        .arg(&source))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&partial, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
+    fill(&dir, |partial| {
+        run(Command::new("javac")
+            .args(["-nowarn", "-d"])
+            .arg(partial)
+            .arg("-cp")
+            .arg(libs.join("*"))
+            .arg(&source))
+    })?;
     Ok(dir)
 }
 
