@@ -230,6 +230,52 @@ pub fn scrape(addr: &str) -> String {
     body
 }
 
+/// A scrape's body, parsed by an OpenMetrics parser (not the encoder's crate); panics with the
+/// body if it breaks the format.
+pub fn parse_metrics(
+    scrape: &str,
+) -> openmetrics_parser::MetricsExposition<
+    openmetrics_parser::OpenMetricsType,
+    openmetrics_parser::OpenMetricsValue,
+> {
+    let body = scrape.split_once("\r\n\r\n").map_or(scrape, |(_, b)| b);
+    openmetrics_parser::openmetrics::parse_openmetrics(body)
+        .unwrap_or_else(|e| panic!("/metrics is not OpenMetrics ({e:?}): {body}"))
+}
+
+/// The value of the sample of `name` (with its suffix: `_total`, `_count`, ...) whose labels
+/// include `labels`, in a parsed scrape.
+pub fn metric(
+    parsed: &openmetrics_parser::MetricsExposition<
+        openmetrics_parser::OpenMetricsType,
+        openmetrics_parser::OpenMetricsValue,
+    >,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    use openmetrics_parser::OpenMetricsValue as V;
+    let (family, suffix) = [("_total", "total"), ("_count", "count"), ("_sum", "sum")]
+        .iter()
+        .find_map(|(s, k)| Some((name.strip_suffix(s)?, *k)))
+        .filter(|(f, _)| parsed.families.contains_key(*f))
+        .unwrap_or((name, ""));
+    let f = parsed.families.get(family)?;
+    f.iter_samples().find_map(|s| {
+        let set = s.get_labelset().ok()?;
+        let has = |k: &str, v: &str| set.iter().any(|(n, x)| n == k && x == v);
+        if !labels.iter().all(|(k, v)| has(k, v)) {
+            return None;
+        }
+        match (&s.value, suffix) {
+            (V::Counter(c), _) => Some(c.value.as_f64()),
+            (V::Gauge(g), _) | (V::Unknown(g), _) => Some(g.as_f64()),
+            (V::Histogram(h), "count") => Some(h.count? as f64),
+            (V::Histogram(h), "sum") => Some(h.sum?.as_f64()),
+            _ => None,
+        }
+    })
+}
+
 /// The value of the sample `series` (name and labels, as exposed) in a scrape.
 pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()

@@ -486,23 +486,23 @@ fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
         all.len(),
         before.send.len(),
         after.send.len(),
-        logged(&log, "export_failed"),
+        logged(&log, "spans_export_failed"),
         attached_kib,
         peak_kib,
     ));
     assert_eq!(before.lost(&first), 0);
     assert_eq!(after.lost(&last), 0, "export resumed: {log}");
     assert!(
-        logged(&log, "export_failed") >= 150,
+        logged(&log, "spans_export_failed") >= 150,
         "the outage's spans counted as failed: {log}"
     );
     assert_eq!(
-        logged(&log, "producer") + logged(&log, "consumer"),
-        logged(&log, "exported")
-            + logged(&log, "export_failed")
-            + logged(&log, "queue_dropped")
-            + logged(&log, "queued")
-            + logged(&log, "sampled_out"),
+        logged(&log, "producer_spans") + logged(&log, "consumer_spans"),
+        logged(&log, "spans_exported")
+            + logged(&log, "spans_export_failed")
+            + logged(&log, "spans_queue_dropped")
+            + logged(&log, "export_queue")
+            + logged(&log, "spans_sampled_out"),
         "every span accounted for: {log}"
     );
     assert!(

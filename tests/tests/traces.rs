@@ -136,7 +136,7 @@ fn two_tracers_sampling_at_half_keep_the_same_traces() {
         kept_a.len()
     );
     assert_eq!(
-        logged(&a_log, "sampled_out") as usize + kept_a.len(),
+        logged(&a_log, "spans_sampled_out") as usize + kept_a.len(),
         BATCHES,
         "{a_log}"
     );
@@ -276,8 +276,8 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
     eprintln!("tracer RSS: {before} KiB attached, {peak} KiB peak");
     let failed_over_time: Vec<u64> = log
         .lines()
-        .filter(|l| l.contains(" export_failed="))
-        .map(|l| logged(l, "export_failed"))
+        .filter(|l| l.contains(" spans_export_failed="))
+        .map(|l| logged(l, "spans_export_failed"))
         .collect();
     assert!(
         failed_over_time.windows(2).all(|w| w[0] <= w[1])
@@ -285,19 +285,19 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
         "a growing failure counter: {failed_over_time:?}"
     );
     let (producer_spans, failed, dropped) = (
-        logged(&log, "producer"),
-        logged(&log, "export_failed"),
-        logged(&log, "queue_dropped"),
+        logged(&log, "producer_spans"),
+        logged(&log, "spans_export_failed"),
+        logged(&log, "spans_queue_dropped"),
     );
     assert!(producer_spans >= 600, "{log}");
     assert!(dropped > 0, "the bounded queue dropped the oldest: {log}");
     assert_eq!(
-        producer_spans + logged(&log, "consumer"),
-        logged(&log, "exported")
+        producer_spans + logged(&log, "consumer_spans"),
+        logged(&log, "spans_exported")
             + failed
             + dropped
-            + logged(&log, "queued")
-            + logged(&log, "sampled_out"),
+            + logged(&log, "export_queue")
+            + logged(&log, "spans_sampled_out"),
         "every span delivered, failed or dropped: {log}"
     );
     assert!(
@@ -355,44 +355,51 @@ fn metrics_show_lag_latency_and_health() {
     }
     let _ = tracer.stop();
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    for (family, value) in [
-        ("kafka_consumer_lag", 0),
-        ("kafka_consumer_committed_offset", 3),
-        ("kafka_consumer_committed_lag", 2),
-    ] {
-        let want = format!("{family}{{{series} {value}");
-        assert!(body.contains(&want), "{want} missing: {body}");
-    }
-    assert!(
-        body.contains(r#"kafka_partition_high_watermark{topic="e2e-metrics",partition="0"} 5"#),
-        "{body}"
+    // Read as a scraper would: parsed by an OpenMetrics parser, values found by their labels.
+    let parsed = tests::tracer::parse_metrics(&body);
+    let value = |family: &str, labels: &[(&str, &str)]| {
+        tests::tracer::metric(&parsed, family, labels)
+            .unwrap_or_else(|| panic!("{family} {labels:?} missing: {body}"))
+    };
+    let series = [
+        ("group", "e2e-metrics-group"),
+        ("topic", "e2e-metrics"),
+        ("partition", "0"),
+    ];
+    assert_eq!(value("kafka_consumer_lag", &series), 0.0);
+    assert_eq!(value("kafka_consumer_committed_offset", &series), 3.0);
+    assert_eq!(value("kafka_consumer_committed_lag", &series), 2.0);
+    let partition = [("topic", "e2e-metrics"), ("partition", "0")];
+    assert_eq!(value("kafka_partition_high_watermark", &partition), 5.0);
+    let e2e = value(
+        "kafka_end_to_end_latency_seconds_count",
+        &[("topic", "e2e-metrics")],
     );
-    let e2e: u64 = body
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(r#"kafka_end_to_end_latency_seconds_count{topic="e2e-metrics"} "#)
-        })
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{body}"));
-    assert!((3..=5).contains(&e2e), "fetched records timed: {e2e}");
-    assert!(
-        body.contains(
-            r#"kafka_records_total{direction="produced",topic="e2e-metrics",partition="0"} 5"#
+    assert!((3.0..=5.0).contains(&e2e), "fetched records timed: {e2e}");
+    assert_eq!(
+        value(
+            "kafka_records_total",
+            &[
+                ("direction", "produced"),
+                ("topic", "e2e-metrics"),
+                ("partition", "0")
+            ]
         ),
-        "{body}"
+        5.0
     );
     assert!(
-        body.contains(
-            "kafka_request_duration_seconds_bucket{api=\"Produce\",topic=\"e2e-metrics\""
-        ),
-        "{body}"
+        value(
+            "kafka_request_duration_seconds_count",
+            &[("api", "Produce"), ("topic", "e2e-metrics")]
+        ) >= 1.0
     );
     for health in [
-        "kafka_tracer_kernel_ringbuf_full_records_total 0",
-        "kafka_tracer_spans_queue_dropped_total 0",
-        "kafka_tracer_undecodable_frames_total 0",
+        "kafka_tracer_kernel_ringbuf_full_records_total",
+        "kafka_tracer_spans_queue_dropped_total",
+        "kafka_tracer_undecodable_requests_total",
+        "kafka_tracer_undecodable_responses_total",
+        "kafka_tracer_metric_series_overflow_total",
     ] {
-        assert!(body.contains(health), "{health} missing: {body}");
+        assert_eq!(value(health, &[]), 0.0, "{health}");
     }
-    assert!(body.trim_end().ends_with("# EOF"));
 }

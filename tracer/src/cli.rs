@@ -1,7 +1,7 @@
 //! Command-line flags. Every flag can also be set through the environment variable named in its
 //! help, which is how the DaemonSet configures the tracer.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser};
 
@@ -207,18 +207,46 @@ pub struct Args {
     )]
     pub metrics_addr: String,
 
-    /// Seconds without traffic after which a connection is forgotten (a process that exits
-    /// without closing its sockets leaves no other trace in fd mode).
-    #[arg(long, env = "KAFKA_TRACER_IDLE_TIMEOUT", default_value_t = 900)]
-    pub idle_timeout: u64,
+    /// Series per Kafka metric family at most (topics x partitions x groups); past it,
+    /// counters and histograms add to an `<overflow>` series and gauges are not kept, both
+    /// counted in kafka_tracer_metric_series_overflow_total.
+    #[arg(long, env = "KAFKA_TRACER_METRICS_MAX_SERIES", default_value_t = crate::metrics::DEFAULT_MAX_SERIES)]
+    pub metrics_max_series: usize,
 
-    /// Seconds between log lines with the capture's counters.
-    #[arg(long, env = "KAFKA_TRACER_STATS_INTERVAL", default_value_t = 10)]
-    pub stats_interval: u64,
+    /// Time without traffic after which a connection is forgotten (a process that exits
+    /// without closing its sockets leaves no other trace in fd mode): `900`, `900s`, `15m`.
+    #[arg(long, env = "KAFKA_TRACER_IDLE_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time between log lines with the tracer's counters: `10`, `10s`, `500ms`, `1m`.
+    #[arg(long, env = "KAFKA_TRACER_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
 
     /// Log filter (tracing env-filter syntax), e.g. `info` or `tracer=debug`.
     #[arg(long, env = "KAFKA_TRACER_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// A duration: a whole number with a unit (`ms`, `s`, `m`, `h`), or without one in seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| {
+        format!("{s:?} is not a duration: use a number with ms, s, m or h, e.g. 10s")
+    })?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
 fn parse_service_rule(s: &str) -> Result<ServiceRule, String> {
@@ -338,6 +366,24 @@ mod tests {
         assert_eq!(
             (c.ports.len(), c.detect_kafka, c.pids.as_slice(), c.mode),
             (0, false, &[1, 2][..], CaptureMode::Fd)
+        );
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let d = |v: &str| {
+            let a = Args::try_parse_from(["kafka-tracer", "--stats-interval", v]).unwrap();
+            a.stats_interval
+        };
+        assert_eq!(d("2s"), Duration::from_secs(2));
+        assert_eq!(d("2"), Duration::from_secs(2));
+        assert_eq!(d("500ms"), Duration::from_millis(500));
+        assert_eq!(d("15m"), Duration::from_secs(900));
+        assert_eq!(d("1h"), Duration::from_secs(3600));
+        let a = Args::try_parse_from(["kafka-tracer"]).unwrap();
+        assert_eq!(
+            (a.idle_timeout, a.stats_interval),
+            (Duration::from_secs(900), Duration::from_secs(10))
         );
     }
 

@@ -9,6 +9,7 @@ pub mod btf;
 pub mod capture;
 pub mod cli;
 pub mod correlate;
+pub mod counters;
 pub mod daemon;
 pub mod export;
 pub mod kafka;

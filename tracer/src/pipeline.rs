@@ -8,6 +8,7 @@ use tracer_common::{ConnTuple, Direction};
 
 use crate::{
     capture::{ConnEventExt as _, DataRecord, Record, RecordError, comm_str, endpoints},
+    counters::Counter,
     kafka::{self, Catalog, DecodeOptions, Exchange, Session, SessionCounters},
     reassembly::{FramerCounters, Piece, Reassembler},
 };
@@ -85,6 +86,67 @@ pub struct PipelineCounters {
     pub topic_lookup_failures: u64,
     pub framing: FramerCounters,
     pub kafka: SessionCounters,
+}
+
+impl PipelineCounters {
+    /// Every counter, with the framers' and sessions', for the stats line and `/metrics`.
+    pub fn named(&self) -> Vec<Counter> {
+        let mut all = vec![
+            Counter::loss(
+                "bad_records",
+                self.bad_records,
+                "ring-buffer records that did not parse",
+            ),
+            Counter::loss(
+                "refused_records",
+                self.refused_records,
+                "records of connections beyond --max-connections",
+            ),
+            Counter::count(
+                "detected_kafka",
+                self.detected_kafka,
+                "sniffed connections found to be Kafka",
+            ),
+            Counter::count(
+                "detected_other",
+                self.detected_other,
+                "sniffed connections found not to be Kafka",
+            ),
+            Counter::count(
+                "evicted_connections",
+                self.evicted_idle,
+                "connections forgotten after --idle-timeout",
+            ),
+            Counter::loss(
+                "buffer_full_bytes",
+                self.buffer_full_bytes,
+                "bytes skipped: frame buffers full",
+            ),
+            Counter::count(
+                "catalog_refused",
+                self.catalog_refused,
+                "topic ids, clusters and groups not remembered: their table was full",
+            ),
+            Counter::count(
+                "topic_lookups",
+                self.topic_lookups,
+                "metadata lookups for unknown topic ids",
+            ),
+            Counter::count(
+                "topic_lookup_failures",
+                self.topic_lookup_failures,
+                "failed metadata lookups",
+            ),
+            Counter::count(
+                "invalid_names",
+                kafka::names::refused(),
+                "topic names and ids from the wire that broke their rule, kept as <invalid>",
+            ),
+        ];
+        all.extend(self.framing.named());
+        all.extend(self.kafka.named());
+        all
+    }
 }
 
 /// A request/response exchange and the connection it happened on.
@@ -398,6 +460,17 @@ impl Pipeline {
     /// Bytes held by the framers of all connections.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered
+    }
+
+    /// Every counter of the pipeline, and the connections it follows now.
+    pub fn named(&self) -> Vec<Counter> {
+        let mut all = vec![Counter::level(
+            "connections",
+            self.connections() as u64,
+            "connections followed now",
+        )];
+        all.extend(self.counters().named());
+        all
     }
 
     pub fn counters(&self) -> PipelineCounters {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use tracer_common::{ConnTuple, Direction};
 
-use crate::capture::DataRecord;
+use crate::{capture::DataRecord, counters::Counter};
 
 /// A contiguous run of bytes, possibly after a discontinuity.
 #[derive(Debug, PartialEq, Eq)]
@@ -188,6 +188,28 @@ pub struct FramerCounters {
 }
 
 impl FramerCounters {
+    /// Every counter, for the stats line and `/metrics`.
+    pub fn named(&self) -> Vec<Counter> {
+        vec![
+            Counter::count("frames", self.frames, "Kafka frames"),
+            Counter::count(
+                "partial_frames",
+                self.partial_frames,
+                "frames missing bytes or over the cap",
+            ),
+            Counter::count(
+                "resyncs",
+                self.resyncs,
+                "times frame boundaries were searched for again",
+            ),
+            Counter::count(
+                "resync_skipped_bytes",
+                self.resync_skipped_bytes,
+                "bytes skipped while resynchronising",
+            ),
+        ]
+    }
+
     pub fn add(&mut self, o: &Self) {
         self.frames += o.frames;
         self.partial_frames += o.partial_frames;

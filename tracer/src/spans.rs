@@ -16,6 +16,7 @@ use tracer_common::ConnTuple;
 use crate::{
     capture::endpoints,
     correlate::{self, TraceContext},
+    counters::Counter,
     kafka::{
         Acknowledgement, AcquiredRecords, BatchInfo, Catalog, EndTxn, PartitionRecords, Request,
         Response, TopicRef,
@@ -164,6 +165,44 @@ pub struct SpanCounters {
     /// Fetched batches of aborted transactions: a read_committed consumer drops them, so they
     /// get no poll span.
     pub aborted_batches: u64,
+}
+
+impl SpanCounters {
+    /// Every counter, for the stats line and `/metrics`.
+    pub fn named(&self) -> Vec<Counter> {
+        vec![
+            Counter::count(
+                "producer_spans",
+                self.producer_spans,
+                "send and transaction spans built",
+            ),
+            Counter::count(
+                "consumer_spans",
+                self.consumer_spans,
+                "poll and acknowledgement spans built",
+            ),
+            Counter::count(
+                "unlinked_produces",
+                self.unlinked_produces,
+                "produce batches without offsets (acks=0 or errors)",
+            ),
+            Counter::count(
+                "links_dropped",
+                self.links_dropped,
+                "span links beyond the cap",
+            ),
+            Counter::count(
+                "unknown_topic_spans",
+                self.unnamed_topics,
+                "batches whose topic id was not resolved",
+            ),
+            Counter::count(
+                "aborted_batches",
+                self.aborted_batches,
+                "fetched batches of aborted transactions (dropped by read_committed consumers; no span)",
+            ),
+        ]
+    }
 }
 
 /// Where the trace of a batch comes from.

@@ -35,10 +35,10 @@ struct Run {
 /// Every counter that can account for a record without a span: kernel drops and truncation,
 /// framing and decoding failures, sampling, export.
 const LOSS_COUNTERS: [&str; 14] = [
-    "ringbuf_full_records",
-    "ringbuf_full_bytes",
-    "truncated_bytes",
-    "read_failure_bytes",
+    "kernel_ringbuf_full_records",
+    "kernel_ringbuf_full_bytes",
+    "kernel_truncated_bytes",
+    "kernel_read_failure_bytes",
     "buffer_full_bytes",
     "bad_records",
     "resync_skipped_bytes",
@@ -46,9 +46,9 @@ const LOSS_COUNTERS: [&str; 14] = [
     "undecodable_responses",
     "undecodable_batches",
     "unanswered_requests",
-    "sampled_out",
-    "queue_dropped",
-    "export_failed",
+    "spans_sampled_out",
+    "spans_queue_dropped",
+    "spans_export_failed",
 ];
 
 fn arg(name: &str, default: u64) -> u64 {

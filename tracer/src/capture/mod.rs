@@ -23,6 +23,8 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use tracer_common::{Config, ConnState, ConnTuple, counter, flags, mode, track};
 
+use crate::counters::Counter;
+
 pub use procfs::{ProcSocket, tcp_sockets};
 pub use record::{ConnEventExt, DataRecord, Record, RecordError, comm_str, endpoints};
 
@@ -120,58 +122,69 @@ impl KernelCounters {
         self.ringbuf_full_bytes + self.truncated_bytes + self.read_failure_bytes
     }
 
-    /// `(name, value, help)` for each counter, for logs and metrics.
-    pub fn named(&self) -> [(&'static str, u64, &'static str); 11] {
-        [
-            (
-                "ringbuf_full_records",
+    /// Every counter, for the stats line and `/metrics`.
+    pub fn named(&self) -> Vec<Counter> {
+        vec![
+            Counter::loss(
+                "kernel_ringbuf_full_records",
                 self.ringbuf_full_records,
                 "data records lost: ring buffer full",
             ),
-            (
-                "ringbuf_full_bytes",
+            Counter::loss(
+                "kernel_ringbuf_full_bytes",
                 self.ringbuf_full_bytes,
                 "payload bytes lost: ring buffer full",
             ),
-            (
-                "ringbuf_full_conn_events",
+            Counter::loss(
+                "kernel_ringbuf_full_conn_events",
                 self.ringbuf_full_conn_events,
                 "connection open/close records lost: ring buffer full",
             ),
-            (
-                "truncated_syscalls",
+            Counter::loss(
+                "kernel_truncated_syscalls",
                 self.truncated_syscalls,
                 "syscalls larger than --max-bytes-per-syscall",
             ),
-            (
-                "truncated_bytes",
+            Counter::loss(
+                "kernel_truncated_bytes",
                 self.truncated_bytes,
                 "payload bytes past the per-syscall cap",
             ),
-            (
-                "read_failure_bytes",
+            Counter::loss(
+                "kernel_read_failure_bytes",
                 self.read_failure_bytes,
                 "payload bytes the kernel could not read from user memory",
             ),
-            (
-                "args_full",
+            Counter::loss(
+                "kernel_args_full",
                 self.args_full,
                 "syscalls not traced: argument table full",
             ),
-            (
-                "conns_full",
+            Counter::loss(
+                "kernel_conns_full",
                 self.conns_full,
                 "connections not traced: connection table full",
             ),
-            ("records", self.records, "data records delivered"),
-            ("bytes", self.bytes, "payload bytes delivered"),
-            (
-                "sniff_skipped_bytes",
+            Counter::count("kernel_records", self.records, "data records delivered"),
+            Counter::count("kernel_bytes", self.bytes, "payload bytes delivered"),
+            Counter::count(
+                "kernel_sniff_skipped_bytes",
                 self.sniff_skipped_bytes,
                 "bytes of not-yet-classified connections beyond the sniff budget",
             ),
         ]
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns` timestamps.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A loaded and attached capture. Dropping it detaches every program and frees every map.

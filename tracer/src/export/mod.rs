@@ -6,8 +6,10 @@
 mod k8s;
 pub mod otlp;
 mod resource;
+mod traces;
 
 pub use resource::{Resource, ResourceConfig, Resources, ServiceRule, parse_key_values};
+pub use traces::Traces;
 
 use std::{collections::VecDeque, fmt::Write as _, sync::Arc};
 

@@ -10,7 +10,10 @@ use super::{
     DecodeError, DecodeOptions, Request, RequestHeader, Response, decode_request, decode_response,
     looks_like_request, parse_request_header, parse_response_header,
 };
-use crate::reassembly::{Frame, Framer, Piece};
+use crate::{
+    counters::Counter,
+    reassembly::{Frame, Framer, Piece},
+};
 
 /// A request and, where one came, its response.
 #[derive(Debug, Clone)]
@@ -58,6 +61,59 @@ pub struct SessionCounters {
 }
 
 impl SessionCounters {
+    /// Every counter, for the stats line and `/metrics`.
+    pub fn named(&self) -> Vec<Counter> {
+        vec![
+            Counter::count("requests", self.requests, "requests decoded"),
+            Counter::count("responses", self.responses, "responses decoded"),
+            Counter::count(
+                "undecodable_requests",
+                self.undecodable_requests,
+                "request frames whose header or body did not decode",
+            ),
+            Counter::count(
+                "undecodable_responses",
+                self.undecodable_responses,
+                "response frames whose header or body did not decode",
+            ),
+            Counter::count(
+                "unmatched_responses",
+                self.unmatched_responses,
+                "responses without their request (lost, or before the tracer attached)",
+            ),
+            Counter::count(
+                "unanswered_requests",
+                self.unanswered_requests,
+                "requests without a response",
+            ),
+            Counter::count(
+                "acks0_produces",
+                self.acks0_produces,
+                "Produce requests with acks=0 (no response, so no offsets)",
+            ),
+            Counter::count(
+                "frames_before_role",
+                self.frames_before_role,
+                "frames seen before the connection's client side was known",
+            ),
+            Counter::count(
+                "sasl_tokens",
+                self.sasl_tokens,
+                "raw SASL tokens after a SaslHandshake v0, skipped unread",
+            ),
+            Counter::count(
+                "legacy_batches",
+                self.legacy_batches,
+                "legacy (magic 0/1) message sets skipped",
+            ),
+            Counter::count(
+                "undecodable_batches",
+                self.undecodable_batches,
+                "record batches that could not be read",
+            ),
+        ]
+    }
+
     /// Counts the batches of a decoded message that were skipped.
     fn batches(&mut self, parts: impl Iterator<Item = (u32, u32)>) {
         for (legacy, bad) in parts {
