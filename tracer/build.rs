@@ -21,6 +21,10 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non UTF-8 path {}", ebpf_dir.display()))?;
+    // aya-build forwards every line the nested cargo prints as a `cargo:warning`, which cargo
+    // then replays on each build: quiet keeps only its errors and real warnings.
+    // SAFETY: the build script is single-threaded here; nothing reads the environment concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tracer-ebpf",

@@ -22,10 +22,10 @@ use kafka_protocol::{
 };
 use tracer::{
     kafka::{
-        DecodeOptions, Request, Response, decode_request, decode_response, parse_request_header,
-        parse_response_header,
+        DecodeOptions, Framer, Request, Response, decode_request, decode_response,
+        parse_request_header, parse_response_header,
     },
-    reassembly::{Framer, Stream},
+    reassembly::Stream,
 };
 
 const RECORDS_PER_BATCH: usize = 100;

@@ -9,8 +9,8 @@ use tracer_common::{ConnTuple, Direction};
 use crate::{
     capture::{ConnEventExt as _, DataRecord, Record, RecordError, comm_str, endpoints},
     counters::Counter,
-    kafka::{self, Catalog, DecodeOptions, Exchange, Session, SessionCounters},
-    reassembly::{FramerCounters, Piece, Reassembler},
+    kafka::{self, Catalog, DecodeOptions, Exchange, FramerCounters, Session, SessionCounters},
+    reassembly::{Piece, Reassembler},
 };
 
 /// Limits of the pipeline; each bounds memory, and each overflow is counted.

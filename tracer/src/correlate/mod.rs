@@ -8,10 +8,8 @@
 //! offset the produce response assigned.
 
 mod context;
-mod sampling;
 
 pub use context::{TraceContext, extract};
-pub use sampling::{Sampler, SamplerConfigError};
 
 /// Version tag of the derivation: changing the inputs or the hash is a new tag, so that
 /// tracers of different versions never produce colliding but unrelated ids.

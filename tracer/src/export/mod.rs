@@ -1,20 +1,24 @@
-//! Span export: the resource of each traced process, a bounded queue that drops the oldest
-//! spans (counted) rather than blocking capture or growing, and the OTLP-JSON encoding (the
-//! protobuf JSON mapping of `ResourceSpans`) written one object per line by the console
-//! exporter; `otlp` sends the same to an OTLP receiver.
+//! Everything after a span is built: the sampler (`sampling`), the resource of each traced
+//! process (`resource`, `k8s`), a bounded queue that drops the oldest spans (counted) rather
+//! than blocking capture or growing, and the sinks (`traces`): the console, which writes the
+//! OTLP-JSON encoding (the protobuf JSON mapping of `ResourceSpans`) one object per line, and
+//! `otlp`, which sends the same to an OTLP receiver.
 
 mod k8s;
 pub mod otlp;
 mod resource;
+mod sampling;
 mod traces;
 
 pub use resource::{Resource, ResourceConfig, Resources, ServiceRule, parse_key_values};
+pub use sampling::{Sampler, SamplerConfigError};
 pub use traces::Traces;
 
 use std::{collections::VecDeque, fmt::Write as _, sync::Arc};
 
 use crate::{
     correlate::hex,
+    kafka::error_name,
     spans::{Span, Value},
 };
 
@@ -96,31 +100,6 @@ fn json_attributes<'a>(out: &mut String, attrs: impl Iterator<Item = (&'a str, &
         }
     }
     out.push(']');
-}
-
-/// Kafka error code names for `error.type`, for the codes a client meets most.
-pub fn error_name(code: i16) -> &'static str {
-    match code {
-        1 => "OFFSET_OUT_OF_RANGE",
-        2 => "CORRUPT_MESSAGE",
-        3 => "UNKNOWN_TOPIC_OR_PARTITION",
-        5 => "LEADER_NOT_AVAILABLE",
-        6 => "NOT_LEADER_OR_FOLLOWER",
-        7 => "REQUEST_TIMED_OUT",
-        10 => "MESSAGE_TOO_LARGE",
-        15 => "COORDINATOR_NOT_AVAILABLE",
-        16 => "NOT_COORDINATOR",
-        19 => "NOT_ENOUGH_REPLICAS",
-        20 => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
-        22 => "ILLEGAL_GENERATION",
-        25 => "UNKNOWN_MEMBER_ID",
-        27 => "REBALANCE_IN_PROGRESS",
-        29 => "TOPIC_AUTHORIZATION_FAILED",
-        30 => "GROUP_AUTHORIZATION_FAILED",
-        47 => "INVALID_PRODUCER_EPOCH",
-        100 => "UNKNOWN_TOPIC_ID",
-        _ => "KAFKA_ERROR",
-    }
 }
 
 /// The spans of a batch grouped by resource, in first-seen order.

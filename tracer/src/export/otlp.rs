@@ -24,8 +24,11 @@ use opentelemetry_proto::tonic::{
     },
 };
 
-use super::{Resource, by_resource, error_name, otlp_json};
-use crate::spans::{Span, Value};
+use super::{Resource, by_resource, otlp_json};
+use crate::{
+    kafka::error_name,
+    spans::{Span, Value},
+};
 
 /// OTLP transports, as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,10 +7,9 @@ use std::time::Duration;
 use crate::{
     capture::{comm_str, monotonic_ns},
     cli::Args,
-    correlate::Sampler,
     counters::Counter,
     export::{
-        Queue, ResourceConfig, Resources,
+        Queue, ResourceConfig, Resources, Sampler,
         otlp::{self, OtlpConfig},
         otlp_json, parse_key_values,
     },

@@ -8,7 +8,9 @@
 
 mod admin;
 mod catalog;
+mod errors;
 mod fetch;
+mod framing;
 mod header;
 pub mod lookup;
 pub mod names;
@@ -25,7 +27,9 @@ pub use admin::{
     ApiVersionsResponse, Broker, GroupInfo, MetadataResponse, MetadataTopic, OffsetEntry,
 };
 pub use catalog::Catalog;
+pub use errors::error_name;
 pub use fetch::{FetchPartitionRequest, FetchPartitionResponse, FetchRequest, FetchResponse};
+pub use framing::{Frame, Framer, FramerCounters};
 pub use header::{
     RequestHeader, ResponseHeader, api_name, flexible_request, parse_request_header,
     parse_response_header,

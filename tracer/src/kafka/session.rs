@@ -8,12 +8,10 @@ use tracer_common::Direction;
 
 use super::{
     DecodeError, DecodeOptions, Request, RequestHeader, Response, decode_request, decode_response,
+    framing::{Frame, Framer},
     looks_like_request, parse_request_header, parse_response_header,
 };
-use crate::{
-    counters::Counter,
-    reassembly::{Frame, Framer, Piece},
-};
+use crate::{counters::Counter, reassembly::Piece};
 
 /// A request and, where one came, its response.
 #[derive(Debug, Clone)]
