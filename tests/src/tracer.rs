@@ -88,6 +88,21 @@ impl Tracer {
         t
     }
 
+    /// Waits (at most 30 s) until the counter `name` in the tracer's latest stats line
+    /// satisfies `ok`; returns its value.
+    pub fn wait_logged(&self, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            let v = stats_line(&log).and_then(|l| counter(l, name));
+            match v {
+                Some(v) if ok(v) => return v,
+                _ if Instant::now() > end => panic!("{name} stayed at {v:?}: {log}"),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// Stops it with SIGINT (it flushes its spans) and returns every span it wrote.
     pub fn stop(self) -> Vec<Value> {
         self.stop_with_log().0
@@ -147,13 +162,27 @@ pub fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
     spans.iter().filter(|s| s["name"] == name).collect()
 }
 
-/// The last value of `name=N` in the tracer's log.
-pub fn logged(log: &str, name: &str) -> u64 {
-    log.rsplit(&format!(" {name}="))
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
+/// The tracer's latest stats line (`counters: ...`).
+fn stats_line(log: &str) -> Option<&str> {
+    log.lines().rev().find_map(|l| {
+        l.split_once("counters: ")
+            .or_else(|| l.split_once("counters (with losses): "))
+            .map(|(_, rest)| rest)
+    })
+}
+
+/// The value of `name=N` in a stats line.
+fn counter(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not logged: {log}"))
+}
+
+/// The value of counter `name` in the tracer's last stats line (the one it logs on exit).
+pub fn logged(log: &str, name: &str) -> u64 {
+    stats_line(log)
+        .and_then(|l| counter(l, name))
+        .unwrap_or_else(|| panic!("{name} not in the last stats line: {log}"))
 }
 
 /// The first word of field `key` (`VmRSS`, `CapEff`, ...) in /proc/PID/status.

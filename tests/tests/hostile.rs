@@ -112,9 +112,15 @@ fn hostile_connections_leave_memory_bounded_and_clients_traced() {
 
     // Meanwhile, a well-behaved producer and consumer.
     produce_and_consume(&broker.bootstrap(), "hostile", "20", "none").unwrap();
+    // Then every hostile connection closes: what the tracer held for them is counted.
+    let (requests_before_close, unanswered_before_close) = (
+        tracer.wait_logged("requests", |n| n >= 51_000),
+        tracer.wait_logged("unanswered_requests", |_| true),
+    );
+    drop(held);
+    let stalled = tracer.wait_logged("unfinished_frames", |n| n >= 20);
     let (spans, log) = tracer.stop_with_log();
     let peak = rss.stop();
-    drop(held);
 
     let send = named(&spans, "send hostile");
     let poll = named(&spans, "poll hostile");
@@ -134,20 +140,70 @@ fn hostile_connections_leave_memory_bounded_and_clients_traced() {
         poll.iter()
             .all(|p| p["parentSpanId"] == send[0]["spanId"] && p["traceId"] == send[0]["traceId"])
     );
-    // Every request seen; the unread ones counted once the in-flight window overflowed.
+
+    // Each counter against what was sent. The good clients add a few hundred exchanges at
+    // most (metadata, produce, fetches, group calls): `GOOD` bounds them.
+    const GOOD: u64 = 2_000;
+    let answered = 1_000 + 50_000;
+    let counted = |name| logged(&log, name);
+    // Every request framed and decoded: the answered ones, the deaf client's (the last perhaps
+    // cut by the write timeout), the stalled frames never (they are dropped at the close).
+    let requests = counted("requests");
     assert!(
-        logged(&log, "requests") >= 50_000 + 1000 + deaf_sent,
-        "{log}"
+        (answered + deaf_sent..=answered + deaf_sent + 1 + GOOD).contains(&requests),
+        "requests: {requests}, {deaf_sent} deaf: {log}"
     );
+    let responses = counted("responses");
     assert!(
-        logged(&log, "unanswered_requests") >= deaf_sent.saturating_sub(256),
-        "{log}"
+        (answered..=answered + GOOD).contains(&responses),
+        "responses: {responses}: {log}"
     );
-    // The garbage: skipped while searching for a frame, or framed and refused.
+    // The deaf client's requests (its responses were never read, so never seen): counted as
+    // the in-flight window overflowed, and the rest at the close.
+    let unanswered = counted("unanswered_requests");
     assert!(
-        logged(&log, "resync_skipped_bytes") + logged(&log, "undecodable_requests") > 0,
-        "{log}"
+        unanswered_before_close >= deaf_sent.saturating_sub(256)
+            && (deaf_sent..=deaf_sent + 1 + GOOD / 10).contains(&unanswered),
+        "unanswered: {unanswered_before_close} before the close, {unanswered} after; {deaf_sent} deaf: {log}"
     );
+    assert!(requests >= requests_before_close);
+    // The 20 frames announced at 16 MiB: cut short by the close, dropped undecoded; garbage
+    // whose first four bytes happen to be a size is another such frame.
+    let lucky = (0..100u64)
+        .filter(|i| {
+            let p = payload(*i, 4);
+            let size = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+            (4..=100 << 20).contains(&size)
+        })
+        .count() as u64;
+    assert!(
+        (20..=20 + lucky + 1).contains(&stalled),
+        "unfinished frames: {stalled}, {lucky} garbage streams start with a size: {log}"
+    );
+    // The garbage: every byte of the streams that start without a size is skipped while
+    // searching for a frame start (or framed, if a guess looked like a request); no other
+    // connection's bytes are.
+    let garbage = 100 * (64 << 10) as u64;
+    let skipped = counted("resync_skipped_bytes");
+    let undecodable = counted("undecodable_requests");
+    assert!(
+        skipped <= garbage && skipped >= (100 - lucky) * (64 << 10) - undecodable * (64 << 10),
+        "skipped {skipped} of {garbage} garbage bytes ({lucky} streams start with a size, {undecodable} undecodable requests): {log}"
+    );
+    assert!(undecodable <= 100 + lucky, "{undecodable}: {log}");
+    summary(&format!(
+        "e2e hostile counters: requests {requests}, responses {responses}, unanswered {unanswered} ({deaf_sent} deaf), unfinished frames {stalled} ({lucky} garbage streams start with a size), skipped {skipped} of {garbage} garbage bytes, undecodable requests {undecodable}"
+    ));
+    // Nothing was lost on the way: every byte reached the daemon.
+    for loss in [
+        "kernel_ringbuf_full_bytes",
+        "kernel_read_failure_bytes",
+        "buffer_full_bytes",
+        "refused_records",
+        "bad_records",
+    ] {
+        assert_eq!(counted(loss), 0, "{loss}: {log}");
+    }
 }
 
 /// A flexible (v2) request header: api key, version, correlation id, `client_id` (a plain

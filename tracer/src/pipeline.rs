@@ -337,6 +337,7 @@ impl Pipeline {
             return;
         };
         self.buffered -= s.buffered();
+        s.close_framers();
         for f in s.framers() {
             self.closed_framing.add(&f.counters);
         }

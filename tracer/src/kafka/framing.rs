@@ -32,8 +32,12 @@ pub struct FramerCounters {
     pub partial_frames: u64,
     /// Times the framer lost the frame boundaries and searched for them again.
     pub resyncs: u64,
-    /// Bytes thrown away while searching for a frame start.
+    /// Bytes thrown away while searching for a frame start (and those of the search window
+    /// when the connection closed).
     pub resync_skipped_bytes: u64,
+    /// Frames the connection's close cut short (a peer that announced a frame and never sent
+    /// it): dropped undecoded.
+    pub unfinished_frames: u64,
 }
 
 impl FramerCounters {
@@ -56,6 +60,11 @@ impl FramerCounters {
                 self.resync_skipped_bytes,
                 "bytes skipped while resynchronising",
             ),
+            Counter::count(
+                "unfinished_frames",
+                self.unfinished_frames,
+                "frames cut short by the connection's close, dropped undecoded",
+            ),
         ]
     }
 
@@ -64,6 +73,7 @@ impl FramerCounters {
         self.partial_frames += o.partial_frames;
         self.resyncs += o.resyncs;
         self.resync_skipped_bytes += o.resync_skipped_bytes;
+        self.unfinished_frames += o.unfinished_frames;
     }
 }
 
@@ -130,6 +140,18 @@ impl Framer {
         if self.synced && self.after_resync {
             self.unsync();
         }
+    }
+
+    /// The stream ended: what is buffered will never be framed, and is counted as such.
+    pub fn close(&mut self) {
+        if !self.synced {
+            self.counters.resync_skipped_bytes += self.buf.len() as u64;
+        } else if self.size.is_some() || !self.buf.is_empty() {
+            self.counters.unfinished_frames += 1;
+        }
+        self.buf = Vec::new();
+        self.size = None;
+        self.consumed = 0;
     }
 
     fn unsync(&mut self) {
@@ -203,11 +225,12 @@ impl Framer {
                 if self.buf.len() == 4 {
                     let size =
                         i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
-                    self.buf.clear();
                     if size < 4 || size as usize > MAX_FRAME_SIZE {
+                        // The prefix's four bytes count as skipped with the rest.
                         self.unsync();
                         return Some(bytes.to_vec());
                     }
+                    self.buf.clear();
                     self.size = Some(size as usize);
                     self.consumed = 0;
                 }
@@ -489,6 +512,37 @@ mod tests {
         };
         let got = run(&mut f, &[(0, &stream)], plausible);
         assert_eq!(got, vec![(b"Bokay".to_vec(), true, true)]);
+        // Every byte before the frame is counted: the bad prefix and the garbage.
+        assert_eq!(f.counters.resync_skipped_bytes, 4 + 7);
+    }
+
+    #[test]
+    fn a_close_counts_what_was_held() {
+        // A frame announced and never sent.
+        let mut f = Framer::new(1 << 20, true);
+        run(&mut f, &[(0, &[0, 0, 0, 100, 1, 2, 3])], NEVER);
+        f.close();
+        assert_eq!(
+            (
+                f.counters.unfinished_frames,
+                f.counters.frames,
+                f.buffered()
+            ),
+            (1, 0, 0)
+        );
+        // Bytes waiting in the search window count as skipped.
+        let mut f = Framer::new(1 << 20, false);
+        let maybe: &dyn Fn(&[u8]) -> Option<bool> = &|_| None;
+        run(&mut f, &[(0, b"abcdef")], maybe);
+        assert_eq!(f.counters.resync_skipped_bytes, 0);
+        f.close();
+        assert_eq!(
+            (
+                f.counters.resync_skipped_bytes,
+                f.counters.unfinished_frames
+            ),
+            (6, 0)
+        );
     }
 
     #[test]

@@ -328,6 +328,13 @@ impl Session {
         &self.framers
     }
 
+    /// The connection closed: its framers count what they held.
+    pub fn close_framers(&mut self) {
+        for f in &mut self.framers {
+            f.close();
+        }
+    }
+
     /// Bytes buffered by this connection's framers.
     pub fn buffered(&self) -> usize {
         self.framers.iter().map(Framer::buffered).sum()
