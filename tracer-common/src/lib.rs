@@ -274,6 +274,26 @@ pub struct Config {
     pub sock: SockOffsets,
 }
 
+impl Config {
+    /// How a connection with endpoints `t` is captured (a [`track`] value), or `None` to
+    /// ignore it; `listed` says whether a port is in `PORTS`. The one rule for connections the
+    /// kernel sees open and for those userspace finds in `/proc` at start.
+    #[inline(always)]
+    pub fn classify(&self, t: &ConnTuple, listed: impl Fn(u16) -> bool) -> Option<u8> {
+        if self.filter_ports == 0 || listed(t.rport) {
+            Some(track::FULL)
+        } else if listed(t.lport) {
+            // The broker's end: spans and metrics come from clients' ends, so copying it would
+            // only cost (on a broker node, all of the broker's traffic).
+            (self.server_side != 0).then_some(track::FULL)
+        } else if self.detect != 0 {
+            Some(track::SNIFF)
+        } else {
+            None
+        }
+    }
+}
+
 /// Indexes of the per-CPU `COUNTERS` array: everything the kernel side loses or skips.
 pub mod counter {
     /// Data records that did not fit in the ring buffer (consumer too slow or ring too small).
@@ -327,4 +347,46 @@ mod pod {
     // SAFETY: plain-old-data `#[repr(C)]` structs without padding holes that matter.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cases of [`Config::classify`]: (ports filtered, server side, detect, remote port
+    /// listed, local port listed) -> how.
+    #[test]
+    fn classification_cases() {
+        let full = Some(track::FULL);
+        let sniff = Some(track::SNIFF);
+        let cases = [
+            ((false, false, false, false, false), full),
+            ((true, false, false, true, false), full),
+            ((true, false, true, true, true), full),
+            ((true, false, false, false, true), None),
+            ((true, true, false, false, true), full),
+            ((true, false, true, false, true), None),
+            ((true, false, true, false, false), sniff),
+            ((true, false, false, false, false), None),
+        ];
+        for ((filter, server, detect, remote, local), want) in cases {
+            let cfg = Config {
+                filter_ports: filter.into(),
+                server_side: server.into(),
+                detect: detect.into(),
+                ..Default::default()
+            };
+            let t = ConnTuple {
+                rport: 9092,
+                lport: 40000,
+                ..Default::default()
+            };
+            let listed = |p: u16| (p == 9092 && remote) || (p == 40000 && local);
+            assert_eq!(
+                cfg.classify(&t, listed),
+                want,
+                "{filter} {server} {detect} {remote} {local}"
+            );
+        }
+    }
 }

@@ -196,17 +196,7 @@ fn task_traced(cfg: &Config, tgid: u32) -> bool {
 /// How a connection with these endpoints is captured, or `None` to ignore it.
 #[inline(always)]
 fn classify(cfg: &Config, t: &ConnTuple) -> Option<u8> {
-    if cfg.filter_ports == 0 || unsafe { PORTS.get(&t.rport) }.is_some() {
-        Some(track::FULL)
-    } else if unsafe { PORTS.get(&t.lport) }.is_some() {
-        // The broker's end: spans and metrics come from clients' ends, so copying it would
-        // only cost (on a broker node, all of the broker's traffic).
-        (cfg.server_side != 0).then_some(track::FULL)
-    } else if cfg.detect != 0 {
-        Some(track::SNIFF)
-    } else {
-        None
-    }
+    cfg.classify(t, |port| unsafe { PORTS.get(&port) }.is_some())
 }
 
 fn emit_conn_event<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, key: u64, st: &ConnState, fd: i32) {

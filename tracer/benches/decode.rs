@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::{
-    indexmap::IndexMap,
     messages::{
         FetchResponse, ProduceRequest, RequestHeader as KHeader, ResponseHeader as KRespHeader,
         TopicName,
@@ -15,10 +14,7 @@ use kafka_protocol::{
         produce_request::{PartitionProduceData, TopicProduceData},
     },
     protocol::{Decodable, Encodable, StrBytes},
-    records::{
-        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-        TimestampType,
-    },
+    records::{Compression, RecordBatchDecoder},
 };
 use tracer::{
     kafka::{
@@ -32,7 +28,8 @@ const RECORDS_PER_BATCH: usize = 100;
 const PARTITIONS: usize = 4;
 const FRAMES: usize = 64;
 const VALUE: usize = 1024;
-const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 /// A JSON-like value: fixed field names and random hex digits, so it compresses about 2-3x
 /// with zstd, as typical event payloads do.
@@ -54,38 +51,9 @@ fn value(seed: i64) -> Bytes {
 }
 
 fn batch(codec: Compression, base: i64) -> Bytes {
-    let records: Vec<Record> = (0..RECORDS_PER_BATCH as i64)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: base + i,
-            // kafka-protocol starts a new batch when offset - sequence changes.
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000 + i,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(value(base + i)),
-            headers: IndexMap::from([(
-                StrBytes::from_static_str("traceparent"),
-                Some(Bytes::from_static(TP.as_bytes())),
-            )]),
-        })
-        .collect();
-    let mut b = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut b,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: codec,
-        },
-    )
-    .unwrap();
-    b.freeze()
+    let records = (0..RECORDS_PER_BATCH as i64)
+        .map(|i| (Some(Bytes::from(format!("key-{i}"))), Some(value(base + i))));
+    support::batch(base, codec, true, records)
 }
 
 fn frame(header: impl FnOnce(&mut BytesMut), body: impl FnOnce(&mut BytesMut)) -> Vec<u8> {

@@ -12,7 +12,7 @@ use tracer::{
 };
 use tracer_common::Direction;
 
-const TRACEPARENT: &[u8] = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+mod support;
 
 /// The exchanges of every connection of a case, and the session counters.
 fn replay(case: &Path) -> (Vec<Exchange>, SessionCounters) {
@@ -27,37 +27,10 @@ fn replay(case: &Path) -> (Vec<Exchange>, SessionCounters) {
     files.sort();
     assert!(!files.is_empty(), "{}: no recordings", case.display());
     for file in files {
-        let bytes = std::fs::read(&file).unwrap();
         // The recorder kept the clients' ends of connections to the broker's port: requests go
         // out, as the daemon knows from `--ports`.
-        let mut session = Session::new(false, 8 << 20, 64).with_requests_from(Direction::Egress);
-        let mut streams = [Stream::default(), Stream::default()];
-        let mut at = 0;
-        let mut t = 0;
-        while at < bytes.len() {
-            let dir = if bytes[at] == 0 {
-                Direction::Egress
-            } else {
-                Direction::Ingress
-            };
-            let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
-            let data = &bytes[at + 5..at + 5 + len];
-            at += 5 + len;
-            t += 1000;
-            let s = &mut streams[dir as usize];
-            let pos = s.bytes;
-            let piece = s.push(pos, data);
-            session.push(
-                dir,
-                &piece,
-                t,
-                t + 10,
-                &DecodeOptions::default(),
-                &mut counters,
-                &mut |e| exchanges.push(e),
-            );
-        }
-        session.close(&mut counters, &mut |e| exchanges.push(e));
+        let session = Session::new(false, 8 << 20, 64).with_requests_from(Direction::Egress);
+        exchanges.extend(support::replay(&file, session, &mut counters));
     }
     (exchanges, counters)
 }
@@ -212,7 +185,10 @@ fn check_case(name: &str, codec: Compression) {
             (
                 i,
                 vec![
-                    (b"traceparent".to_vec(), TRACEPARENT.to_vec()),
+                    (
+                        b"traceparent".to_vec(),
+                        support::TRACEPARENT.as_bytes().to_vec(),
+                    ),
                     (b"seq".to_vec(), i.to_string().into_bytes()),
                 ],
             )
@@ -366,15 +342,8 @@ fn replay_cut(
     let mut pos = [0u64; 2];
     let mut counters = SessionCounters::default();
     let mut n = 0;
-    let mut at = 0;
-    while at < bytes.len() {
-        let dir = if bytes[at] == 0 {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        };
-        let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
-        for piece in bytes[at + 5..at + 5 + len].chunks(step) {
+    for (dir, data) in support::chunks(&bytes) {
+        for piece in data.chunks(step) {
             let p = pos[dir as usize];
             pos[dir as usize] += piece.len() as u64;
             if dir == Direction::Egress && drop.as_ref().is_some_and(|d| d.contains(&p)) {
@@ -391,7 +360,6 @@ fn replay_cut(
                 &mut |_| n += 1,
             );
         }
-        at += 5 + len;
     }
     (n, counters)
 }

@@ -8,43 +8,22 @@ use tracer::{
     correlate,
     kafka::{Catalog, DecodeOptions, Exchange, Request, Session, SessionCounters},
     pipeline::Observed,
-    reassembly::Stream,
     spans::{RecordKeys, Span, SpanCounters, SpanKind, spans},
 };
-use tracer_common::{ConnTuple, Direction};
+use tracer_common::ConnTuple;
+
+mod support;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT: &str = "b7ad6b7169203331";
 
 /// The client-side exchanges of a recording, as observed on a loopback connection to 9092.
 fn observed(file: &Path) -> Vec<Observed> {
-    let bytes = std::fs::read(file).unwrap();
-    let mut session = Session::new(false, 8 << 20, 64);
-    let mut streams = [Stream::default(), Stream::default()];
-    let mut out: Vec<Exchange> = Vec::new();
-    let mut counters = SessionCounters::default();
-    let mut at = 0;
-    while at < bytes.len() {
-        let dir = if bytes[at] == 0 {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        };
-        let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
-        let s = &mut streams[dir as usize];
-        let pos = s.bytes;
-        let piece = s.push(pos, &bytes[at + 5..at + 5 + len]);
-        session.push(
-            dir,
-            &piece,
-            at as u64,
-            at as u64 + 1,
-            &DecodeOptions::default(),
-            &mut counters,
-            &mut |e| out.push(e),
-        );
-        at += 5 + len;
-    }
+    let out = support::replay(
+        file,
+        Session::new(false, 8 << 20, 64),
+        &mut SessionCounters::default(),
+    );
     let mut tuple = ConnTuple {
         family: libc::AF_INET as u16,
         lport: 40000,
@@ -217,39 +196,14 @@ fn exchange_pair(count: i64, key: Option<&'static [u8]>) -> (Observed, Observed)
             produce_response::{PartitionProduceResponse, TopicProduceResponse},
         },
         protocol::{Encodable, StrBytes},
-        records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
+        records::Compression,
     };
     use tracer::kafka::{RequestHeader, decode_request, decode_response};
 
     let batch = |base: i64| {
-        let records: Vec<Record> = (0..count)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: base + i,
-                sequence: i as i32,
-                timestamp: 1_700_000_000_000,
-                key: key.map(Bytes::from_static),
-                value: Some(Bytes::from_static(b"v")),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut b = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut b,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        b.freeze()
+        let records =
+            (0..count).map(|_| (key.map(Bytes::from_static), Some(Bytes::from_static(b"v"))));
+        support::batch(base, Compression::None, false, records)
     };
     let enc = |m: &dyn Fn(&mut BytesMut)| {
         let mut b = BytesMut::new();

@@ -4,7 +4,6 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::{
-    indexmap::IndexMap,
     messages::{
         FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
         fetch_request::{FetchPartition, FetchTopic},
@@ -13,9 +12,7 @@ use kafka_protocol::{
         produce_response::{PartitionProduceResponse, TopicProduceResponse},
     },
     protocol::{Encodable, StrBytes},
-    records::{
-        Compression as KCompression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    },
+    records::Compression as KCompression,
 };
 use tracer::kafka::{
     DecodeOptions, Request, RequestHeader, Response, TopicRef, api, decode_request,
@@ -25,7 +22,7 @@ use tracer::kafka::{
 pub(crate) const ID: [u8; 16] = [
     0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c,
 ];
-const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+mod support;
 
 pub(crate) fn encode<T: Encodable>(m: &T, version: i16) -> Vec<u8> {
     let mut b = BytesMut::new();
@@ -35,37 +32,13 @@ pub(crate) fn encode<T: Encodable>(m: &T, version: i16) -> Vec<u8> {
 
 /// Three records at `base`, with a traceparent header, compressed with `codec`.
 fn batch(base: i64, codec: KCompression) -> Bytes {
-    let records: Vec<Record> = (0..3)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: base + i,
-            sequence: -1,
-            timestamp: 1_700_000_000_000 + i,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(vec![b'v'; 100])),
-            headers: IndexMap::from([(
-                StrBytes::from_static_str("traceparent"),
-                Some(Bytes::from_static(TP.as_bytes())),
-            )]),
-        })
-        .collect();
-    let mut b = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut b,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: codec,
-        },
-    )
-    .unwrap();
-    b.freeze()
+    let records = (0..3).map(|i| {
+        (
+            Some(Bytes::from(format!("k{i}"))),
+            Some(Bytes::from(vec![b'v'; 100])),
+        )
+    });
+    support::batch(base, codec, true, records)
 }
 
 fn codecs() -> [(KCompression, Compression); 5] {
@@ -108,7 +81,10 @@ fn check_records(
         assert_eq!(r.timestamp, 1_700_000_000_000 + i as i64);
         assert_eq!((r.key_len, r.value_len), (2, 100));
         let h: Vec<_> = p.headers_of(r).collect();
-        assert_eq!(h, vec![(&b"traceparent"[..], Some(TP.as_bytes()))]);
+        assert_eq!(
+            h,
+            vec![(&b"traceparent"[..], Some(support::TRACEPARENT.as_bytes()))]
+        );
     }
 }
 

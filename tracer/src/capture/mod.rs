@@ -21,7 +21,7 @@ use aya::{
     programs::TracePoint,
 };
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Config, ConnState, ConnTuple, counter, flags, mode, track};
+use tracer_common::{Config, ConnState, counter, flags, mode, track};
 
 use crate::counters::Counter;
 
@@ -279,7 +279,7 @@ impl Capture {
         fill_set(&mut ebpf, "PIDS", cfg.pids.iter().copied())?;
         fill_set(&mut ebpf, "CGROUPS", cfg.cgroup_ids.iter().copied())?;
         if mode == CaptureMode::Fd {
-            seed_fd_connections(&mut ebpf, cfg)?;
+            seed_fd_connections(&mut ebpf, cfg, &config)?;
         }
 
         // Exits and socket ties first, entries last: an entry stashed before its exit is
@@ -453,19 +453,12 @@ fn fill_set<K: aya::Pod>(
     Ok(())
 }
 
-/// What the kernel's `classify` decides for a connection, for connections found in /proc.
-fn classify(cfg: &CaptureConfig, t: &ConnTuple) -> Option<u8> {
-    if cfg.ports.is_empty() || cfg.ports.contains(&t.lport) || cfg.ports.contains(&t.rport) {
-        Some(track::FULL)
-    } else if cfg.detect_kafka {
-        Some(track::SNIFF)
-    } else {
-        None
-    }
-}
-
 /// fd mode: registers the connections and listeners that exist before the programs attach.
-fn seed_fd_connections(ebpf: &mut Ebpf, cfg: &CaptureConfig) -> anyhow::Result<()> {
+fn seed_fd_connections(
+    ebpf: &mut Ebpf,
+    cfg: &CaptureConfig,
+    kernel: &Config,
+) -> anyhow::Result<()> {
     let me = std::process::id();
     let sockets = tcp_sockets(std::path::Path::new("/proc"), |p| {
         (p != me || !cfg.exclude_self) && (cfg.pids.is_empty() || cfg.pids.contains(&p))
@@ -483,7 +476,7 @@ fn seed_fd_connections(ebpf: &mut Ebpf, cfg: &CaptureConfig) -> anyhow::Result<(
         BpfHashMap::try_from(ebpf.map_mut("CONNS").context("no map CONNS")?)?;
     let mut seeded = 0u64;
     for s in sockets.iter().filter(|s| !s.listening) {
-        let Some(how) = classify(cfg, &s.tuple) else {
+        let Some(how) = kernel.classify(&s.tuple, |p| cfg.ports.contains(&p)) else {
             continue;
         };
         seeded += 1;
