@@ -324,11 +324,15 @@ mod tests {
                 .add(("OffsetForLeaderEpoch", t.clone()))
                 .observe(&LATENCY_BUCKETS, 1e-3 + i as f64);
             *m.records.add(("consumed", t.clone(), p)) = (u64::MAX, u64::MAX);
-            m.lag.set((g.clone(), t.clone(), p)).map(|v| *v = i64::MIN);
-            m.committed
-                .set((g.clone(), t.clone(), p))
-                .map(|v| *v = i64::MAX);
-            m.high_watermark.set((t.clone(), p)).map(|v| *v = i64::MAX);
+            if let Some(v) = m.lag.set((g.clone(), t.clone(), p)) {
+                *v = i64::MIN;
+            }
+            if let Some(v) = m.committed.set((g.clone(), t.clone(), p)) {
+                *v = i64::MAX;
+            }
+            if let Some(v) = m.high_watermark.set((t.clone(), p)) {
+                *v = i64::MAX;
+            }
             m.e2e
                 .add((t.clone(),))
                 .observe(&E2E_BUCKETS, 1e9 + i as f64);
