@@ -12,7 +12,7 @@ use std::{
 
 use tests::{SendCall, messages, payload, read_to_end_alternating, send_all};
 use tracer::{
-    capture::{Capture, CaptureConfig, CaptureMode, KernelCounters, Record},
+    capture::{Capture, CaptureConfig, CaptureMode, KernelCounters, RingRecord},
     pipeline::{Pipeline, PipelineConfig},
     reassembly::Stream,
 };
@@ -29,9 +29,9 @@ struct Seen {
 impl Seen {
     fn take(&mut self, capture: &mut Capture) {
         capture.drain(|r| match r.expect("well-formed record") {
-            Record::Data(d) => self.data.push((d.hdr, d.payload.to_vec())),
-            Record::Open(e) => self.opens.push(e),
-            Record::Close(e) => self.closes.push(e),
+            RingRecord::Data(d) => self.data.push((d.hdr, d.payload.to_vec())),
+            RingRecord::Open(e) => self.opens.push(e),
+            RingRecord::Close(e) => self.closes.push(e),
         });
     }
 
@@ -518,7 +518,7 @@ async fn kafka_on_an_unlisted_port_is_detected_and_other_protocols_are_dropped()
         && Instant::now() < end
     {
         capture.drain(|r| {
-            if let Ok(Record::Data(d)) = &r {
+            if let Ok(RingRecord::Data(d)) = &r {
                 data.push((d.hdr, d.payload.len()));
             }
             pipeline.on_record(r);

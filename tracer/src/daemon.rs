@@ -18,7 +18,7 @@ use crate::{
     export::Traces,
     kafka::{MetadataResponse, Request, Response, api_name, lookup},
     metrics::Exposition,
-    pipeline::{Observed, Pipeline},
+    pipeline::{ConnExchange, Pipeline},
 };
 
 /// Runs the tracer until interrupted.
@@ -135,7 +135,7 @@ fn observe(pipeline: &mut Pipeline, metrics: &Exposition, traces: &mut Traces) {
 }
 
 /// One debug line per exchange (spans come from the export stage).
-fn log_exchange(o: &Observed, p: &Pipeline) {
+fn log_exchange(o: &ConnExchange, p: &Pipeline) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use tracer_common::{ConnTuple, Direction};
 
 use crate::{
-    capture::{ConnEventExt as _, DataRecord, Record, RecordError, comm_str, endpoints},
+    capture::{ConnEventExt as _, DataRecord, RingRecord, RingRecordError, comm_str, endpoints},
     counters::Counter,
     kafka::{self, Catalog, DecodeOptions, Exchange, FramerCounters, Session, SessionCounters},
     reassembly::{Piece, Reassembler},
@@ -151,7 +151,7 @@ impl PipelineCounters {
 
 /// A request/response exchange and the connection it happened on.
 #[derive(Debug, Clone)]
-pub struct Observed {
+pub struct ConnExchange {
     pub conn_id: u64,
     /// The traced process and thread name.
     pub tgid: u32,
@@ -160,7 +160,7 @@ pub struct Observed {
     pub exchange: Exchange,
 }
 
-impl Observed {
+impl ConnExchange {
     /// The broker's address: the remote end for a client, the local end for a broker.
     pub fn broker(&self) -> SocketAddr {
         let (local, remote) = endpoints(&self.tuple);
@@ -193,9 +193,9 @@ pub struct Pipeline {
     sniffing: HashMap<u64, Sniff>,
     /// Verdicts to write to the kernel after the current drain, as (conn key, is Kafka).
     verdicts: Vec<(u64, bool)>,
-    exchanges: Vec<Observed>,
+    exchanges: Vec<ConnExchange>,
     /// Exchanges waiting for a lookup to name their topics, oldest first (bounded).
-    parked: std::collections::VecDeque<(std::time::Instant, Observed)>,
+    parked: std::collections::VecDeque<(std::time::Instant, ConnExchange)>,
     /// Brokers whose exchanges named topic ids the catalog does not know.
     unknown_topic_brokers: std::collections::HashSet<SocketAddr>,
     pub catalog: Catalog,
@@ -223,7 +223,7 @@ impl Pipeline {
         }
     }
 
-    pub fn on_record(&mut self, rec: Result<Record<'_>, RecordError>) {
+    pub fn on_record(&mut self, rec: Result<RingRecord<'_>, RingRecordError>) {
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
@@ -233,11 +233,11 @@ impl Pipeline {
             }
         };
         match rec {
-            Record::Open(ev) => {
+            RingRecord::Open(ev) => {
                 let (l, r) = endpoints(&ev.tuple);
                 tracing::debug!(conn = ev.conn_id, %l, %r, midstream = ev.midstream(), "connection opened");
             }
-            Record::Close(ev) => {
+            RingRecord::Close(ev) => {
                 self.sniffing.remove(&ev.conn_id);
                 self.end_session(ev.conn_id);
                 if let Some(c) = self.reassembly.close(ev.conn_id, ev.tx_bytes, ev.rx_bytes) {
@@ -255,7 +255,7 @@ impl Pipeline {
                     );
                 }
             }
-            Record::Data(d) => self.on_data(&d),
+            RingRecord::Data(d) => self.on_data(&d),
         }
     }
 
@@ -306,7 +306,7 @@ impl Pipeline {
             &self.cfg.decode,
             &mut self.counters.kafka,
             &mut |exchange| {
-                let o = Observed {
+                let o = ConnExchange {
                     conn_id,
                     tgid,
                     comm,
@@ -345,7 +345,7 @@ impl Pipeline {
             let (tgid, comm, tuple) = (c.tgid, c.comm, c.tuple);
             let exchanges = &mut self.exchanges;
             s.close(&mut self.counters.kafka, &mut |exchange| {
-                exchanges.push(Observed {
+                exchanges.push(ConnExchange {
                     conn_id,
                     tgid,
                     comm,
@@ -440,7 +440,7 @@ impl Pipeline {
     }
 
     /// Exchanges completed since the last call.
-    pub fn take_exchanges(&mut self) -> Vec<Observed> {
+    pub fn take_exchanges(&mut self) -> Vec<ConnExchange> {
         std::mem::take(&mut self.exchanges)
     }
 

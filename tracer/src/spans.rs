@@ -21,7 +21,7 @@ use crate::{
         Acknowledgement, AcquiredRecords, BatchInfo, Catalog, EndTxn, PartitionRecords, Request,
         Response, TopicRef,
     },
-    pipeline::Observed,
+    pipeline::ConnExchange,
 };
 
 /// Whether spans carry record keys.
@@ -285,8 +285,8 @@ fn random_trace_id() -> [u8; 16] {
 }
 
 /// Attributes every span of an exchange has.
-fn common(
-    o: &Observed,
+fn partition_attributes(
+    o: &ConnExchange,
     topic: &Arc<str>,
     partition: i32,
     catalog: &Catalog,
@@ -305,7 +305,11 @@ fn common(
 
 /// Attributes of every span of an exchange, topic or not: the system, the broker and the
 /// connection, the client id, the cluster, the request's version.
-fn connection(o: &Observed, catalog: &Catalog, tuple: &ConnTuple) -> Vec<(&'static str, Value)> {
+fn connection(
+    o: &ConnExchange,
+    catalog: &Catalog,
+    tuple: &ConnTuple,
+) -> Vec<(&'static str, Value)> {
     let (local, remote) = endpoints(tuple);
     let broker = o.broker();
     let mut a: Vec<(&'static str, Value)> = vec![
@@ -336,7 +340,7 @@ fn connection(o: &Observed, catalog: &Catalog, tuple: &ConnTuple) -> Vec<(&'stat
 
 /// The span of a transaction's end (EndTxn): `commit transaction` or `abort transaction`, with
 /// the transactional id and producer id that the transaction's send spans carry too.
-fn end_txn_span(o: &Observed, catalog: &Catalog, t: &EndTxn, error: Option<i16>) -> Span {
+fn end_txn_span(o: &ConnExchange, catalog: &Catalog, t: &EndTxn, error: Option<i16>) -> Span {
     let (start, end) = exchange_times(o);
     let outcome = if t.committed { "commit" } else { "abort" };
     let mut attributes = connection(o, catalog, &o.tuple);
@@ -386,7 +390,7 @@ fn topic_name(catalog: &Catalog, t: &TopicRef, counters: &mut SpanCounters) -> A
 }
 
 /// From the request's first byte to the response's last (or the request's last, unanswered).
-fn exchange_times(o: &Observed) -> (u64, u64) {
+fn exchange_times(o: &ConnExchange) -> (u64, u64) {
     let ex = &o.exchange;
     (
         ex.request_ns.0,
@@ -411,7 +415,7 @@ struct Received<'a> {
 /// The poll span of what a consumer received of one batch, in the trace of the batch's send
 /// span (or of the trace context its records carry).
 fn poll_span(
-    o: &Observed,
+    o: &ConnExchange,
     catalog: &Catalog,
     cluster: &str,
     keys: &RecordKeys,
@@ -423,7 +427,7 @@ fn poll_span(
     let (derived_trace, producer_span) =
         correlate::batch_ids(cluster, r.topic, r.partition, b.base_offset);
     let trace = batch_trace(contexts(r.records, r.batch), derived_trace, counters);
-    let mut attributes = common(o, r.topic, r.partition, catalog, &o.tuple);
+    let mut attributes = partition_attributes(o, r.topic, r.partition, catalog, &o.tuple);
     attributes.push(("messaging.operation.type", "receive".into()));
     attributes.push(("messaging.operation.name", "poll".into()));
     offsets(&mut attributes, r.first, r.count);
@@ -485,7 +489,7 @@ fn acquired_in(b: &BatchInfo, acquired: &[AcquiredRecords]) -> Option<(i64, usiz
 /// released for redelivery, rejected), under the send span of the first delivered batch it
 /// covers and linked to the others' (from the catalog's memory of recent deliveries).
 fn ack_span(
-    o: &Observed,
+    o: &ConnExchange,
     catalog: &Catalog,
     cluster: &str,
     counters: &mut SpanCounters,
@@ -510,7 +514,7 @@ fn ack_span(
             tracestate: None,
         })
         .collect();
-    let mut attributes = common(o, &topic, a.partition, catalog, &o.tuple);
+    let mut attributes = partition_attributes(o, &topic, a.partition, catalog, &o.tuple);
     attributes.push(("messaging.operation.type", "settle".into()));
     attributes.push(("messaging.operation.name", "ack".into()));
     attributes.push(("messaging.kafka.first_offset", a.first_offset.into()));
@@ -548,7 +552,7 @@ fn ack_span(
 /// The spans of one exchange seen by the client (producer or consumer); none for the broker
 /// side or for other APIs.
 pub fn spans(
-    o: &Observed,
+    o: &ConnExchange,
     catalog: &Catalog,
     keys: &RecordKeys,
     counters: &mut SpanCounters,
@@ -616,7 +620,8 @@ pub fn spans(
                             )
                         }
                     };
-                    let mut attributes = common(o, &topic, p.partition, catalog, &o.tuple);
+                    let mut attributes =
+                        partition_attributes(o, &topic, p.partition, catalog, &o.tuple);
                     attributes.push(("messaging.operation.type", "send".into()));
                     attributes.push(("messaging.operation.name", "send".into()));
                     if let Some(first) = first {

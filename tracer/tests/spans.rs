@@ -7,7 +7,7 @@ use std::path::Path;
 use tracer::{
     correlate,
     kafka::{Catalog, DecodeOptions, Exchange, Request, Session, SessionCounters},
-    pipeline::Observed,
+    pipeline::ConnExchange,
     spans::{RecordKeys, Span, SpanCounters, SpanKind, spans},
 };
 use tracer_common::ConnTuple;
@@ -18,7 +18,7 @@ const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT: &str = "b7ad6b7169203331";
 
 /// The client-side exchanges of a recording, as observed on a loopback connection to 9092.
-fn observed(file: &Path) -> Vec<Observed> {
+fn observed(file: &Path) -> Vec<ConnExchange> {
     let out = support::replay(
         file,
         Session::new(false, 8 << 20, 64),
@@ -33,7 +33,7 @@ fn observed(file: &Path) -> Vec<Observed> {
     tuple.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     tuple.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     out.into_iter()
-        .map(|exchange| Observed {
+        .map(|exchange| ConnExchange {
             conn_id: 1,
             tgid: 7,
             comm: [0; 16],
@@ -45,7 +45,7 @@ fn observed(file: &Path) -> Vec<Observed> {
 
 /// One node: its connections' exchanges teach its own catalog, then become spans.
 fn node(files: &[std::path::PathBuf]) -> (Vec<Span>, SpanCounters) {
-    let all: Vec<Observed> = files.iter().flat_map(|f| observed(f)).collect();
+    let all: Vec<ConnExchange> = files.iter().flat_map(|f| observed(f)).collect();
     let mut catalog = Catalog::default();
     for o in &all {
         catalog.learn(&o.exchange, o.tgid, o.broker());
@@ -159,7 +159,7 @@ fn recorded_traffic_with_traceparent_links_producer_and_consumer() {
 #[test]
 fn produce_without_offsets_is_counted_and_not_linked() {
     let (p_files, _) = split("confluent-none");
-    let mut all: Vec<Observed> = p_files.iter().flat_map(|f| observed(f)).collect();
+    let mut all: Vec<ConnExchange> = p_files.iter().flat_map(|f| observed(f)).collect();
     for o in &mut all {
         if let Ok(Request::Produce(_)) = &o.exchange.request {
             o.exchange.response = None; // as with acks=0
@@ -186,7 +186,7 @@ fn produce_without_offsets_is_counted_and_not_linked() {
 
 /// A produce exchange of one batch of `count` records (keyed with `key`) at base offset 40 of
 /// partition 1 of "plain", and the fetch exchange returning it, encoded by kafka-protocol.
-fn exchange_pair(count: i64, key: Option<&'static [u8]>) -> (Observed, Observed) {
+fn exchange_pair(count: i64, key: Option<&'static [u8]>) -> (ConnExchange, ConnExchange) {
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::{
         messages::{
@@ -273,7 +273,7 @@ fn exchange_pair(count: i64, key: Option<&'static [u8]>) -> (Observed, Observed)
         ..Default::default()
     };
     tuple.raddr[..4].copy_from_slice(&[10, 0, 0, 9]);
-    let obs = |exchange| Observed {
+    let obs = |exchange| ConnExchange {
         conn_id: 1,
         tgid: 7,
         comm: [0; 16],
@@ -338,7 +338,7 @@ fn records_without_headers_share_a_derived_trace() {
 #[test]
 fn record_keys_are_opt_in_and_can_be_hashed() {
     let (produce, consume) = exchange_pair(1, Some(b"user-42"));
-    let key = |mode: RecordKeys, o: &Observed| {
+    let key = |mode: RecordKeys, o: &ConnExchange| {
         let s = spans(o, &Catalog::default(), &mode, &mut SpanCounters::default());
         s[0].attributes
             .iter()

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, io::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use tests::{Broker, TRACEPARENT, client};
-use tracer::capture::{Capture, CaptureConfig, Record};
+use tracer::capture::{Capture, CaptureConfig, RingRecord};
 
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
@@ -190,7 +190,7 @@ async fn record(broker: &Broker, case: &Case, out_dir: &Path) -> anyhow::Result<
     // Client side only: connections whose remote port is the broker's.
     let mut conns: BTreeMap<u64, Vec<(u8, Vec<u8>)>> = BTreeMap::new();
     capture.drain(|r| {
-        if let Ok(Record::Data(d)) = r
+        if let Ok(RingRecord::Data(d)) = r
             && d.hdr.tuple.rport == broker.port
         {
             conns

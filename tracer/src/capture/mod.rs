@@ -26,7 +26,7 @@ use tracer_common::{Config, ConnState, counter, flags, mode, track};
 use crate::counters::Counter;
 
 pub use procfs::{ProcSocket, tcp_sockets};
-pub use record::{ConnEventExt, DataRecord, Record, RecordError, comm_str, endpoints};
+pub use record::{ConnEventExt, DataRecord, RingRecord, RingRecordError, comm_str, endpoints};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -369,11 +369,11 @@ impl Capture {
     /// Passes every record now in the ring buffer to `f`; returns how many there were.
     /// Records the parser rejects are passed as errors (they would mean a kernel/daemon
     /// version mismatch), so the caller counts them.
-    pub fn drain(&mut self, mut f: impl FnMut(Result<Record<'_>, RecordError>)) -> usize {
+    pub fn drain(&mut self, mut f: impl FnMut(Result<RingRecord<'_>, RingRecordError>)) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
-            f(Record::parse(&item));
+            f(RingRecord::parse(&item));
             n += 1;
         }
         n

@@ -8,7 +8,7 @@ use tracer_common::{
 
 /// One record from the ring buffer. Data payloads borrow the ring buffer's memory.
 #[derive(Debug)]
-pub enum Record<'a> {
+pub enum RingRecord<'a> {
     Data(DataRecord<'a>),
     Open(ConnEvent),
     Close(ConnEvent),
@@ -21,7 +21,7 @@ pub struct DataRecord<'a> {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RecordError {
+pub enum RingRecordError {
     #[error("ring-buffer record of {0} bytes is too short")]
     Short(usize),
     #[error("unknown ring-buffer record kind {0}")]
@@ -31,17 +31,17 @@ pub enum RecordError {
 }
 
 /// Reads a `#[repr(C)]` plain-data value from the start of `bytes`.
-fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, RecordError> {
+fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, RingRecordError> {
     if bytes.len() < size_of::<T>() {
-        return Err(RecordError::Short(bytes.len()));
+        return Err(RingRecordError::Short(bytes.len()));
     }
     // SAFETY: length checked; T is a plain-data repr(C) type valid for any bit pattern (only
     // integers and byte arrays), and read_unaligned has no alignment requirement.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-impl<'a> Record<'a> {
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, RecordError> {
+impl<'a> RingRecord<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, RingRecordError> {
         match bytes.first().copied() {
             Some(kind::DATA) => {
                 let hdr: DataHeader = read_pod(bytes)?;
@@ -50,7 +50,7 @@ impl<'a> Record<'a> {
                 let payload =
                     payload
                         .get(..hdr.chunk_len as usize)
-                        .ok_or(RecordError::BadLength {
+                        .ok_or(RingRecordError::BadLength {
                             announced: hdr.chunk_len,
                             carried: payload.len(),
                         })?;
@@ -58,8 +58,8 @@ impl<'a> Record<'a> {
             }
             Some(kind::OPEN) => Ok(Self::Open(read_pod(bytes)?)),
             Some(kind::CLOSE) => Ok(Self::Close(read_pod(bytes)?)),
-            Some(other) => Err(RecordError::UnknownKind(other)),
-            None => Err(RecordError::Short(0)),
+            Some(other) => Err(RingRecordError::UnknownKind(other)),
+            None => Err(RingRecordError::Short(0)),
         }
     }
 }
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn data_record_round_trip_ignores_ring_padding() {
         let bytes = bytes_of(&header(4), b"abcd", 4);
-        let Record::Data(d) = Record::parse(&bytes).unwrap() else {
+        let RingRecord::Data(d) = RingRecord::parse(&bytes).unwrap() else {
             panic!("not data")
         };
         assert_eq!(d.payload, b"abcd");
@@ -199,24 +199,27 @@ mod tests {
     fn malformed_records_are_errors() {
         let bytes = bytes_of(&header(9), b"abcd", 0);
         assert_eq!(
-            Record::parse(&bytes).unwrap_err(),
-            RecordError::BadLength {
+            RingRecord::parse(&bytes).unwrap_err(),
+            RingRecordError::BadLength {
                 announced: 9,
                 carried: 4
             }
         );
         assert_eq!(
-            Record::parse(&[kind::DATA; 10]).unwrap_err(),
-            RecordError::Short(10)
+            RingRecord::parse(&[kind::DATA; 10]).unwrap_err(),
+            RingRecordError::Short(10)
         );
         assert_eq!(
-            Record::parse(&[99; 200]).unwrap_err(),
-            RecordError::UnknownKind(99)
+            RingRecord::parse(&[99; 200]).unwrap_err(),
+            RingRecordError::UnknownKind(99)
         );
-        assert_eq!(Record::parse(&[]).unwrap_err(), RecordError::Short(0));
         assert_eq!(
-            Record::parse(&[kind::CLOSE; 3]).unwrap_err(),
-            RecordError::Short(3)
+            RingRecord::parse(&[]).unwrap_err(),
+            RingRecordError::Short(0)
+        );
+        assert_eq!(
+            RingRecord::parse(&[kind::CLOSE; 3]).unwrap_err(),
+            RingRecordError::Short(3)
         );
     }
 

@@ -13,7 +13,7 @@ use crate::{
         otlp::{self, OtlpConfig},
         otlp_json, parse_key_values,
     },
-    pipeline::{Observed, Pipeline},
+    pipeline::{ConnExchange, Pipeline},
     spans::SpanCounters,
 };
 
@@ -107,7 +107,7 @@ impl Traces {
         })
     }
 
-    pub fn add(&mut self, o: &Observed, p: &Pipeline) {
+    pub fn add(&mut self, o: &ConnExchange, p: &Pipeline) {
         for span in crate::spans::spans(o, &p.catalog, &self.keys, &mut self.counters) {
             let slow = span.end_ns.saturating_sub(span.start_ns) > self.slow_ns;
             if self.sampler.keep(

@@ -1,7 +1,8 @@
 //! Kafka wire decoding: request and response headers, Produce and Fetch (zero-copy, every
 //! version a current broker speaks, record batches with every codec and record headers), and
-//! Metadata, ApiVersions, group and offset APIs (through the `kafka-protocol` crate, which
-//! covers their every version and is fast enough at their low rate).
+//! Metadata, ApiVersions, ListOffsets, group, share-group and transaction APIs (their fields the
+//! tracer uses, read by the same bounds-checked reader: the `kafka-protocol` crate, which sizes
+//! vectors from untrusted counts, serves only as the reference encoder in the tests).
 //!
 //! Decoders take one complete frame body and return owned summaries: the frame buffer is reused
 //! as soon as the call returns.
@@ -14,12 +15,12 @@ mod framing;
 mod header;
 pub mod lookup;
 pub mod names;
+mod partition_records;
 mod produce;
 pub mod records;
 mod session;
 mod share;
 mod sniff;
-mod summary;
 mod txn;
 pub mod wire;
 
@@ -34,6 +35,7 @@ pub use header::{
     RequestHeader, ResponseHeader, api_name, flexible_request, parse_request_header,
     parse_response_header,
 };
+pub use partition_records::{BatchInfo, DecodeOptions, HeaderSpan, PartitionRecords, RecordInfo};
 pub use produce::{ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceResponse};
 pub use session::{Exchange, Session, SessionCounters};
 pub use share::{
@@ -41,7 +43,6 @@ pub use share::{
     SharePartitionResponse, ShareRequest,
 };
 pub use sniff::{MAX_REQUEST_SIZE, looks_like_request};
-pub use summary::{BatchInfo, DecodeOptions, HeaderSpan, PartitionRecords, RecordInfo};
 pub use txn::EndTxn;
 
 /// API keys the tracer decodes.

@@ -2,9 +2,10 @@
 //! Flexible encoding from v9; topics named by id from v13.
 
 use super::{
-    DecodeError, TopicRef, api, check_version, ended_early, flexible_request, read_topic,
+    DecodeError, TopicRef, api, check_version, ended_early, flexible_request,
+    partition_records::{DecodeOptions, PartitionRecords},
+    read_topic,
     records::with_decompressor,
-    summary::{DecodeOptions, PartitionRecords},
     wire::Reader,
 };
 

@@ -6,8 +6,8 @@
 
 use super::{
     DecodeError, TopicRef, check_version, ended_early,
+    partition_records::{DecodeOptions, PartitionRecords},
     records::with_decompressor,
-    summary::{DecodeOptions, PartitionRecords},
     wire::Reader,
 };
 

@@ -16,7 +16,7 @@ use super::Metrics;
 use crate::{
     counters::{Counter, Kind},
     kafka::Catalog,
-    pipeline::Observed,
+    pipeline::ConnExchange,
 };
 
 /// A lock whose holder panicked still guards consistent counters: take it anyway.
@@ -83,7 +83,7 @@ impl Exposition {
     }
 
     /// Adds what an exchange says to the Kafka families.
-    pub fn observe(&self, o: &Observed, catalog: &Catalog, clock_offset_ns: i64) {
+    pub fn observe(&self, o: &ConnExchange, catalog: &Catalog, clock_offset_ns: i64) {
         lock(&self.kafka).observe(o, catalog, clock_offset_ns);
     }
 

@@ -23,7 +23,7 @@ use prometheus_client::{
 use crate::{
     counters::Counter,
     kafka::{Catalog, Request, Response, api_name},
-    pipeline::Observed,
+    pipeline::ConnExchange,
 };
 use family::{BUCKETS, Family, Histogram};
 
@@ -96,7 +96,7 @@ impl Metrics {
     }
 
     /// Records what an exchange says. `clock_offset_ns` turns kernel times into Unix times.
-    pub fn observe(&mut self, o: &Observed, catalog: &Catalog, clock_offset_ns: i64) {
+    pub fn observe(&mut self, o: &ConnExchange, catalog: &Catalog, clock_offset_ns: i64) {
         let ex = &o.exchange;
         if !ex.client_side {
             return;

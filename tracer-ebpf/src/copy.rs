@@ -1,0 +1,339 @@
+//! Syscall exit: how many bytes moved decides the range of the connection's stream reserved, and
+//! the user buffers (plain, iovec, msghdr, mmsghdr) are copied with `bpf_loop` into ring-buffer
+//! records of at most `CHUNK_SIZE` bytes; whatever cannot be delivered is counted.
+
+use super::*;
+
+/// One program for every `sys_exit_*` tracepoint (all share `ret@16`); the stash says which
+/// syscall it was.
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = (unsafe { ARGS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = ARGS.remove(&id);
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if args.syscall >= Syscall::Connect as u8 {
+        exit_setup(&ctx, &args, ret);
+    } else if args.conn_key != 0 && ret > 0 {
+        exit_data(&args, ret as u64);
+    }
+    0
+}
+
+/// State of the copy walk over a syscall's buffers, shared with the `bpf_loop` callback.
+#[repr(C)]
+pub(crate) struct Walk {
+    /// Current contiguous user segment and its bytes left to copy.
+    base: u64,
+    seg_rem: u64,
+    /// Next iovec to read and how many are left in the current message.
+    iov_ptr: u64,
+    iov_left: u64,
+    /// Next mmsghdr to read and how many are left.
+    msg_ptr: u64,
+    msg_left: u64,
+    /// Bytes left in the current message (the syscall's return value for single-message calls).
+    msg_rem: u64,
+    /// Bytes left to copy under the cap.
+    cap_left: u64,
+    /// Bytes staged in the scratch buffer, and the syscall offset of the first of them.
+    fill: u64,
+    chunk_start: u64,
+    /// Set when the ring buffer is full: the rest of the syscall is counted, not copied.
+    failed: u64,
+}
+
+fn exit_data(args: &SyscallArgs, ret: u64) {
+    let Some(conn) = CONNS.get_ptr_mut(&args.conn_key) else {
+        return;
+    };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: map value pointers, valid for this program run; the scratch is per-CPU and
+    // nothing else runs on this CPU until the program ends.
+    let (conn, w, hdr) = unsafe { (&mut *conn, &mut (*s).walk, &mut (*s).hdr) };
+    let cfg = config();
+
+    *w = Walk {
+        base: 0,
+        seg_rem: 0,
+        iov_ptr: 0,
+        iov_left: 0,
+        msg_ptr: 0,
+        msg_left: 0,
+        msg_rem: ret,
+        cap_left: 0,
+        fill: 0,
+        chunk_start: 0,
+        failed: 0,
+    };
+    let syscall = args.syscall;
+    let total = if syscall == Syscall::Write as u8
+        || syscall == Syscall::Read as u8
+        || syscall == Syscall::Sendto as u8
+        || syscall == Syscall::Recvfrom as u8
+    {
+        w.base = args.buf;
+        w.seg_rem = ret;
+        ret
+    } else if syscall == Syscall::Writev as u8 || syscall == Syscall::Readv as u8 {
+        w.iov_ptr = args.buf;
+        w.iov_left = args.count;
+        ret
+    } else if syscall == Syscall::Sendmsg as u8 || syscall == Syscall::Recvmsg as u8 {
+        // SAFETY: user pointers, checked by the helper.
+        unsafe {
+            w.iov_ptr =
+                bpf_probe_read_user((args.buf + MSGHDR_IOV_OFFSET) as *const u64).unwrap_or(0);
+            w.iov_left =
+                bpf_probe_read_user((args.buf + MSGHDR_IOVLEN_OFFSET) as *const u64).unwrap_or(0);
+        }
+        ret
+    } else {
+        // sendmmsg/recvmmsg: ret is the number of messages; each mmsghdr has its length.
+        w.msg_ptr = args.buf;
+        w.msg_left = ret;
+        w.msg_rem = 0;
+        // SAFETY: per-CPU scratch, see above.
+        let m = unsafe { &mut (*s).mmsg };
+        m.ptr = args.buf;
+        m.n = ret;
+        m.total = 0;
+        // SAFETY: the callback only touches the per-CPU scratch.
+        unsafe { bpf_loop(MAX_IOV, sum_mmsg as *mut c_void, core::ptr::null_mut(), 0) };
+        m.total
+    };
+    if w.iov_left > MAX_IOV as u64 {
+        w.iov_left = MAX_IOV as u64;
+    }
+
+    let dir_counter = if args.direction == Direction::Egress as u8 {
+        &raw mut conn.tx_bytes
+    } else {
+        &raw mut conn.rx_bytes
+    };
+    // SAFETY: the map value outlives this call. The add is atomic so the stream length never
+    // drifts; the offset is read just before it because the generic BPF CPU that aya-build
+    // targets cannot return the old value from an atomic add. Only two threads writing the same
+    // socket at the same instant could see one offset twice, which userspace treats as an
+    // overlap and resyncs on.
+    let stream_offset = unsafe { core::ptr::read_volatile(dir_counter) };
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dir_counter, total) };
+
+    let mut cap = cfg.max_bytes_per_syscall as u64;
+    if conn.track == track::SNIFF {
+        match unsafe { VERDICTS.get(&args.conn_key) }.copied() {
+            Some(track::FULL) => {
+                conn.track = track::FULL;
+                conn.flags &= !flags::SNIFF;
+            }
+            Some(_) => {
+                conn.track = track::IGNORE;
+                return;
+            }
+            None => {
+                let budget = cfg.sniff_bytes as u64;
+                if stream_offset >= budget {
+                    count(counter::SNIFF_SKIPPED_BYTES, total);
+                    return;
+                }
+                if budget - stream_offset < cap {
+                    cap = budget - stream_offset;
+                }
+            }
+        }
+    } else if conn.track != track::FULL {
+        return;
+    }
+
+    let captured = if total > cap { cap } else { total };
+    let mut rec_flags = conn.flags;
+    if captured < total {
+        if conn.track == track::SNIFF {
+            count(counter::SNIFF_SKIPPED_BYTES, total - captured);
+        } else {
+            rec_flags |= flags::TRUNCATED;
+            count(counter::TRUNCATED_SYSCALLS, 1);
+            count(counter::TRUNCATED_BYTES, total - captured);
+        }
+    }
+    if captured == 0 {
+        return;
+    }
+
+    hdr.kind = kind::DATA;
+    hdr.direction = args.direction;
+    hdr.syscall = syscall;
+    hdr.flags = rec_flags;
+    hdr.fd = args.fd;
+    hdr.pid_tgid = bpf_get_current_pid_tgid();
+    hdr.conn_id = conn.conn_id;
+    hdr.conn_key = args.conn_key;
+    // SAFETY: helper without arguments.
+    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    hdr.ts_enter_ns = args.ts_enter_ns;
+    hdr.ts_exit_ns = now();
+    hdr.stream_offset = stream_offset;
+    hdr.syscall_len = total as u32;
+    hdr.captured_len = captured as u32;
+    hdr.chunk_offset = 0;
+    hdr.chunk_len = 0;
+    hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    hdr.tuple = conn.tuple;
+
+    w.cap_left = captured;
+    // SAFETY: the callback only touches the per-CPU scratch.
+    unsafe {
+        bpf_loop(
+            MAX_WALK_STEPS,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if w.failed == 0 && w.cap_left > 0 {
+        // The walk ran out of steps or of iovecs before `captured` bytes: report, never hide.
+        count(counter::TRUNCATED_BYTES, w.cap_left);
+    }
+}
+
+#[repr(C)]
+pub(crate) struct MmsgSum {
+    ptr: u64,
+    n: u64,
+    total: u64,
+}
+
+unsafe extern "C" fn sum_mmsg(i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch.
+    let s = unsafe { &mut (*scratch).mmsg };
+    if i as u64 >= s.n {
+        return 1;
+    }
+    let at = s.ptr + i as u64 * MMSGHDR_SIZE + MMSG_LEN_OFFSET;
+    s.total += unsafe { bpf_probe_read_user(at as *const u32) }.unwrap_or(0) as u64;
+    0
+}
+
+/// Sends the staged bytes as one data record.
+#[inline(always)]
+fn flush(s: *mut Scratch, w: &mut Walk) {
+    let mut len = w.fill;
+    if len > CHUNK_SIZE as u64 {
+        len = CHUNK_SIZE as u64;
+    }
+    if len == 0 {
+        return;
+    }
+    // SAFETY: per-CPU scratch; the record is the header plus `len <= CHUNK_SIZE` bytes of it.
+    let rec = unsafe {
+        (*s).hdr.chunk_offset = w.chunk_start as u32;
+        (*s).hdr.chunk_len = len as u32;
+        core::slice::from_raw_parts(
+            (&raw const (*s).hdr) as *const u8,
+            DATA_HEADER_SIZE + len as usize,
+        )
+    };
+    if EVENTS.output(rec, 0).is_ok() {
+        count(counter::RECORDS, 1);
+        count(counter::BYTES, len);
+    } else {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+        count(counter::RINGBUF_FULL_BYTES, len + w.cap_left);
+        w.failed = 1;
+    }
+    w.chunk_start += len;
+    w.fill = 0;
+}
+
+/// One step of the copy: move to the next mmsg message or iovec, or copy one piece of the
+/// current segment into the scratch buffer (sending it when full). Returns 1 to stop.
+unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch.
+    let w = unsafe { &mut (*s).walk };
+    if w.seg_rem == 0 {
+        if w.msg_rem != 0 && w.iov_left != 0 {
+            // SAFETY: user pointers, checked by the helper.
+            let (base, len) = unsafe {
+                (
+                    bpf_probe_read_user(w.iov_ptr as *const u64).unwrap_or(0),
+                    bpf_probe_read_user((w.iov_ptr + 8) as *const u64).unwrap_or(0),
+                )
+            };
+            w.iov_ptr += IOVEC_SIZE;
+            w.iov_left -= 1;
+            w.base = base;
+            w.seg_rem = if len < w.msg_rem { len } else { w.msg_rem };
+            return 0;
+        }
+        if w.msg_left != 0 {
+            let m = w.msg_ptr;
+            // SAFETY: user pointers, checked by the helper.
+            unsafe {
+                w.iov_ptr = bpf_probe_read_user((m + MSGHDR_IOV_OFFSET) as *const u64).unwrap_or(0);
+                let n = bpf_probe_read_user((m + MSGHDR_IOVLEN_OFFSET) as *const u64).unwrap_or(0);
+                w.iov_left = if n > MAX_IOV as u64 {
+                    MAX_IOV as u64
+                } else {
+                    n
+                };
+                w.msg_rem =
+                    bpf_probe_read_user((m + MMSG_LEN_OFFSET) as *const u32).unwrap_or(0) as u64;
+            }
+            w.msg_ptr += MMSGHDR_SIZE;
+            w.msg_left -= 1;
+            return 0;
+        }
+        flush(s, w);
+        return 1;
+    }
+
+    let mut n = w.seg_rem;
+    let room = CHUNK_SIZE as u64 - (w.fill & (CHUNK_SIZE as u64 - 1));
+    if n > room {
+        n = room;
+    }
+    if n > w.cap_left {
+        n = w.cap_left;
+    }
+    if n > CHUNK_SIZE as u64 {
+        n = CHUNK_SIZE as u64;
+    }
+    let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
+    // SAFETY: at < CHUNK_SIZE and n <= CHUNK_SIZE, inside the 2 * CHUNK_SIZE data array.
+    let rc = unsafe {
+        let dst = (*s).data.as_mut_ptr().add(at) as *mut c_void;
+        probe_read_user_raw(dst, n as u32, w.base as *const c_void)
+    };
+    w.base += n;
+    w.seg_rem -= n;
+    w.msg_rem = w.msg_rem.saturating_sub(n);
+    w.cap_left -= n;
+    if rc == 0 {
+        w.fill += n;
+    } else {
+        // Unreadable user memory: send what is staged and leave a gap of n bytes.
+        count(counter::READ_FAILURE_BYTES, n);
+        flush(s, w);
+        w.chunk_start += n;
+    }
+    if w.failed != 0 {
+        return 1;
+    }
+    if w.cap_left == 0 || w.fill >= CHUNK_SIZE as u64 {
+        flush(s, w);
+        if w.cap_left == 0 || w.failed != 0 {
+            return 1;
+        }
+    }
+    0
+}

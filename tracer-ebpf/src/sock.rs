@@ -1,0 +1,139 @@
+//! Sock mode: the `sock:sock_*_length` tracepoints tie a stashed syscall to its `struct sock`
+//! (endpoints read at BTF offsets), and the TCP state tracepoints open and close connections.
+
+use super::*;
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    tie_to_sock(&ctx, Direction::Egress);
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    tie_to_sock(&ctx, Direction::Ingress);
+    0
+}
+
+/// `sock:sock_{send,recv}_length` (sk@8, family@16, protocol@18) fire in the syscall's task,
+/// so the stash of the current thread belongs to the socket `sk`.
+fn tie_to_sock(ctx: &TracePointContext, dir: Direction) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = ARGS.get_ptr_mut(&id) else {
+        return;
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let args = unsafe { &mut *args };
+    if args.direction != dir as u8 || args.conn_key != 0 {
+        return; // another socket call nested in this syscall, or an mmsg already tied
+    }
+    let proto = unsafe { ctx.read_at::<u16>(18) }.unwrap_or(0);
+    let family = unsafe { ctx.read_at::<u16>(16) }.unwrap_or(0);
+    if proto != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    if sk == 0 {
+        return;
+    }
+    if unsafe { CONNS.get(&sk) }.is_none() {
+        // First syscall seen on a connection that was established before the tracer started.
+        if unsafe { IGNORED.get(&sk) }.is_some() {
+            return;
+        }
+        let cfg = config();
+        let Some(tuple) = tuple_from_sock(sk, &cfg.sock) else {
+            return;
+        };
+        match classify(&cfg, &tuple) {
+            Some(how) => {
+                if !open_conn(ctx, sk, tuple, how, flags::MIDSTREAM, args.fd) {
+                    return;
+                }
+            }
+            None => {
+                let _ = IGNORED.insert(&sk, &1, 0);
+                return;
+            }
+        }
+    }
+    args.conn_key = sk;
+}
+
+/// Endpoints of a socket read from its `struct sock_common`, at offsets from the kernel's BTF.
+fn tuple_from_sock(sk: u64, off: &SockOffsets) -> Option<ConnTuple> {
+    // SAFETY: bpf_probe_read_kernel checks the address; sk comes from the tracepoint.
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel((sk + off.family as u64) as *const u16).ok()?;
+        let lport: u16 = bpf_probe_read_kernel((sk + off.num as u64) as *const u16).ok()?;
+        let dport: u16 = bpf_probe_read_kernel((sk + off.dport as u64) as *const u16).ok()?;
+        let mut t = ConnTuple {
+            family,
+            lport,
+            rport: u16::from_be(dport),
+            ..ConnTuple::default()
+        };
+        if family == AF_INET {
+            let l: [u8; 4] = bpf_probe_read_kernel((sk + off.rcv_saddr as u64) as *const _).ok()?;
+            let r: [u8; 4] = bpf_probe_read_kernel((sk + off.daddr as u64) as *const _).ok()?;
+            t.laddr[..4].copy_from_slice(&l);
+            t.raddr[..4].copy_from_slice(&r);
+        } else if family == AF_INET6 && off.has_v6 != 0 {
+            t.laddr = bpf_probe_read_kernel((sk + off.v6_rcv_saddr as u64) as *const _).ok()?;
+            t.raddr = bpf_probe_read_kernel((sk + off.v6_daddr as u64) as *const _).ok()?;
+        } else {
+            return None;
+        }
+        Some(t)
+    }
+}
+
+/// `sock:inet_sock_set_state`: skaddr@8, newstate@20, sport@24, dport@26, family@28,
+/// protocol@30, saddr@32, daddr@36, saddr_v6@40, daddr_v6@56. Only establishment is used: a
+/// socket reaches TCP_CLOSE (through TIME_WAIT, say) while its owner may still have unread
+/// bytes to receive, so the end of a connection is `tcp:tcp_destroy_sock` instead.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let proto = unsafe { ctx.read_at::<u16>(30) }.unwrap_or(0);
+    let newstate = unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0);
+    if proto != IPPROTO_TCP || newstate != TCP_ESTABLISHED {
+        return 0;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    if unsafe { CONNS.get(&sk) }.is_some() {
+        return 0;
+    }
+    let family = unsafe { ctx.read_at::<u16>(28) }.unwrap_or(0);
+    let mut t = ConnTuple {
+        family,
+        lport: unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0),
+        rport: unsafe { ctx.read_at::<u16>(26) }.unwrap_or(0),
+        ..ConnTuple::default()
+    };
+    if family == AF_INET {
+        t.laddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(32) }.unwrap_or([0; 4]));
+        t.raddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(36) }.unwrap_or([0; 4]));
+    } else {
+        t.laddr = unsafe { ctx.read_at::<[u8; 16]>(40) }.unwrap_or([0; 16]);
+        t.raddr = unsafe { ctx.read_at::<[u8; 16]>(56) }.unwrap_or([0; 16]);
+    }
+    let cfg = config();
+    match classify(&cfg, &t) {
+        Some(how) => {
+            open_conn(&ctx, sk, t, how, 0, -1);
+        }
+        None => {
+            let _ = IGNORED.insert(&sk, &1, 0);
+        }
+    }
+    0
+}
+
+/// `tcp:tcp_destroy_sock` (skaddr@8): the socket is freed, nothing more can be read from it.
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    close_conn(&ctx, sk, -1);
+    let _ = IGNORED.remove(&sk);
+    0
+}
