@@ -18,8 +18,9 @@ use crate::{
     correlate::{self, TraceContext},
     counters::Counter,
     kafka::{
-        Acknowledgement, AcquiredRecords, BatchInfo, Catalog, EndTxn, PartitionRecords, Request,
-        Response, TopicRef,
+        Acknowledgement, AcquiredRecords, BatchInfo, Catalog, EndTxn, FetchPartitionResponse,
+        PartitionRecords, ProducePartition, ProduceRequest, ProduceResponse, Request, Response,
+        SharePartitionResponse, TopicRef,
     },
     pipeline::ConnExchange,
 };
@@ -414,14 +415,8 @@ struct Received<'a> {
 
 /// The poll span of what a consumer received of one batch, in the trace of the batch's send
 /// span (or of the trace context its records carry).
-fn poll_span(
-    o: &ConnExchange,
-    catalog: &Catalog,
-    cluster: &str,
-    keys: &RecordKeys,
-    counters: &mut SpanCounters,
-    r: Received<'_>,
-) -> Span {
+fn poll_span(at: &Where<'_>, counters: &mut SpanCounters, r: Received<'_>) -> Span {
+    let (o, catalog, cluster, keys) = (at.o, at.catalog, at.cluster, at.keys);
     let (start, end) = exchange_times(o);
     let b = &r.records.batches[r.batch as usize];
     let (derived_trace, producer_span) =
@@ -489,13 +484,12 @@ fn acquired_in(b: &BatchInfo, acquired: &[AcquiredRecords]) -> Option<(i64, usiz
 /// released for redelivery, rejected), under the send span of the first delivered batch it
 /// covers and linked to the others' (from the catalog's memory of recent deliveries).
 fn ack_span(
-    o: &ConnExchange,
-    catalog: &Catalog,
-    cluster: &str,
+    at: &Where<'_>,
     counters: &mut SpanCounters,
     a: &Acknowledgement,
     group: Option<Arc<str>>,
 ) -> Span {
+    let (o, catalog, cluster) = (at.o, at.catalog, at.cluster);
     let (start, end) = exchange_times(o);
     let topic = topic_name(catalog, &a.topic, counters);
     let mut bases = catalog
@@ -561,9 +555,13 @@ pub fn spans(
     if !ex.client_side {
         return Vec::new();
     }
-    let (start, end) = exchange_times(o);
     let cluster = catalog.cluster_id(&o.broker());
-    let cluster = cluster.as_deref().unwrap_or("");
+    let at = Where {
+        o,
+        catalog,
+        cluster: cluster.as_deref().unwrap_or(""),
+        keys,
+    };
     let mut out = Vec::new();
     match (&ex.request, &ex.response) {
         (Ok(Request::Produce(req)), resp) => {
@@ -576,84 +574,7 @@ pub fn spans(
                 .iter()
                 .filter(|p| p.records.record_count() > 0)
             {
-                let topic = topic_name(catalog, &p.topic, counters);
-                let answer = answers.and_then(|r| {
-                    r.partitions.iter().find(|a| {
-                        a.partition == p.partition
-                            && catalog.topic_name(&a.topic).as_deref() == Some(&topic)
-                    })
-                });
-                let base = answer
-                    .filter(|a| a.error_code == 0 && a.base_offset >= 0)
-                    .map(|a| a.base_offset);
-                for (i, b) in p
-                    .records
-                    .batches
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| !b.control)
-                {
-                    let ctxs = contexts(&p.records, i as u32);
-                    let count = p
-                        .records
-                        .records
-                        .iter()
-                        .filter(|r| r.batch == i as u32)
-                        .count();
-                    // The broker assigns consecutive offsets to the request's batches.
-                    let first = base.map(|base| {
-                        base + p.records.batches[..i]
-                            .iter()
-                            .map(|b| b.last_offset_delta as i64 + 1)
-                            .sum::<i64>()
-                    });
-                    let (trace, span_id) = match first {
-                        Some(first) => {
-                            let (t, s) = correlate::batch_ids(cluster, &topic, p.partition, first);
-                            (batch_trace(ctxs, t, counters), s)
-                        }
-                        None => {
-                            counters.unlinked_produces += 1;
-                            (
-                                batch_trace(ctxs, random_trace_id(), counters),
-                                random_span_id(),
-                            )
-                        }
-                    };
-                    let mut attributes =
-                        partition_attributes(o, &topic, p.partition, catalog, &o.tuple);
-                    attributes.push(("messaging.operation.type", "send".into()));
-                    attributes.push(("messaging.operation.name", "send".into()));
-                    if let Some(first) = first {
-                        offsets(&mut attributes, first, count);
-                    } else {
-                        attributes.push(("messaging.batch.message_count", (count as i64).into()));
-                    }
-                    attributes.push(("messaging.kafka.compression", b.compression.name().into()));
-                    if let Some(t) = &req.transactional_id {
-                        attributes.push(("messaging.kafka.transactional_id", t.as_str().into()));
-                        attributes.push(("messaging.kafka.producer_id", b.producer_id.into()));
-                    }
-                    if let Some(k) = single_key(&p.records, i as u32, keys) {
-                        attributes.push(("messaging.kafka.message.key", k));
-                    }
-                    counters.producer_spans += 1;
-                    out.push(Span {
-                        trace_id: trace.trace_id,
-                        span_id,
-                        parent_span_id: trace.parent,
-                        tracestate: trace.tracestate,
-                        name: format!("send {topic}"),
-                        kind: SpanKind::Producer,
-                        start_ns: start,
-                        end_ns: end,
-                        attributes,
-                        links: trace.links,
-                        error_code: answer.map(|a| a.error_code).filter(|&e| e != 0),
-                        parent_sampled: trace.sampled,
-                        tgid: o.tgid,
-                    });
-                }
+                send_spans(&at, req, p, answers, counters, &mut out);
             }
         }
         (Ok(Request::Fetch(_)), Some(Ok(Response::Fetch(f)))) => {
@@ -663,68 +584,18 @@ pub fn spans(
                 .as_deref()
                 .and_then(|c| catalog.group(o.tgid, c));
             for p in &f.partitions {
-                let topic = topic_name(catalog, &p.topic, counters);
-                counters.aborted_batches +=
-                    p.records.batches.iter().filter(|b| b.aborted).count() as u64;
-                for (i, b) in p
-                    .records
-                    .batches
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| !b.control && !b.aborted)
-                {
-                    let count = p
-                        .records
-                        .records
-                        .iter()
-                        .filter(|r| r.batch == i as u32)
-                        .count();
-                    if count == 0 {
-                        continue;
-                    }
-                    let received = Received {
-                        topic: &topic,
-                        partition: p.partition,
-                        records: &p.records,
-                        batch: i as u32,
-                        first: b.base_offset,
-                        count,
-                        group: group.clone(),
-                        delivery_count: None,
-                        error_code: p.error_code,
-                    };
-                    out.push(poll_span(o, catalog, cluster, keys, counters, received));
-                }
+                fetch_poll_spans(&at, p, group.clone(), counters, &mut out);
             }
         }
         (Ok(Request::Share(req)), resp) => {
             let group: Option<Arc<str>> = req.group_id.as_deref().map(Into::into);
             if let Some(Ok(Response::ShareFetch(f))) = resp {
                 for p in &f.partitions {
-                    let topic = topic_name(catalog, &p.topic, counters);
-                    for (i, b) in p.records.batches.iter().enumerate() {
-                        // Only the records this member acquired were delivered to it.
-                        let Some((first, count, delivery_count)) = acquired_in(b, &p.acquired)
-                        else {
-                            continue;
-                        };
-                        let received = Received {
-                            topic: &topic,
-                            partition: p.partition,
-                            records: &p.records,
-                            batch: i as u32,
-                            first,
-                            count,
-                            group: group.clone(),
-                            delivery_count: Some(delivery_count),
-                            error_code: p.error_code,
-                        };
-                        out.push(poll_span(o, catalog, cluster, keys, counters, received));
-                    }
+                    share_poll_spans(&at, p, group.clone(), counters, &mut out);
                 }
             }
             for a in &req.acknowledgements {
-                out.push(ack_span(o, catalog, cluster, counters, a, group.clone()));
+                out.push(ack_span(&at, counters, a, group.clone()));
             }
         }
         (Ok(Request::EndTxn(t)), resp) => {
@@ -738,4 +609,173 @@ pub fn spans(
         _ => {}
     }
     out
+}
+
+/// Where an exchange happened, and what spans of it need besides the message.
+struct Where<'a> {
+    o: &'a ConnExchange,
+    catalog: &'a Catalog,
+    cluster: &'a str,
+    keys: &'a RecordKeys,
+}
+
+/// A send span per record batch of one partition of a Produce request. Its identity comes from
+/// the offsets the broker answered, so a consumer's tracer can derive the same.
+fn send_spans(
+    at: &Where<'_>,
+    req: &ProduceRequest,
+    p: &ProducePartition,
+    answers: Option<&ProduceResponse>,
+    counters: &mut SpanCounters,
+    out: &mut Vec<Span>,
+) {
+    let (o, catalog) = (at.o, at.catalog);
+    let (start, end) = exchange_times(o);
+    let topic = topic_name(catalog, &p.topic, counters);
+    let answer = answers.and_then(|r| {
+        r.partitions.iter().find(|a| {
+            a.partition == p.partition && catalog.topic_name(&a.topic).as_deref() == Some(&topic)
+        })
+    });
+    let base = answer
+        .filter(|a| a.error_code == 0 && a.base_offset >= 0)
+        .map(|a| a.base_offset);
+    for (i, b) in p
+        .records
+        .batches
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.control)
+    {
+        let ctxs = contexts(&p.records, i as u32);
+        let count = p
+            .records
+            .records
+            .iter()
+            .filter(|r| r.batch == i as u32)
+            .count();
+        // The broker assigns consecutive offsets to the request's batches.
+        let first = base.map(|base| {
+            base + p.records.batches[..i]
+                .iter()
+                .map(|b| b.last_offset_delta as i64 + 1)
+                .sum::<i64>()
+        });
+        let (trace, span_id) = match first {
+            Some(first) => {
+                let (t, s) = correlate::batch_ids(at.cluster, &topic, p.partition, first);
+                (batch_trace(ctxs, t, counters), s)
+            }
+            None => {
+                counters.unlinked_produces += 1;
+                (
+                    batch_trace(ctxs, random_trace_id(), counters),
+                    random_span_id(),
+                )
+            }
+        };
+        let mut attributes = partition_attributes(o, &topic, p.partition, catalog, &o.tuple);
+        attributes.push(("messaging.operation.type", "send".into()));
+        attributes.push(("messaging.operation.name", "send".into()));
+        if let Some(first) = first {
+            offsets(&mut attributes, first, count);
+        } else {
+            attributes.push(("messaging.batch.message_count", (count as i64).into()));
+        }
+        attributes.push(("messaging.kafka.compression", b.compression.name().into()));
+        if let Some(t) = &req.transactional_id {
+            attributes.push(("messaging.kafka.transactional_id", t.as_str().into()));
+            attributes.push(("messaging.kafka.producer_id", b.producer_id.into()));
+        }
+        if let Some(k) = single_key(&p.records, i as u32, at.keys) {
+            attributes.push(("messaging.kafka.message.key", k));
+        }
+        counters.producer_spans += 1;
+        out.push(Span {
+            trace_id: trace.trace_id,
+            span_id,
+            parent_span_id: trace.parent,
+            tracestate: trace.tracestate,
+            name: format!("send {topic}"),
+            kind: SpanKind::Producer,
+            start_ns: start,
+            end_ns: end,
+            attributes,
+            links: trace.links,
+            error_code: answer.map(|a| a.error_code).filter(|&e| e != 0),
+            parent_sampled: trace.sampled,
+            tgid: o.tgid,
+        });
+    }
+}
+
+/// A poll span per record batch of one partition of a Fetch response; batches of aborted
+/// transactions get none (a read_committed consumer drops them).
+fn fetch_poll_spans(
+    at: &Where<'_>,
+    p: &FetchPartitionResponse,
+    group: Option<Arc<str>>,
+    counters: &mut SpanCounters,
+    out: &mut Vec<Span>,
+) {
+    let topic = topic_name(at.catalog, &p.topic, counters);
+    counters.aborted_batches += p.records.batches.iter().filter(|b| b.aborted).count() as u64;
+    for (i, b) in p
+        .records
+        .batches
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.control && !b.aborted)
+    {
+        let count = p
+            .records
+            .records
+            .iter()
+            .filter(|r| r.batch == i as u32)
+            .count();
+        if count == 0 {
+            continue;
+        }
+        let received = Received {
+            topic: &topic,
+            partition: p.partition,
+            records: &p.records,
+            batch: i as u32,
+            first: b.base_offset,
+            count,
+            group: group.clone(),
+            delivery_count: None,
+            error_code: p.error_code,
+        };
+        out.push(poll_span(at, counters, received));
+    }
+}
+
+/// A poll span per record batch of one partition of a ShareFetch response, for the records
+/// this member acquired (only those were delivered to it).
+fn share_poll_spans(
+    at: &Where<'_>,
+    p: &SharePartitionResponse,
+    group: Option<Arc<str>>,
+    counters: &mut SpanCounters,
+    out: &mut Vec<Span>,
+) {
+    let topic = topic_name(at.catalog, &p.topic, counters);
+    for (i, b) in p.records.batches.iter().enumerate() {
+        let Some((first, count, delivery_count)) = acquired_in(b, &p.acquired) else {
+            continue;
+        };
+        let received = Received {
+            topic: &topic,
+            partition: p.partition,
+            records: &p.records,
+            batch: i as u32,
+            first,
+            count,
+            group: group.clone(),
+            delivery_count: Some(delivery_count),
+            error_code: p.error_code,
+        };
+        out.push(poll_span(at, counters, received));
+    }
 }
