@@ -8,6 +8,7 @@ use tracer::{
         Catalog, DecodeOptions, Exchange, Request, Response, Session, SessionCounters,
         records::Compression,
     },
+    pipeline::ConnExchange,
     reassembly::Stream,
 };
 use tracer_common::Direction;
@@ -260,7 +261,7 @@ cases! {
 /// consumer reported.
 #[test]
 fn apache_java_transactions() {
-    let (dir, exchanges, _) = decoded("apache-java-transactions");
+    let (dir, exchanges, catalog) = decoded("apache-java-transactions");
     let clients = reported(&dir);
     let mut delivered = Vec::new();
     let mut aborted = BTreeSet::new();
@@ -282,6 +283,44 @@ fn apache_java_transactions() {
     // 3 + marker + 2 aborted + marker + 2 + marker: the aborted ones are offsets 4 and 5.
     assert_eq!(clients.produced, [0, 1, 2, 4, 5, 7, 8]);
     assert_eq!(aborted, BTreeSet::from([4, 5]));
+    // The metrics count what the consumer was given: neither aborted records nor markers.
+    let metrics = tracer::metrics::Exposition::new(100);
+    for exchange in exchanges {
+        let o = ConnExchange {
+            conn_id: 1,
+            tgid: 1,
+            comm: [0; 16],
+            tuple: Default::default(),
+            exchange,
+        };
+        // Replay times are nanoseconds from zero: shift them past the records' timestamps.
+        metrics.observe(&o, &catalog, 2_000_000_000_000_000_000);
+    }
+    let text = metrics.text();
+    let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&text).unwrap();
+    let sum = |family: &str, consumed_only: bool| -> f64 {
+        parsed.families[family]
+            .iter_samples()
+            .filter(|s| {
+                !consumed_only
+                    || s.get_labelset()
+                        .unwrap()
+                        .iter()
+                        .any(|(k, v)| k == "direction" && v == "consumed")
+            })
+            .map(|s| match &s.value {
+                openmetrics_parser::OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                openmetrics_parser::OpenMetricsValue::Histogram(h) => h.count.unwrap_or(0) as f64,
+                other => panic!("{other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(sum("kafka_records", true), delivered.len() as f64, "{text}");
+    assert_eq!(
+        sum("kafka_end_to_end_latency_seconds", false),
+        delivered.len() as f64,
+        "{text}"
+    );
     delivered.dedup_by_key(|(o, _)| *o);
     assert_eq!(by_key(delivered), clients.consumed);
 }

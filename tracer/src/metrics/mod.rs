@@ -22,7 +22,10 @@ use prometheus_client::{
 
 use crate::{
     counters::Counter,
-    kafka::{Catalog, Request, Response, api_name},
+    kafka::{
+        Catalog, FetchPartitionResponse, RecordInfo, Request, Response, ShareRequest, TopicRef,
+        api_name,
+    },
     pipeline::ConnExchange,
 };
 use family::{BUCKETS, Family, Histogram};
@@ -40,6 +43,13 @@ const E2E_BUCKETS: [f64; BUCKETS] = [
 
 type Topic = Arc<str>;
 type Group = Arc<str>;
+
+/// A topic's name (an id until a lookup names it).
+fn topic(catalog: &Catalog, t: &TopicRef) -> Topic {
+    catalog
+        .topic_name(t)
+        .unwrap_or_else(|| t.to_string().into())
+}
 
 /// Kafka metrics from decoded exchanges.
 pub struct Metrics {
@@ -113,27 +123,18 @@ impl Metrics {
         {
             *self.errors.add((api, code)) += 1;
         }
-        let name = |t| {
-            catalog
-                .topic_name(t)
-                .unwrap_or_else(|| t.to_string().into())
-        };
         match (&ex.request, &ex.response) {
             (Ok(Request::Produce(req)), _) => {
                 for p in &req.partitions {
-                    let topic = name(&p.topic);
-                    if let Some(d) = duration {
-                        self.request_duration
-                            .add((api, topic.clone()))
-                            .observe(&LATENCY_BUCKETS, d);
-                    }
+                    let topic = topic(catalog, &p.topic);
+                    self.observe_duration(api, topic.clone(), duration);
                     let c = self.records.add(("produced", topic, p.partition));
                     c.0 += p.records.record_count() as u64;
                     c.1 += p.records.bytes as u64;
                 }
             }
             (Ok(Request::Fetch(req)), Some(Ok(Response::Fetch(resp)))) => {
-                let group: Arc<str> = ex
+                let group: Group = ex
                     .header
                     .client_id
                     .as_deref()
@@ -142,102 +143,123 @@ impl Metrics {
                 let received_ms =
                     (ex.response_ns.map_or(0, |(_, e)| e) as i64 + clock_offset_ns) / 1_000_000;
                 for p in &resp.partitions {
-                    let topic = name(&p.topic);
-                    if let Some(d) = duration {
-                        self.request_duration
-                            .add((api, topic.clone()))
-                            .observe(&LATENCY_BUCKETS, d);
-                    }
-                    let c = self.records.add(("consumed", topic.clone(), p.partition));
-                    c.0 += p.records.record_count() as u64;
-                    c.1 += p.records.bytes as u64;
-                    // Lag: the high watermark minus the position after this fetch.
+                    let topic = topic(catalog, &p.topic);
+                    self.observe_duration(api, topic.clone(), duration);
                     let asked = req
                         .partitions
                         .iter()
-                        .find(|r| r.partition == p.partition && name(&r.topic) == topic)
+                        .find(|r| {
+                            r.partition == p.partition && self::topic(catalog, &r.topic) == topic
+                        })
                         .map(|r| r.fetch_offset);
-                    let next = p
-                        .records
-                        .records
-                        .last()
-                        .map(|r| p.records.absolute_offset(r, None) + 1)
-                        .or(asked);
-                    if p.high_watermark >= 0 {
-                        if let Some(next) = next
-                            && let Some(l) =
-                                self.lag.set((group.clone(), topic.clone(), p.partition))
-                        {
-                            *l = (p.high_watermark - next).max(0);
-                        }
-                        if let Some(hw) = self.high_watermark.set((topic.clone(), p.partition)) {
-                            *hw = p.high_watermark;
-                        }
-                    }
-                    for r in &p.records.records {
-                        let age = (received_ms - r.timestamp) as f64 / 1e3;
-                        if age >= 0.0 {
-                            self.e2e.add((topic.clone(),)).observe(&E2E_BUCKETS, age);
-                        }
-                    }
+                    self.observe_fetched(&group, topic, p, asked, received_ms);
                 }
             }
             (Ok(Request::Group(g)), Some(Ok(Response::Group(resp))))
                 if g.api_key == crate::kafka::api::OFFSET_COMMIT && resp.error_code == 0 =>
             {
+                // A commit the broker refused (error_code above) leaves the previous one.
                 if let Some(group) = g.group_id.as_deref() {
-                    let group: Arc<str> = group.into();
-                    // A commit the broker refused (error_code above) leaves the previous one.
+                    let group: Group = group.into();
                     for c in &g.offsets {
-                        if let Some(v) =
-                            self.committed
-                                .set((group.clone(), name(&c.topic), c.partition))
-                        {
+                        let key = (group.clone(), topic(catalog, &c.topic), c.partition);
+                        if let Some(v) = self.committed.set(key) {
                             *v = c.offset;
                         }
                     }
                 }
-                self.observe_duration(api, duration);
+                self.observe_duration(api, "".into(), duration);
             }
             (Ok(Request::Share(req)), Some(Ok(resp))) => {
-                let group: Arc<str> = req.group_id.as_deref().unwrap_or("").into();
-                let mut add = |topic: Arc<str>, outcome, n: u64| {
-                    if n > 0 {
-                        let c = self.share.add((group.clone(), topic, outcome));
-                        *c = c.saturating_add(n);
-                    }
-                };
-                if let Response::ShareFetch(f) = resp {
-                    for p in &f.partitions {
-                        let topic = name(&p.topic);
-                        for a in &p.acquired {
-                            add(topic.clone(), "delivered", a.len());
-                            if a.delivery_count > 1 {
-                                add(topic.clone(), "redelivered", a.len());
-                            }
-                        }
-                    }
-                }
-                // Acknowledgements count once the broker took the request.
-                if resp.error_code().is_none() {
-                    for a in &req.acknowledgements {
-                        let topic = name(&a.topic);
-                        add(topic.clone(), "accepted", a.counts.accepted);
-                        add(topic.clone(), "released", a.counts.released);
-                        add(topic, "rejected", a.counts.rejected);
-                    }
-                }
-                self.observe_duration(api, duration);
+                self.observe_share(catalog, req, resp);
+                self.observe_duration(api, "".into(), duration);
             }
-            _ => self.observe_duration(api, duration),
+            _ => self.observe_duration(api, "".into(), duration),
         }
     }
 
-    /// The duration of an exchange that names no topic.
-    fn observe_duration(&mut self, api: &'static str, duration: Option<f64>) {
+    /// What one partition of a Fetch response says: records and bytes consumed, the group's
+    /// lag after it, the high watermark, and each record's age. Records of aborted
+    /// transactions (which a read_committed consumer drops) and transaction markers are
+    /// neither consumed nor timed.
+    fn observe_fetched(
+        &mut self,
+        group: &Group,
+        topic: Topic,
+        p: &FetchPartitionResponse,
+        asked: Option<i64>,
+        received_ms: i64,
+    ) {
+        let kept = |r: &&RecordInfo| {
+            !p.records
+                .batches
+                .get(r.batch as usize)
+                .is_some_and(|b| b.aborted || b.control)
+        };
+        let c = self.records.add(("consumed", topic.clone(), p.partition));
+        c.0 += p.records.records.iter().filter(kept).count() as u64;
+        c.1 += p.records.bytes as u64;
+        // Lag: the high watermark minus the position after this fetch.
+        let next = p
+            .records
+            .records
+            .last()
+            .map(|r| p.records.absolute_offset(r, None) + 1)
+            .or(asked);
+        if p.high_watermark >= 0 {
+            if let Some(next) = next
+                && let Some(l) = self.lag.set((group.clone(), topic.clone(), p.partition))
+            {
+                *l = (p.high_watermark - next).max(0);
+            }
+            if let Some(hw) = self.high_watermark.set((topic.clone(), p.partition)) {
+                *hw = p.high_watermark;
+            }
+        }
+        for r in p.records.records.iter().filter(kept) {
+            let age = (received_ms - r.timestamp) as f64 / 1e3;
+            if age >= 0.0 {
+                self.e2e.add((topic.clone(),)).observe(&E2E_BUCKETS, age);
+            }
+        }
+    }
+
+    /// Share-group records delivered (and redelivered) by a ShareFetch, and acknowledged by a
+    /// ShareFetch or ShareAcknowledge the broker took.
+    fn observe_share(&mut self, catalog: &Catalog, req: &ShareRequest, resp: &Response) {
+        let group: Group = req.group_id.as_deref().unwrap_or("").into();
+        let mut add = |topic: Topic, outcome, n: u64| {
+            if n > 0 {
+                let c = self.share.add((group.clone(), topic, outcome));
+                *c = c.saturating_add(n);
+            }
+        };
+        if let Response::ShareFetch(f) = resp {
+            for p in &f.partitions {
+                let topic = topic(catalog, &p.topic);
+                for a in &p.acquired {
+                    add(topic.clone(), "delivered", a.len());
+                    if a.delivery_count > 1 {
+                        add(topic.clone(), "redelivered", a.len());
+                    }
+                }
+            }
+        }
+        if resp.error_code().is_none() {
+            for a in &req.acknowledgements {
+                let topic = topic(catalog, &a.topic);
+                add(topic.clone(), "accepted", a.counts.accepted);
+                add(topic.clone(), "released", a.counts.released);
+                add(topic, "rejected", a.counts.rejected);
+            }
+        }
+    }
+
+    /// The duration of an exchange, by api and topic (empty for exchanges that name none).
+    fn observe_duration(&mut self, api: &'static str, topic: Topic, duration: Option<f64>) {
         if let Some(d) = duration {
             self.request_duration
-                .add((api, "".into()))
+                .add((api, topic))
                 .observe(&LATENCY_BUCKETS, d);
         }
     }
