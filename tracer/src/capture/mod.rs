@@ -207,64 +207,8 @@ impl Capture {
             );
         }
         preflight::check_privileges()?;
-        let tracefs = preflight::ensure_tracefs()?;
-        let mode = match cfg.mode {
-            CaptureMode::Auto
-                if SOCK_TRACEPOINTS
-                    .iter()
-                    .all(|(c, t)| preflight::has_tracepoint(&tracefs, c, t))
-                    && std::path::Path::new(crate::btf::VMLINUX_BTF).exists() =>
-            {
-                CaptureMode::Sock
-            }
-            CaptureMode::Auto => CaptureMode::Fd,
-            m => m,
-        };
-        let mut points: Vec<(&str, String)> = Vec::new();
-        for s in DATA_SYSCALLS {
-            points.push(("syscalls", format!("sys_enter_{s}")));
-            points.push(("syscalls", format!("sys_exit_{s}")));
-        }
-        match mode {
-            CaptureMode::Sock => points.extend(SOCK_TRACEPOINTS.map(|(c, t)| (c, t.to_string()))),
-            _ => {
-                for s in SETUP_SYSCALLS {
-                    points.push(("syscalls", format!("sys_enter_{s}")));
-                    points.push(("syscalls", format!("sys_exit_{s}")));
-                }
-                points.push(("syscalls", "sys_enter_close".into()));
-            }
-        }
-        let named: Vec<(&str, &str)> = points.iter().map(|(c, n)| (*c, n.as_str())).collect();
-        preflight::require_tracepoints(&tracefs, &named)?;
-
-        let sock = if mode == CaptureMode::Sock {
-            crate::btf::sock_offsets(&preflight::kernel_btf()?)
-                .context("reading `struct sock_common` from the kernel's BTF")?
-        } else {
-            Default::default()
-        };
-        let config = Config {
-            mode: if mode == CaptureMode::Sock {
-                mode::SOCK
-            } else {
-                mode::FD
-            },
-            // tgid 0 is the idle task, which never makes syscalls.
-            self_tgid: if cfg.exclude_self {
-                std::process::id()
-            } else {
-                0
-            },
-            filter_ports: u32::from(!cfg.ports.is_empty()),
-            server_side: u32::from(cfg.server_side),
-            filter_pids: u32::from(!cfg.pids.is_empty()),
-            filter_cgroups: u32::from(!cfg.cgroup_ids.is_empty()),
-            detect: u32::from(cfg.detect_kafka && !cfg.ports.is_empty()),
-            sniff_bytes: cfg.sniff_bytes,
-            max_bytes_per_syscall: cfg.max_bytes_per_syscall,
-            sock,
-        };
+        let mode = pick_mode(cfg.mode)?;
+        let config = kernel_config(cfg, mode)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
@@ -282,50 +226,7 @@ impl Capture {
             seed_fd_connections(&mut ebpf, cfg, &config)?;
         }
 
-        // Exits and socket ties first, entries last: an entry stashed before its exit is
-        // attached would only linger in the LRU stash.
-        let mut exits: Vec<String> = DATA_SYSCALLS
-            .iter()
-            .map(|s| format!("sys_exit_{s}"))
-            .collect();
-        if mode == CaptureMode::Fd {
-            exits.extend(SETUP_SYSCALLS.iter().map(|s| format!("sys_exit_{s}")));
-        }
-        attach(&mut ebpf, "sys_exit", "syscalls", &exits)?;
-        if mode == CaptureMode::Sock {
-            for (c, t) in SOCK_TRACEPOINTS {
-                attach(&mut ebpf, t, c, &[t.to_string()])?;
-            }
-        } else {
-            attach(
-                &mut ebpf,
-                "sys_enter_close",
-                "syscalls",
-                &["sys_enter_close".into()],
-            )?;
-            attach(
-                &mut ebpf,
-                "sys_enter_bind",
-                "syscalls",
-                &["sys_enter_bind".into()],
-            )?;
-            attach(
-                &mut ebpf,
-                "sys_enter_connect",
-                "syscalls",
-                &["sys_enter_connect".into()],
-            )?;
-            attach(
-                &mut ebpf,
-                "sys_enter_accept",
-                "syscalls",
-                &["sys_enter_accept".into(), "sys_enter_accept4".into()],
-            )?;
-        }
-        for s in DATA_SYSCALLS {
-            let name = format!("sys_enter_{s}");
-            attach(&mut ebpf, &name, "syscalls", std::slice::from_ref(&name))?;
-        }
+        attach_programs(&mut ebpf, mode)?;
 
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
@@ -433,6 +334,112 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, points: &[String]) -> 
     for p in points {
         prog.attach(category, p)
             .with_context(|| format!("attaching {program} to tracepoint {category}:{p}"))?;
+    }
+    Ok(())
+}
+
+/// The mode to run in (`auto` decided by what the kernel has), once every tracepoint it needs
+/// is known to exist: a missing one is one clear error here rather than a load failure.
+fn pick_mode(asked: CaptureMode) -> anyhow::Result<CaptureMode> {
+    let tracefs = preflight::ensure_tracefs()?;
+    let mode = match asked {
+        CaptureMode::Auto
+            if SOCK_TRACEPOINTS
+                .iter()
+                .all(|(c, t)| preflight::has_tracepoint(&tracefs, c, t))
+                && std::path::Path::new(crate::btf::VMLINUX_BTF).exists() =>
+        {
+            CaptureMode::Sock
+        }
+        CaptureMode::Auto => CaptureMode::Fd,
+        m => m,
+    };
+    let mut points: Vec<(&str, String)> = Vec::new();
+    for s in DATA_SYSCALLS {
+        points.push(("syscalls", format!("sys_enter_{s}")));
+        points.push(("syscalls", format!("sys_exit_{s}")));
+    }
+    match mode {
+        CaptureMode::Sock => points.extend(SOCK_TRACEPOINTS.map(|(c, t)| (c, t.to_string()))),
+        _ => {
+            for s in SETUP_SYSCALLS {
+                points.push(("syscalls", format!("sys_enter_{s}")));
+                points.push(("syscalls", format!("sys_exit_{s}")));
+            }
+            points.push(("syscalls", "sys_enter_close".into()));
+        }
+    }
+    let named: Vec<(&str, &str)> = points.iter().map(|(c, n)| (*c, n.as_str())).collect();
+    preflight::require_tracepoints(&tracefs, &named)?;
+    Ok(mode)
+}
+
+/// The programs' `CONFIG` for `cfg` in `mode` (sock mode reads its field offsets from BTF).
+fn kernel_config(cfg: &CaptureConfig, mode: CaptureMode) -> anyhow::Result<Config> {
+    let sock = if mode == CaptureMode::Sock {
+        crate::btf::sock_offsets(&preflight::kernel_btf()?)
+            .context("reading `struct sock_common` from the kernel's BTF")?
+    } else {
+        Default::default()
+    };
+    Ok(Config {
+        mode: if mode == CaptureMode::Sock {
+            mode::SOCK
+        } else {
+            mode::FD
+        },
+        // tgid 0 is the idle task, which never makes syscalls.
+        self_tgid: if cfg.exclude_self {
+            std::process::id()
+        } else {
+            0
+        },
+        filter_ports: u32::from(!cfg.ports.is_empty()),
+        server_side: u32::from(cfg.server_side),
+        filter_pids: u32::from(!cfg.pids.is_empty()),
+        filter_cgroups: u32::from(!cfg.cgroup_ids.is_empty()),
+        detect: u32::from(cfg.detect_kafka && !cfg.ports.is_empty()),
+        sniff_bytes: cfg.sniff_bytes,
+        max_bytes_per_syscall: cfg.max_bytes_per_syscall,
+        sock,
+    })
+}
+
+/// fd mode's entry programs, each with the tracepoints it serves.
+const FD_ENTRIES: [(&str, &[&str]); 4] = [
+    ("sys_enter_close", &["sys_enter_close"]),
+    ("sys_enter_bind", &["sys_enter_bind"]),
+    ("sys_enter_connect", &["sys_enter_connect"]),
+    (
+        "sys_enter_accept",
+        &["sys_enter_accept", "sys_enter_accept4"],
+    ),
+];
+
+/// Attaches the programs of `mode`: exits and socket ties first, entries last (an entry stashed
+/// before its exit is attached would only linger in the LRU stash).
+fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode) -> anyhow::Result<()> {
+    let mut exits: Vec<String> = DATA_SYSCALLS
+        .iter()
+        .map(|s| format!("sys_exit_{s}"))
+        .collect();
+    if mode == CaptureMode::Fd {
+        exits.extend(SETUP_SYSCALLS.iter().map(|s| format!("sys_exit_{s}")));
+    }
+    attach(ebpf, "sys_exit", "syscalls", &exits)?;
+    if mode == CaptureMode::Sock {
+        for (c, t) in SOCK_TRACEPOINTS {
+            attach(ebpf, t, c, &[t.to_string()])?;
+        }
+    } else {
+        for (program, points) in FD_ENTRIES {
+            let points: Vec<String> = points.iter().map(|p| p.to_string()).collect();
+            attach(ebpf, program, "syscalls", &points)?;
+        }
+    }
+    for s in DATA_SYSCALLS {
+        let name = format!("sys_enter_{s}");
+        attach(ebpf, &name, "syscalls", std::slice::from_ref(&name))?;
     }
     Ok(())
 }
