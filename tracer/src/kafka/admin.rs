@@ -210,27 +210,7 @@ pub fn decode_group_request(
     };
     match api_key {
         api::FIND_COORDINATOR => {
-            check_version("FindCoordinator", version, 0..=6)?;
-            let key = if version <= 3 {
-                string(&mut r, flex)?
-            } else {
-                None
-            };
-            let key_type = if version >= 1 { r.i8()? } else { 0 };
-            let keys = if version >= 4 {
-                let n = r.array_len(flex, 1)?;
-                let first = if n > 0 { string(&mut r, flex)? } else { None };
-                for _ in 1..n {
-                    r.string(flex)?;
-                }
-                first
-            } else {
-                key
-            };
-            // key_type 0 is a group (1 a transactional id).
-            if key_type == 0 {
-                g.group_id = keys;
-            }
+            find_coordinator_request(&mut r, flex, version, &mut g)?;
         }
         api::JOIN_GROUP | api::SYNC_GROUP | api::HEARTBEAT => {
             check_version("group", version, 0..=9)?;
@@ -250,40 +230,7 @@ pub fn decode_group_request(
             g.group_id = string(&mut r, flex)?;
         }
         api::OFFSET_COMMIT => {
-            check_version("OffsetCommit", version, 0..=10)?;
-            g.group_id = string(&mut r, flex)?;
-            if version >= 1 {
-                g.generation = Some(r.i32()?);
-                g.member_id = string(&mut r, flex)?;
-            }
-            if version >= 7 {
-                r.string(flex)?; // group_instance_id
-            }
-            if (2..=4).contains(&version) {
-                r.i64()?; // retention_time_ms
-            }
-            for _ in 0..r.array_len(flex, 2)? {
-                let topic = read_topic(&mut r, flex, version, 10)?;
-                for _ in 0..r.array_len(flex, 14)? {
-                    let partition = r.i32()?;
-                    let offset = r.i64()?;
-                    if version >= 6 {
-                        r.i32()?; // committed_leader_epoch
-                    }
-                    if version == 1 {
-                        r.i64()?; // commit_timestamp
-                    }
-                    r.string(flex)?; // committed_metadata
-                    r.skip_tags(flex)?;
-                    g.offsets.push(OffsetEntry {
-                        topic: topic.clone(),
-                        partition,
-                        error_code: 0,
-                        offset,
-                    });
-                }
-                r.skip_tags(flex)?;
-            }
+            offset_commit_request(&mut r, flex, version, &mut g)?;
         }
         api::CONSUMER_GROUP_HEARTBEAT | api::SHARE_GROUP_HEARTBEAT => {
             check_version("group heartbeat", version, 0..=1)?;
@@ -306,6 +253,77 @@ pub fn decode_group_request(
         _ => {}
     }
     Ok(g)
+}
+
+/// OffsetCommit: the group, its generation and member, and each partition's offset.
+fn offset_commit_request(
+    r: &mut Reader<'_>,
+    flex: bool,
+    version: i16,
+    g: &mut GroupInfo,
+) -> Result<(), DecodeError> {
+    check_version("OffsetCommit", version, 0..=10)?;
+    g.group_id = string(r, flex)?;
+    if version >= 1 {
+        g.generation = Some(r.i32()?);
+        g.member_id = string(r, flex)?;
+    }
+    if version >= 7 {
+        r.string(flex)?; // group_instance_id
+    }
+    if (2..=4).contains(&version) {
+        r.i64()?; // retention_time_ms
+    }
+    for _ in 0..r.array_len(flex, 2)? {
+        let topic = read_topic(r, flex, version, 10)?;
+        for _ in 0..r.array_len(flex, 14)? {
+            let partition = r.i32()?;
+            let offset = r.i64()?;
+            if version >= 6 {
+                r.i32()?; // committed_leader_epoch
+            }
+            if version == 1 {
+                r.i64()?; // commit_timestamp
+            }
+            r.string(flex)?; // committed_metadata
+            r.skip_tags(flex)?;
+            g.offsets.push(OffsetEntry {
+                topic: topic.clone(),
+                partition,
+                error_code: 0,
+                offset,
+            });
+        }
+        r.skip_tags(flex)?;
+    }
+    Ok(())
+}
+
+/// FindCoordinator: the group asked for (key type 0; 1 is a transactional id).
+fn find_coordinator_request(
+    r: &mut Reader<'_>,
+    flex: bool,
+    version: i16,
+    g: &mut GroupInfo,
+) -> Result<(), DecodeError> {
+    check_version("FindCoordinator", version, 0..=6)?;
+    let key = if version <= 3 { string(r, flex)? } else { None };
+    let key_type = if version >= 1 { r.i8()? } else { 0 };
+    let keys = if version >= 4 {
+        let n = r.array_len(flex, 1)?;
+        let first = if n > 0 { string(r, flex)? } else { None };
+        for _ in 1..n {
+            r.string(flex)?;
+        }
+        first
+    } else {
+        key
+    };
+    // key_type 0 is a group (1 a transactional id).
+    if key_type == 0 {
+        g.group_id = keys;
+    }
+    Ok(())
 }
 
 pub fn decode_group_response(
@@ -331,26 +349,7 @@ pub fn decode_group_response(
     }
     match api_key {
         api::FIND_COORDINATOR => {
-            check_version("FindCoordinator", version, 0..=6)?;
-            if version >= 4 {
-                let n = r.array_len(flex, 12)?;
-                if n > 0 {
-                    g.group_id = string(&mut r, flex)?;
-                    let node = r.i32()?;
-                    let host = string(&mut r, flex)?.unwrap_or_default();
-                    let port = r.i32()?;
-                    g.error_code = r.i16()?;
-                    g.coordinator = Some((node, host, port));
-                }
-            } else {
-                g.error_code = r.i16()?;
-                if version >= 1 {
-                    r.string(flex)?; // error_message
-                }
-                let node = r.i32()?;
-                let host = string(&mut r, flex)?.unwrap_or_default();
-                g.coordinator = Some((node, host, r.i32()?));
-            }
+            find_coordinator_response(&mut r, flex, version, &mut g)?;
         }
         api::JOIN_GROUP => {
             check_version("JoinGroup", version, 0..=9)?;
@@ -378,60 +377,112 @@ pub fn decode_group_response(
             g.generation = Some(r.i32()?); // member epoch
         }
         api::OFFSET_COMMIT => {
-            check_version("OffsetCommit", version, 0..=10)?;
-            'topics: for _ in 0..r.array_len(flex, 2)? {
-                read_topic(&mut r, flex, version, 10)?;
-                for _ in 0..r.array_len(flex, 6)? {
-                    r.i32()?;
-                    let e = r.i16()?;
-                    r.skip_tags(flex)?;
-                    if e != 0 {
-                        g.error_code = e;
-                        break 'topics;
-                    }
-                }
-                r.skip_tags(flex)?;
-            }
+            offset_commit_response(&mut r, flex, version, &mut g)?;
         }
         api::OFFSET_FETCH => {
-            check_version("OffsetFetch", version, 0..=10)?;
-            let topics = |r: &mut Reader<'_>, g: &mut GroupInfo| -> Result<(), DecodeError> {
-                for _ in 0..r.array_len(flex, 2)? {
-                    let topic = read_topic(r, flex, version, 10)?;
-                    for _ in 0..r.array_len(flex, 16)? {
-                        let partition = r.i32()?;
-                        let offset = r.i64()?;
-                        if version >= 5 {
-                            r.i32()?; // committed_leader_epoch
-                        }
-                        r.string(flex)?; // metadata
-                        let error_code = r.i16()?;
-                        r.skip_tags(flex)?;
-                        g.offsets.push(OffsetEntry {
-                            topic: topic.clone(),
-                            partition,
-                            error_code,
-                            offset,
-                        });
-                    }
-                    r.skip_tags(flex)?;
-                }
-                Ok(())
-            };
-            if version >= 8 {
-                if r.array_len(flex, 4)? > 0 {
-                    g.group_id = string(&mut r, flex)?;
-                    topics(&mut r, &mut g)?;
-                    g.error_code = r.i16()?;
-                }
-            } else {
-                topics(&mut r, &mut g)?;
-                if version >= 2 {
-                    g.error_code = r.i16()?;
-                }
-            }
+            offset_fetch_response(&mut r, flex, version, &mut g)?;
         }
         _ => {}
     }
     Ok(g)
+}
+
+/// OffsetFetch: the committed offset of each partition, and the error.
+fn offset_fetch_response(
+    r: &mut Reader<'_>,
+    flex: bool,
+    version: i16,
+    g: &mut GroupInfo,
+) -> Result<(), DecodeError> {
+    check_version("OffsetFetch", version, 0..=10)?;
+    let topics = |r: &mut Reader<'_>, g: &mut GroupInfo| -> Result<(), DecodeError> {
+        for _ in 0..r.array_len(flex, 2)? {
+            let topic = read_topic(r, flex, version, 10)?;
+            for _ in 0..r.array_len(flex, 16)? {
+                let partition = r.i32()?;
+                let offset = r.i64()?;
+                if version >= 5 {
+                    r.i32()?; // committed_leader_epoch
+                }
+                r.string(flex)?; // metadata
+                let error_code = r.i16()?;
+                r.skip_tags(flex)?;
+                g.offsets.push(OffsetEntry {
+                    topic: topic.clone(),
+                    partition,
+                    error_code,
+                    offset,
+                });
+            }
+            r.skip_tags(flex)?;
+        }
+        Ok(())
+    };
+    if version >= 8 {
+        if r.array_len(flex, 4)? > 0 {
+            g.group_id = string(r, flex)?;
+            topics(r, g)?;
+            g.error_code = r.i16()?;
+        }
+    } else {
+        topics(r, g)?;
+        if version >= 2 {
+            g.error_code = r.i16()?;
+        }
+    }
+    Ok(())
+}
+
+/// OffsetCommit: the first partition error, if any.
+fn offset_commit_response(
+    r: &mut Reader<'_>,
+    flex: bool,
+    version: i16,
+    g: &mut GroupInfo,
+) -> Result<(), DecodeError> {
+    check_version("OffsetCommit", version, 0..=10)?;
+    'topics: for _ in 0..r.array_len(flex, 2)? {
+        read_topic(r, flex, version, 10)?;
+        for _ in 0..r.array_len(flex, 6)? {
+            r.i32()?;
+            let e = r.i16()?;
+            r.skip_tags(flex)?;
+            if e != 0 {
+                g.error_code = e;
+                break 'topics;
+            }
+        }
+        r.skip_tags(flex)?;
+    }
+    Ok(())
+}
+
+/// FindCoordinator: the coordinator of the (first) group asked for, and the error.
+fn find_coordinator_response(
+    r: &mut Reader<'_>,
+    flex: bool,
+    version: i16,
+    g: &mut GroupInfo,
+) -> Result<(), DecodeError> {
+    check_version("FindCoordinator", version, 0..=6)?;
+    if version >= 4 {
+        let n = r.array_len(flex, 12)?;
+        if n > 0 {
+            g.group_id = string(r, flex)?;
+            let node = r.i32()?;
+            let host = string(r, flex)?.unwrap_or_default();
+            let port = r.i32()?;
+            g.error_code = r.i16()?;
+            g.coordinator = Some((node, host, port));
+        }
+    } else {
+        g.error_code = r.i16()?;
+        if version >= 1 {
+            r.string(flex)?; // error_message
+        }
+        let node = r.i32()?;
+        let host = string(r, flex)?.unwrap_or_default();
+        g.coordinator = Some((node, host, r.i32()?));
+    }
+    Ok(())
 }
