@@ -54,9 +54,84 @@ fn exit_data(args: &SyscallArgs, ret: u64) {
     };
     // SAFETY: map value pointers, valid for this program run; the scratch is per-CPU and
     // nothing else runs on this CPU until the program ends.
-    let (conn, w, hdr) = unsafe { (&mut *conn, &mut (*s).walk, &mut (*s).hdr) };
-    let cfg = config();
+    let conn = unsafe { &mut *conn };
+    let total = start_walk(s, args, ret);
 
+    let dir_counter = if args.direction == Direction::Egress as u8 {
+        &raw mut conn.tx_bytes
+    } else {
+        &raw mut conn.rx_bytes
+    };
+    // SAFETY: the map value outlives this call. The add is atomic so the stream length never
+    // drifts; the offset is read just before it because the generic BPF CPU that aya-build
+    // targets cannot return the old value from an atomic add. Only two threads writing the same
+    // socket at the same instant could see one offset twice, which userspace treats as an
+    // overlap and resyncs on.
+    let stream_offset = unsafe { core::ptr::read_volatile(dir_counter) };
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dir_counter, total) };
+
+    let Some(cap) = copy_cap(conn, args.conn_key, stream_offset, total) else {
+        return;
+    };
+    let captured = if total > cap { cap } else { total };
+    let mut rec_flags = conn.flags;
+    if captured < total {
+        if conn.track == track::SNIFF {
+            count(counter::SNIFF_SKIPPED_BYTES, total - captured);
+        } else {
+            rec_flags |= flags::TRUNCATED;
+            count(counter::TRUNCATED_SYSCALLS, 1);
+            count(counter::TRUNCATED_BYTES, total - captured);
+        }
+    }
+    if captured == 0 {
+        return;
+    }
+
+    // SAFETY: per-CPU scratch, see above.
+    let (w, hdr) = unsafe { (&mut (*s).walk, &mut (*s).hdr) };
+    hdr.kind = kind::DATA;
+    hdr.direction = args.direction;
+    hdr.syscall = args.syscall;
+    hdr.flags = rec_flags;
+    hdr.fd = args.fd;
+    hdr.pid_tgid = bpf_get_current_pid_tgid();
+    hdr.conn_id = conn.conn_id;
+    hdr.conn_key = args.conn_key;
+    // SAFETY: helper without arguments.
+    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    hdr.ts_enter_ns = args.ts_enter_ns;
+    hdr.ts_exit_ns = now();
+    hdr.stream_offset = stream_offset;
+    hdr.syscall_len = total as u32;
+    hdr.captured_len = captured as u32;
+    hdr.chunk_offset = 0;
+    hdr.chunk_len = 0;
+    hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    hdr.tuple = conn.tuple;
+
+    w.cap_left = captured;
+    // SAFETY: the callback only touches the per-CPU scratch.
+    unsafe {
+        bpf_loop(
+            MAX_WALK_STEPS,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if w.failed == 0 && w.cap_left > 0 {
+        // The walk ran out of steps or of iovecs before `captured` bytes: report, never hide.
+        count(counter::TRUNCATED_BYTES, w.cap_left);
+    }
+}
+
+/// Sets the walk up for the syscall's buffers (plain, iovec, msghdr or mmsghdr) and returns the
+/// bytes the syscall moved (for mmsg calls, the sum of the messages' lengths).
+#[inline(always)]
+fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64) -> u64 {
+    // SAFETY: per-CPU scratch, valid for this program run.
+    let w = unsafe { &mut (*s).walk };
     *w = Walk {
         base: 0,
         seg_rem: 0,
@@ -109,36 +184,31 @@ fn exit_data(args: &SyscallArgs, ret: u64) {
     if w.iov_left > MAX_IOV as u64 {
         w.iov_left = MAX_IOV as u64;
     }
+    total
+}
 
-    let dir_counter = if args.direction == Direction::Egress as u8 {
-        &raw mut conn.tx_bytes
-    } else {
-        &raw mut conn.rx_bytes
-    };
-    // SAFETY: the map value outlives this call. The add is atomic so the stream length never
-    // drifts; the offset is read just before it because the generic BPF CPU that aya-build
-    // targets cannot return the old value from an atomic add. Only two threads writing the same
-    // socket at the same instant could see one offset twice, which userspace treats as an
-    // overlap and resyncs on.
-    let stream_offset = unsafe { core::ptr::read_volatile(dir_counter) };
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dir_counter, total) };
-
+/// Bytes of this syscall to copy: the per-syscall cap, or what is left of a sniffed
+/// connection's budget; `None` when nothing is copied (ignored, or past the budget, counted).
+/// A sniffed connection takes userspace's verdict here.
+#[inline(always)]
+fn copy_cap(conn: &mut ConnState, key: u64, stream_offset: u64, total: u64) -> Option<u64> {
+    let cfg = config();
     let mut cap = cfg.max_bytes_per_syscall as u64;
     if conn.track == track::SNIFF {
-        match unsafe { VERDICTS.get(&args.conn_key) }.copied() {
+        match unsafe { VERDICTS.get(&key) }.copied() {
             Some(track::FULL) => {
                 conn.track = track::FULL;
                 conn.flags &= !flags::SNIFF;
             }
             Some(_) => {
                 conn.track = track::IGNORE;
-                return;
+                return None;
             }
             None => {
                 let budget = cfg.sniff_bytes as u64;
                 if stream_offset >= budget {
                     count(counter::SNIFF_SKIPPED_BYTES, total);
-                    return;
+                    return None;
                 }
                 if budget - stream_offset < cap {
                     cap = budget - stream_offset;
@@ -146,58 +216,9 @@ fn exit_data(args: &SyscallArgs, ret: u64) {
             }
         }
     } else if conn.track != track::FULL {
-        return;
+        return None;
     }
-
-    let captured = if total > cap { cap } else { total };
-    let mut rec_flags = conn.flags;
-    if captured < total {
-        if conn.track == track::SNIFF {
-            count(counter::SNIFF_SKIPPED_BYTES, total - captured);
-        } else {
-            rec_flags |= flags::TRUNCATED;
-            count(counter::TRUNCATED_SYSCALLS, 1);
-            count(counter::TRUNCATED_BYTES, total - captured);
-        }
-    }
-    if captured == 0 {
-        return;
-    }
-
-    hdr.kind = kind::DATA;
-    hdr.direction = args.direction;
-    hdr.syscall = syscall;
-    hdr.flags = rec_flags;
-    hdr.fd = args.fd;
-    hdr.pid_tgid = bpf_get_current_pid_tgid();
-    hdr.conn_id = conn.conn_id;
-    hdr.conn_key = args.conn_key;
-    // SAFETY: helper without arguments.
-    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    hdr.ts_enter_ns = args.ts_enter_ns;
-    hdr.ts_exit_ns = now();
-    hdr.stream_offset = stream_offset;
-    hdr.syscall_len = total as u32;
-    hdr.captured_len = captured as u32;
-    hdr.chunk_offset = 0;
-    hdr.chunk_len = 0;
-    hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    hdr.tuple = conn.tuple;
-
-    w.cap_left = captured;
-    // SAFETY: the callback only touches the per-CPU scratch.
-    unsafe {
-        bpf_loop(
-            MAX_WALK_STEPS,
-            walk_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-    if w.failed == 0 && w.cap_left > 0 {
-        // The walk ran out of steps or of iovecs before `captured` bytes: report, never hide.
-        count(counter::TRUNCATED_BYTES, w.cap_left);
-    }
+    Some(cap)
 }
 
 #[repr(C)]
