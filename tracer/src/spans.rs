@@ -70,7 +70,7 @@ impl RecordKeys {
 
 /// The key of the only record of batch `batch`, when the batch has one record and keys are on.
 fn single_key(p: &PartitionRecords, batch: u32, keys: &RecordKeys) -> Option<Value> {
-    let mut records = p.records.iter().filter(|r| r.batch == batch);
+    let mut records = p.of_batch(batch);
     let (only, None) = (records.next()?, records.next()) else {
         return None;
     };
@@ -218,7 +218,7 @@ struct BatchTrace {
 /// The distinct trace contexts of the records of batch `batch` in `p`.
 fn contexts(p: &PartitionRecords, batch: u32) -> Vec<TraceContext> {
     let mut out: Vec<TraceContext> = Vec::new();
-    for r in p.records.iter().filter(|r| r.batch == batch) {
+    for r in p.of_batch(batch) {
         if let Some(c) = correlate::extract(p.headers_of(r))
             && !out
                 .iter()
@@ -648,12 +648,7 @@ fn send_spans(
         .filter(|(_, b)| !b.control)
     {
         let ctxs = contexts(&p.records, i as u32);
-        let count = p
-            .records
-            .records
-            .iter()
-            .filter(|r| r.batch == i as u32)
-            .count();
+        let count = p.records.of_batch(i as u32).count();
         // The broker assigns consecutive offsets to the request's batches.
         let first = base.map(|base| {
             base + p.records.batches[..i]
@@ -727,12 +722,7 @@ fn fetch_poll_spans(
         .enumerate()
         .filter(|(_, b)| !b.control && !b.aborted)
     {
-        let count = p
-            .records
-            .records
-            .iter()
-            .filter(|r| r.batch == i as u32)
-            .count();
+        let count = p.records.of_batch(i as u32).count();
         if count == 0 {
             continue;
         }

@@ -95,6 +95,11 @@ pub struct PartitionRecords {
 }
 
 impl PartitionRecords {
+    /// The records of batch `batch`, in order.
+    pub fn of_batch(&self, batch: u32) -> impl Iterator<Item = &RecordInfo> {
+        self.records.iter().filter(move |r| r.batch == batch)
+    }
+
     /// Reads a RECORDS field.
     pub fn collect(field: &[u8], d: &mut Decompressor, opts: &DecodeOptions) -> Self {
         let mut out = Self {
