@@ -7,7 +7,11 @@ use clap::{ArgAction, Parser};
 
 use crate::{
     capture::{CaptureConfig, CaptureMode},
-    export::ServiceRule,
+    export::{
+        Exporter, ResourceConfig, Sampler, ServiceRule, TracesConfig,
+        otlp::{self, OtlpConfig},
+        parse_key_values,
+    },
     kafka::DecodeOptions,
     pipeline::PipelineConfig,
     spans::{KeyMode, RecordKeys},
@@ -308,6 +312,64 @@ impl Args {
                 );
                 RecordKeys::hashed_with(&secret)
             }
+        })
+    }
+
+    /// The export stage's settings: exporter (OTLP protocol, URL, compression), sampler,
+    /// record keys, resources and queue.
+    pub fn traces_config(&self) -> anyhow::Result<TracesConfig> {
+        let exporter = self.traces_exporter.clone().unwrap_or_else(|| {
+            if self.otlp_endpoint.is_some() || self.otlp_traces_endpoint.is_some() {
+                "otlp".into()
+            } else {
+                "console".into()
+            }
+        });
+        let exporter = match exporter.as_str() {
+            "otlp" => {
+                let protocol = otlp::Protocol::parse(
+                    self.otlp_traces_protocol
+                        .as_deref()
+                        .unwrap_or(&self.otlp_protocol),
+                )?;
+                let gzip = match self.otlp_compression.as_str() {
+                    "gzip" => true,
+                    "none" | "" => false,
+                    other => anyhow::bail!(
+                        "unsupported OTEL_EXPORTER_OTLP_COMPRESSION {other:?}: use gzip or none"
+                    ),
+                };
+                Exporter::Otlp(OtlpConfig {
+                    protocol,
+                    url: protocol.traces_url(
+                        self.otlp_endpoint.as_deref(),
+                        self.otlp_traces_endpoint.as_deref(),
+                    ),
+                    headers: parse_key_values(&self.otlp_headers),
+                    timeout: Duration::from_millis(self.otlp_timeout_ms.max(1)),
+                    gzip,
+                    clock_offset_ns: 0,
+                })
+            }
+            "console" | "stdout" | "logging" => Exporter::Console,
+            "none" => Exporter::None,
+            other => anyhow::bail!(
+                "unsupported OTEL_TRACES_EXPORTER / --traces-exporter {other:?}: use otlp, console or none"
+            ),
+        };
+        Ok(TracesConfig {
+            exporter,
+            sampler: Sampler::from_otel(self.sampler.as_deref(), self.sampler_arg.as_deref())?,
+            keys: self.record_keys()?,
+            slow_ns: self.slow_threshold_ms.saturating_mul(1_000_000),
+            resources: ResourceConfig {
+                service: self.service_name.clone(),
+                extra: parse_key_values(&self.resource_attributes),
+                rules: self.service_rules.clone(),
+                container_logs: self.container_logs.clone(),
+                node_name: self.node_name.clone(),
+            },
+            queue: self.export_queue,
         })
     }
 

@@ -23,7 +23,7 @@ use crate::{
 
 /// Runs the tracer until interrupted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut traces = Traces::new(&args)?;
+    let mut traces = Traces::new(args.traces_config()?)?;
     let metrics = Arc::new(Exposition::new(args.metrics_max_series));
     let cfg = args.capture_config()?;
     let mut capture = Capture::start(&cfg)?;

@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::setup::{apt_package, output, run};
+use crate::{
+    command::{output, run},
+    setup::apt_package,
+};
 
 /// Where the installed parts are.
 pub struct Paths {

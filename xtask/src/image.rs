@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::setup::{self, as_root, output, run};
+use crate::{
+    command::{output, run},
+    setup::{self, as_root},
+};
 
 /// The image's name, as the DaemonSet refers to it.
 pub fn tag() -> String {

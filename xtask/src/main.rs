@@ -2,6 +2,7 @@
 //! machine needs nothing but rustup and cargo.
 
 mod clients;
+mod command;
 mod fuzz;
 mod image;
 mod manifest;
@@ -218,5 +219,5 @@ fn workspace_root() -> PathBuf {
 
 /// Runs `cargo ARGS` in the workspace with the pinned userspace toolchain.
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    setup::run(toolchain::cargo().current_dir(root).args(args))
+    command::run(toolchain::cargo().current_dir(root).args(args))
 }

@@ -8,7 +8,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::setup::output;
+use crate::command::output;
 
 const MANIFEST: &str = "deploy/kubernetes/kafka-tracer.yaml";
 const CHART: &str = "deploy/helm/kafka-tracer";

@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::toolchain;
+use crate::{
+    command::{output, run},
+    toolchain,
+};
 
 /// bpf-linker release whose default LLVM (23) matches the pinned nightly's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -177,40 +180,6 @@ fn cargo_fuzz() -> anyhow::Result<()> {
         CARGO_FUZZ_VERSION,
         "--locked",
     ]))
-}
-
-/// Runs a command, echoing it, and fails with its exit status.
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    eprintln!("xtask: {}", describe(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {}", describe(cmd)))?;
-    if !status.success() {
-        bail!("`{}` failed ({status})", describe(cmd));
-    }
-    Ok(())
-}
-
-fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|s| s.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("starting {}", describe(cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            describe(cmd),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// bpf-linker built against the pinned nightly's own libLLVM (no LLVM development package of the

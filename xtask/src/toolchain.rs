@@ -10,7 +10,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, anyhow};
 
-use crate::setup::{output, run};
+use crate::command::{output, run};
 
 /// The userspace toolchain: aya 0.16 needs rustc 1.98 or later (the workspace's
 /// `rust-version`), which the stable toolchains of common distributions and images predate.

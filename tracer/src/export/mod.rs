@@ -12,7 +12,7 @@ mod traces;
 
 pub use resource::{Resource, ResourceConfig, Resources, ServiceRule, parse_key_values};
 pub use sampling::{Sampler, SamplerConfigError};
-pub use traces::Traces;
+pub use traces::{Exporter, Traces, TracesConfig};
 
 use std::{collections::VecDeque, fmt::Write as _, sync::Arc};
 

@@ -6,19 +6,38 @@ use std::time::Duration;
 
 use crate::{
     capture::{comm_str, monotonic_ns},
-    cli::Args,
     counters::Counter,
     export::{
         Queue, ResourceConfig, Resources, Sampler,
         otlp::{self, OtlpConfig},
-        otlp_json, parse_key_values,
+        otlp_json,
     },
     pipeline::{ConnExchange, Pipeline},
-    spans::SpanCounters,
+    spans::{RecordKeys, SpanCounters},
 };
 
 /// Spans written per export call.
 const EXPORT_BATCH: usize = 512;
+
+/// Where spans go, as configured.
+pub enum Exporter {
+    Console,
+    /// Its clock offset is the tracer's own, set at start.
+    Otlp(OtlpConfig),
+    None,
+}
+
+/// Everything the export stage is set up with (built from the flags by `cli`).
+pub struct TracesConfig {
+    pub exporter: Exporter,
+    pub sampler: Sampler,
+    pub keys: RecordKeys,
+    /// Spans slower than this are kept whatever the sampler says.
+    pub slow_ns: u64,
+    pub resources: ResourceConfig,
+    /// Spans waiting for export at most.
+    pub queue: usize,
+}
 
 /// Where exported spans go.
 enum Sink {
@@ -30,7 +49,7 @@ enum Sink {
 /// What happens to spans after building, and its counters.
 pub struct Traces {
     sampler: Sampler,
-    keys: crate::spans::RecordKeys,
+    keys: RecordKeys,
     slow_ns: u64,
     sink: Sink,
     pub resources: Resources,
@@ -44,62 +63,23 @@ pub struct Traces {
 
 impl Traces {
     /// Needs the async runtime (the OTLP exporter is a task).
-    pub fn new(args: &Args) -> anyhow::Result<Self> {
+    pub fn new(cfg: TracesConfig) -> anyhow::Result<Self> {
         let clock_offset_ns = realtime_ns() - monotonic_ns() as i64;
-        let exporter = args.traces_exporter.clone().unwrap_or_else(|| {
-            if args.otlp_endpoint.is_some() || args.otlp_traces_endpoint.is_some() {
-                "otlp".into()
-            } else {
-                "console".into()
-            }
-        });
-        let sink = match exporter.as_str() {
-            "otlp" => {
-                let protocol = otlp::Protocol::parse(
-                    args.otlp_traces_protocol
-                        .as_deref()
-                        .unwrap_or(&args.otlp_protocol),
-                )?;
-                let gzip = match args.otlp_compression.as_str() {
-                    "gzip" => true,
-                    "none" | "" => false,
-                    other => anyhow::bail!(
-                        "unsupported OTEL_EXPORTER_OTLP_COMPRESSION {other:?}: use gzip or none"
-                    ),
-                };
-                let exporter = otlp::spawn(OtlpConfig {
-                    protocol,
-                    url: protocol.traces_url(
-                        args.otlp_endpoint.as_deref(),
-                        args.otlp_traces_endpoint.as_deref(),
-                    ),
-                    headers: parse_key_values(&args.otlp_headers),
-                    timeout: Duration::from_millis(args.otlp_timeout_ms.max(1)),
-                    gzip,
-                    clock_offset_ns,
-                })?;
-                Sink::Otlp(exporter)
-            }
-            "console" | "stdout" | "logging" => Sink::Console,
-            "none" => Sink::Nowhere,
-            other => anyhow::bail!(
-                "unsupported OTEL_TRACES_EXPORTER / --traces-exporter {other:?}: use otlp, console or none"
-            ),
+        let sink = match cfg.exporter {
+            Exporter::Otlp(otlp) => Sink::Otlp(otlp::spawn(OtlpConfig {
+                clock_offset_ns,
+                ..otlp
+            })?),
+            Exporter::Console => Sink::Console,
+            Exporter::None => Sink::Nowhere,
         };
-        let sampler = Sampler::from_otel(args.sampler.as_deref(), args.sampler_arg.as_deref())?;
         Ok(Self {
-            sampler,
-            keys: args.record_keys()?,
-            slow_ns: args.slow_threshold_ms.saturating_mul(1_000_000),
+            sampler: cfg.sampler,
+            keys: cfg.keys,
+            slow_ns: cfg.slow_ns,
             sink,
-            resources: Resources::new(ResourceConfig {
-                service: args.service_name.clone(),
-                extra: parse_key_values(&args.resource_attributes),
-                rules: args.service_rules.clone(),
-                container_logs: args.container_logs.clone(),
-                node_name: args.node_name.clone(),
-            }),
-            queue: Queue::new(args.export_queue),
+            resources: Resources::new(cfg.resources),
+            queue: Queue::new(cfg.queue),
             clock_offset_ns,
             counters: SpanCounters::default(),
             sampled_out: 0,
