@@ -71,7 +71,7 @@ pub fn java(classpath: &str) -> Command {
 
 /// Makes `cmd`'s process get SIGKILL when the thread that starts it ends, so a test that is
 /// itself killed leaves no broker behind holding ports.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     // SAFETY: prctl is async-signal-safe; no allocation between fork and exec.
     unsafe {

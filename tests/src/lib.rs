@@ -2,6 +2,7 @@
 //! syscalls the capture must understand, and collection of capture records.
 
 pub mod broker;
+pub mod jaeger;
 pub mod receiver;
 pub mod seen;
 pub mod tracer;

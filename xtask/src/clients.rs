@@ -9,6 +9,8 @@
 //! - `tests/java/src/JavaClient.java` is compiled with `javac` against those jars (no Maven
 //!   build plugins to download).
 //! - `tests/go` is built with `go build`: franz-go and sarama, pinned by its go.mod and go.sum.
+//! - `tests/jaeger` pins Jaeger v2 (its go.mod says which and why); its binary, named by a hash
+//!   of go.mod and go.sum, is built once (a few minutes) and kept.
 //!
 //! Their paths reach the tests and the demo through the environment ([`Paths::export`]).
 
@@ -32,14 +34,17 @@ pub struct Paths {
     pub java_clients: PathBuf,
     /// The Go clients' binary.
     pub go_client: PathBuf,
+    /// Jaeger v2, where the tests find exported traces again.
+    pub jaeger: PathBuf,
 }
 
 impl Paths {
-    fn vars(&self) -> [(&'static str, &Path); 3] {
+    fn vars(&self) -> [(&'static str, &Path); 4] {
         [
             ("KAFKA_TRACER_KAFKA_LIBS", &self.libs),
             ("KAFKA_TRACER_JAVA_CLIENTS", &self.java_clients),
             ("KAFKA_TRACER_GO_CLIENT", &self.go_client),
+            ("KAFKA_TRACER_JAEGER", &self.jaeger),
         ]
     }
 
@@ -63,10 +68,12 @@ pub fn install(root: &Path) -> anyhow::Result<Paths> {
     let libs = jars(&java_dir, &cache)?;
     let java_clients = java_clients(&java_dir, &libs, &cache)?;
     let go_client = go_client(&root.join("tests/go"), &cache)?;
+    let jaeger = jaeger(&root.join("tests/jaeger"), &cache)?;
     Ok(Paths {
         libs,
         java_clients,
         go_client,
+        jaeger,
     })
 }
 
@@ -168,5 +175,23 @@ fn go_client(go_dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
             version.trim()
         );
     }
+    Ok(bin)
+}
+
+/// Jaeger, built from the module `tests/jaeger` pins into `cache/bin/jaeger-<hash>`, once.
+fn jaeger(jaeger_dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+    let (module, sums) = (jaeger_dir.join("go.mod"), jaeger_dir.join("go.sum"));
+    let bin = cache.join(format!("bin/jaeger-{}", fingerprint(&[&module, &sums])?));
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let partial = bin.with_extension("partial");
+    run(Command::new("go")
+        .current_dir(jaeger_dir)
+        .args(["build", "-mod=readonly", "-trimpath", "-o"])
+        .arg(&partial)
+        .arg("github.com/jaegertracing/jaeger/cmd/jaeger"))
+    .context("building Jaeger from tests/jaeger")?;
+    std::fs::rename(&partial, &bin).with_context(|| format!("renaming to {}", bin.display()))?;
     Ok(bin)
 }

@@ -1,0 +1,122 @@
+//! Traces where users look at them: the tracer exports to a real Jaeger v2 over OTLP (HTTP and
+//! gRPC), and the traces are found again through Jaeger's query API by service, with the
+//! producer's send span and the consumer's poll span in one trace, parent and child, under the
+//! trace context the producer's records carried.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{Broker, TRACEPARENT, client_env, jaeger::Jaeger, summary, tracer::Tracer};
+
+/// The trace and span ids of [`TRACEPARENT`].
+const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const PARENT: &str = "b7ad6b7169203331";
+
+fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?["value"]["stringValue"]
+        .as_str()
+}
+
+#[test]
+fn linked_traces_are_found_in_jaeger() {
+    let jaeger = Jaeger::start().unwrap();
+    let broker = Broker::start().unwrap();
+    let bootstrap = broker.bootstrap();
+    for (protocol, port) in [
+        ("http/protobuf", jaeger.otlp_http_port),
+        ("grpc", jaeger.otlp_grpc_port),
+    ] {
+        let tag = protocol.replace('/', "-");
+        let topic = format!("jaeger-{tag}");
+        let (producer, consumer) = (format!("orders-{tag}"), format!("billing-{tag}"));
+        broker.create_topic(&topic, 1).unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let tracer = Tracer::start_with(
+            broker.port,
+            &format!("jaeger-{tag}"),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ],
+        );
+        client_env(
+            &[("OTEL_SERVICE_NAME", &producer)],
+            &[
+                "produce",
+                "confluent",
+                &bootstrap,
+                &topic,
+                "5",
+                "none",
+                "--traceparent",
+                TRACEPARENT,
+                "--partition",
+                "0",
+            ],
+        )
+        .unwrap();
+        client_env(
+            &[("OTEL_SERVICE_NAME", &consumer)],
+            &[
+                "consume",
+                "confluent",
+                &bootstrap,
+                &topic,
+                "5",
+                "--partition",
+                "0",
+                "--timeout",
+                "20",
+            ],
+        )
+        .unwrap();
+        let (_, log) = tracer.stop_with_log();
+
+        // Found by the producer's service: the whole trace, the consumer's span included.
+        let send_name = format!("send {topic}");
+        let poll_name = format!("poll {topic}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let spans = loop {
+            let spans = jaeger.traces_of(&producer).unwrap();
+            let has = |name: &str| spans.iter().any(|(_, s)| s["name"] == name);
+            if (has(&send_name) && has(&poll_name)) || Instant::now() > deadline {
+                break spans;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let find = |name: &str| {
+            spans
+                .iter()
+                .find(|(_, s)| s["name"] == name)
+                .unwrap_or_else(|| panic!("{name} not in Jaeger: {spans:?}\ntracer log: {log}"))
+        };
+        let (send_service, send) = find(&send_name);
+        let (poll_service, poll) = find(&poll_name);
+        summary(&format!(
+            "e2e Jaeger over {protocol}: {} spans in the traces of {producer}; send by {send_service}, poll by {poll_service}",
+            spans.len()
+        ));
+        assert_eq!((send_service, poll_service), (&producer, &consumer));
+        assert_eq!(send["traceId"].as_str(), Some(TRACE), "{send}");
+        assert_eq!(send["parentSpanId"].as_str(), Some(PARENT), "{send}");
+        assert_eq!(poll["traceId"], send["traceId"], "{poll}");
+        assert_eq!(poll["parentSpanId"], send["spanId"], "{poll}");
+        for s in [send, poll] {
+            assert_eq!(
+                attr(s, "messaging.destination.name"),
+                Some(topic.as_str()),
+                "{s}"
+            );
+            assert_eq!(attr(s, "messaging.system"), Some("kafka"), "{s}");
+        }
+        // And by the consumer's service: the same trace.
+        let theirs = jaeger.traces_of(&consumer).unwrap();
+        assert!(
+            theirs.iter().any(|(_, s)| s["spanId"] == send["spanId"]),
+            "{theirs:?}"
+        );
+    }
+}
