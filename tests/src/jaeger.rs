@@ -12,7 +12,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{broker::die_with_parent, tracer::free_port};
+use crate::{
+    broker::die_with_parent,
+    tracer::{free_port, service_name},
+};
 
 /// A running Jaeger.
 pub struct Jaeger {
@@ -167,12 +170,7 @@ impl Jaeger {
             .into_iter()
             .flatten()
         {
-            let service = rs["resource"]["attributes"]
-                .as_array()
-                .and_then(|a| a.iter().find(|kv| kv["key"] == "service.name"))
-                .and_then(|kv| kv["value"]["stringValue"].as_str())
-                .unwrap_or_default()
-                .to_string();
+            let service = service_name(rs);
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for span in ss["spans"].as_array().into_iter().flatten() {
                     out.push((service.clone(), span.clone()));

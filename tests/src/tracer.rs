@@ -131,12 +131,7 @@ impl Tracer {
             .lines()
             .map(|l| {
                 let rs: Value = serde_json::from_str(l).expect("one OTLP-JSON object per line");
-                let service = rs["resource"]["attributes"]
-                    .as_array()
-                    .and_then(|a| a.iter().find(|kv| kv["key"] == "service.name"))
-                    .and_then(|kv| kv["value"]["stringValue"].as_str())
-                    .unwrap_or_default()
-                    .to_string();
+                let service = service_name(&rs);
                 let spans = rs["scopeSpans"][0]["spans"]
                     .as_array()
                     .cloned()
@@ -146,6 +141,16 @@ impl Tracer {
             .collect();
         (spans, log)
     }
+}
+
+/// The `service.name` of an OTLP-JSON `ResourceSpans` (empty if it has none).
+pub fn service_name(resource_spans: &Value) -> String {
+    resource_spans["resource"]["attributes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|kv| kv["key"] == "service.name"))
+        .and_then(|kv| kv["value"]["stringValue"].as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A span attribute's OTLP-JSON value.

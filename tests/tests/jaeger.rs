@@ -6,18 +6,20 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{Broker, TRACEPARENT, client_env, jaeger::Jaeger, summary, tracer::Tracer};
+use tests::{
+    Broker, TRACEPARENT, client_env,
+    jaeger::Jaeger,
+    summary,
+    tracer::{Tracer, attr},
+};
 
 /// The trace and span ids of [`TRACEPARENT`].
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT: &str = "b7ad6b7169203331";
 
-fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
-    span["attributes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)?["value"]["stringValue"]
-        .as_str()
+/// A string attribute of a span.
+fn text<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    attr(span, key)?["stringValue"].as_str()
 }
 
 #[test]
@@ -106,11 +108,11 @@ fn linked_traces_are_found_in_jaeger() {
         assert_eq!(poll["parentSpanId"], send["spanId"], "{poll}");
         for s in [send, poll] {
             assert_eq!(
-                attr(s, "messaging.destination.name"),
+                text(s, "messaging.destination.name"),
                 Some(topic.as_str()),
                 "{s}"
             );
-            assert_eq!(attr(s, "messaging.system"), Some("kafka"), "{s}");
+            assert_eq!(text(s, "messaging.system"), Some("kafka"), "{s}");
         }
         // And by the consumer's service: the same trace.
         let theirs = jaeger.traces_of(&consumer).unwrap();
