@@ -129,12 +129,19 @@ struct Pending {
 }
 
 pub struct Session {
+    framers: [Framer; 2],
+    pairing: Pairing,
+}
+
+/// What a connection's frames have taught: who is the client, its client id, the requests
+/// waiting for their responses, and whether raw SASL tokens are flowing. The framers find
+/// frames; this decides what each one is.
+struct Pairing {
     /// Direction of requests, once a request has been seen.
     request_dir: Option<Direction>,
     /// The client id of this connection's requests (clients keep one per connection): a frame
     /// found by resynchronising must carry it.
     client_id: Option<Option<String>>,
-    framers: [Framer; 2],
     inflight: VecDeque<Pending>,
     max_inflight: usize,
     /// After a SaslHandshake v0 request: raw SASL tokens (passwords, SCRAM proofs) follow,
@@ -144,6 +151,27 @@ pub struct Session {
 
 /// SaslHandshake, whose version 0 is followed by raw (unframed by Kafka) SASL tokens.
 const SASL_HANDSHAKE: i16 = 17;
+
+/// What a plausible frame start is in one direction, fixed for one piece (copied out of the
+/// pairing state, which handling a frame changes).
+enum FrameStart {
+    /// A request header; carrying this client id, when it is known and the framer searches.
+    Request(Option<Option<String>>),
+    /// A response to one of these correlation ids.
+    Response(Vec<i32>),
+}
+
+impl FrameStart {
+    fn plausible(&self, b: &[u8]) -> Option<bool> {
+        match self {
+            Self::Request(known) => match (looks_like_request(b), known) {
+                (Some(true), Some(known)) => same_client_id(b, known.as_deref()),
+                (v, _) => v,
+            },
+            Self::Response(corrs) => plausible_response(b, corrs),
+        }
+    }
+}
 
 /// The bytes start a response to one of the requests in flight (`corrs`).
 fn plausible_response(b: &[u8], corrs: &[i32]) -> Option<bool> {
@@ -175,127 +203,203 @@ fn starts_like_request(body: &[u8], size: usize) -> bool {
     looks_like_request(&head[..4 + n]) == Some(true)
 }
 
-/// Handles a request frame; false rejects a frame found by resynchronising, or (`strict`) one
-/// that does not decode.
-#[allow(clippy::too_many_arguments)]
-fn on_request(
-    f: Frame<'_>,
-    strict: bool,
-    dir: Direction,
-    client_id: &mut Option<Option<String>>,
-    inflight: &mut VecDeque<Pending>,
-    max_inflight: usize,
-    opts: &DecodeOptions,
-    counters: &mut SessionCounters,
-    out: &mut dyn FnMut(Exchange),
-) -> bool {
-    let Ok((header, at)) = parse_request_header(f.body) else {
-        counters.undecodable_requests += 1;
-        return !strict;
-    };
-    match client_id {
-        Some(known) if f.after_resync && *known != header.client_id => return false,
-        Some(_) => {}
-        None => *client_id = Some(header.client_id.clone()),
-    }
-    let request = decode_request(&header, &f.body[at..], !f.complete, opts);
-    if let Ok(Request::Produce(p)) = &request {
-        counters.batches(
-            p.partitions
-                .iter()
-                .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
-        );
-    }
-    if request.is_err() {
-        counters.undecodable_requests += 1;
-        if strict {
-            return false;
+impl Pairing {
+    /// What a frame start in `dir` looks like: before the roles are known both directions look
+    /// for requests; after, the response direction looks for a response to a request in
+    /// flight. The client id is copied only for a framer that searches (`!synced`).
+    fn frame_start(&self, dir: Direction, synced: bool) -> FrameStart {
+        if self.request_dir.is_none_or(|d| d == dir) {
+            FrameStart::Request(if synced { None } else { self.client_id.clone() })
+        } else {
+            FrameStart::Response(
+                self.inflight
+                    .iter()
+                    .map(|p| p.header.correlation_id)
+                    .collect(),
+            )
         }
     }
-    counters.requests += 1;
-    let client_side = dir == Direction::Egress;
-    let ns = (f.first_ns, f.last_ns);
-    if let Ok(Request::Produce(p)) = &request
-        && p.acks == 0
-    {
-        counters.acks0_produces += 1;
-        out(Exchange {
+
+    /// Handles one frame of direction `dir`; false rejects a frame found by resynchronising
+    /// (or guessed as the first request) that turned out not to be one.
+    fn on_frame(
+        &mut self,
+        f: Frame<'_>,
+        dir: Direction,
+        opts: &DecodeOptions,
+        counters: &mut SessionCounters,
+        out: &mut dyn FnMut(Exchange),
+    ) -> bool {
+        let Some((as_request, guessed)) = self.role_of(&f, dir) else {
+            counters.frames_before_role += 1;
+            return !f.after_resync;
+        };
+        if self.skips_sasl_token(&f, as_request) {
+            counters.sasl_tokens += 1;
+            return true;
+        }
+        if !as_request {
+            return self.on_response(f, dir, opts, counters, out);
+        }
+        self.sasl_tokens = f.body.get(..4) == Some(&[0, SASL_HANDSHAKE as u8, 0, 0][..]);
+        let accepted = self.on_request(f, guessed, dir, opts, counters, out);
+        // A response can pass for a request header (corr id 13 reads as Produce v13): a guess
+        // the decoder rejects names no direction.
+        if guessed && !accepted {
+            self.request_dir = None;
+            self.client_id = None;
+        }
+        accepted
+    }
+
+    /// Whether the frame is a request, and whether that is a guess: `None` while no frame has
+    /// named the roles. The client speaks first: the first frame that reads as a request names
+    /// the request direction, if it decodes as one. (When the start of the request stream is
+    /// lost, the first response can read as a request header: correlation id 4 reads as
+    /// Produce v4.)
+    fn role_of(&mut self, f: &Frame<'_>, dir: Direction) -> Option<(bool, bool)> {
+        match self.request_dir {
+            Some(d) => Some((d == dir, false)),
+            None if starts_like_request(f.body, f.size) => {
+                self.request_dir = Some(dir);
+                Some((true, true))
+            }
+            None => None,
+        }
+    }
+
+    /// During a legacy SASL exchange, whether this frame is a raw token, skipped unread. The
+    /// client's next Kafka request (its own client id in a plausible header) ends the exchange;
+    /// the broker's tokens come while no request is in flight.
+    fn skips_sasl_token(&mut self, f: &Frame<'_>, as_request: bool) -> bool {
+        if !self.sasl_tokens {
+            return false;
+        }
+        let resumes = as_request
+            && starts_like_request(f.body, f.size)
+            && parse_request_header(f.body)
+                .is_ok_and(|(h, _)| Some(&h.client_id) == self.client_id.as_ref());
+        if !resumes && (as_request || self.inflight.is_empty()) {
+            return true;
+        }
+        self.sasl_tokens = !resumes;
+        false
+    }
+
+    /// Handles a request frame; false rejects a frame found by resynchronising, or one that
+    /// does not decode when its start was a guess (`guessed`, or found by resynchronising).
+    fn on_request(
+        &mut self,
+        f: Frame<'_>,
+        guessed: bool,
+        dir: Direction,
+        opts: &DecodeOptions,
+        counters: &mut SessionCounters,
+        out: &mut dyn FnMut(Exchange),
+    ) -> bool {
+        let strict = guessed || f.after_resync;
+        let Ok((header, at)) = parse_request_header(f.body) else {
+            counters.undecodable_requests += 1;
+            return !strict;
+        };
+        match &self.client_id {
+            Some(known) if f.after_resync && *known != header.client_id => return false,
+            Some(_) => {}
+            None => self.client_id = Some(header.client_id.clone()),
+        }
+        let request = decode_request(&header, &f.body[at..], !f.complete, opts);
+        if let Ok(Request::Produce(p)) = &request {
+            counters.batches(
+                p.partitions
+                    .iter()
+                    .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
+            );
+        }
+        if request.is_err() {
+            counters.undecodable_requests += 1;
+            if strict {
+                return false;
+            }
+        }
+        counters.requests += 1;
+        let client_side = dir == Direction::Egress;
+        let pending = Pending {
             header,
             request,
-            request_complete: f.complete,
-            response: None,
-            response_complete: false,
-            client_side,
-            request_ns: ns,
-            response_ns: None,
-        });
-        return true;
+            complete: f.complete,
+            ns: (f.first_ns, f.last_ns),
+        };
+        if let Ok(Request::Produce(p)) = &pending.request
+            && p.acks == 0
+        {
+            counters.acks0_produces += 1;
+            out(unanswered(pending, client_side));
+            return true;
+        }
+        if self.inflight.len() >= self.max_inflight
+            && let Some(old) = self.inflight.pop_front()
+        {
+            counters.unanswered_requests += 1;
+            out(unanswered(old, client_side));
+        }
+        self.inflight.push_back(pending);
+        true
     }
-    if inflight.len() >= max_inflight
-        && let Some(old) = inflight.pop_front()
-    {
-        counters.unanswered_requests += 1;
-        out(unanswered(old, client_side));
-    }
-    inflight.push_back(Pending {
-        header,
-        request,
-        complete: f.complete,
-        ns,
-    });
-    true
-}
 
-/// Handles a response frame; false rejects a frame found by resynchronising.
-fn on_response(
-    f: Frame<'_>,
-    dir: Direction,
-    inflight: &mut VecDeque<Pending>,
-    opts: &DecodeOptions,
-    counters: &mut SessionCounters,
-    out: &mut dyn FnMut(Exchange),
-) -> bool {
-    let client_side = dir == Direction::Ingress;
-    let corr = f
-        .body
-        .get(..4)
-        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-    let Some(i) = corr.and_then(|c| inflight.iter().position(|p| p.header.correlation_id == c))
-    else {
-        counters.unmatched_responses += 1;
-        return !f.after_resync;
-    };
-    // Responses come in request order: those before this one will never come.
-    for old in inflight.drain(..i) {
-        counters.unanswered_requests += 1;
-        out(unanswered(old, client_side));
-    }
-    let p = inflight.pop_front().expect("position found");
-    let (key, version) = (p.header.api_key, p.header.api_version);
-    let response = parse_response_header(f.body, key, version)
-        .and_then(|(_, at)| decode_response(key, version, &f.body[at..], !f.complete, opts));
-    if response.is_err() {
-        counters.undecodable_responses += 1;
-    }
-    if let Ok(Response::Fetch(f)) = &response {
-        counters.batches(
-            f.partitions
+    /// Handles a response frame; false rejects a frame found by resynchronising.
+    fn on_response(
+        &mut self,
+        f: Frame<'_>,
+        dir: Direction,
+        opts: &DecodeOptions,
+        counters: &mut SessionCounters,
+        out: &mut dyn FnMut(Exchange),
+    ) -> bool {
+        let client_side = dir == Direction::Ingress;
+        let corr = f
+            .body
+            .get(..4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let Some(i) = corr.and_then(|c| {
+            self.inflight
                 .iter()
-                .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
-        );
+                .position(|p| p.header.correlation_id == c)
+        }) else {
+            counters.unmatched_responses += 1;
+            return !f.after_resync;
+        };
+        // Responses come in request order: those before this one will never come.
+        for old in self.inflight.drain(..i) {
+            counters.unanswered_requests += 1;
+            out(unanswered(old, client_side));
+        }
+        let p = self.inflight.pop_front().expect("position found");
+        let (key, version) = (p.header.api_key, p.header.api_version);
+        let response = parse_response_header(f.body, key, version)
+            .and_then(|(_, at)| decode_response(key, version, &f.body[at..], !f.complete, opts));
+        if response.is_err() {
+            counters.undecodable_responses += 1;
+        }
+        if let Ok(Response::Fetch(f)) = &response {
+            counters.batches(
+                f.partitions
+                    .iter()
+                    .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
+            );
+        }
+        counters.responses += 1;
+        out(Exchange {
+            header: p.header,
+            request: p.request,
+            request_complete: p.complete,
+            response: Some(response),
+            response_complete: f.complete,
+            client_side,
+            request_ns: p.ns,
+            response_ns: Some((f.first_ns, f.last_ns)),
+        });
+        true
     }
-    counters.responses += 1;
-    out(Exchange {
-        header: p.header,
-        request: p.request,
-        request_complete: p.complete,
-        response: Some(response),
-        response_complete: f.complete,
-        client_side,
-        request_ns: p.ns,
-        response_ns: Some((f.first_ns, f.last_ns)),
-    });
-    true
 }
 
 impl Session {
@@ -303,15 +407,17 @@ impl Session {
     /// frame boundary.
     pub fn new(midstream: bool, max_frame: usize, max_inflight: usize) -> Self {
         Self {
-            request_dir: None,
-            client_id: None,
             framers: [
                 Framer::new(max_frame, !midstream),
                 Framer::new(max_frame, !midstream),
             ],
-            inflight: VecDeque::new(),
-            max_inflight,
-            sasl_tokens: false,
+            pairing: Pairing {
+                request_dir: None,
+                client_id: None,
+                inflight: VecDeque::new(),
+                max_inflight,
+                sasl_tokens: false,
+            },
         }
     }
 
@@ -320,7 +426,7 @@ impl Session {
     /// roles. (A guess can go wrong when a stream's start is lost: a response's correlation id
     /// 4 then reads as a Produce v4 request header.)
     pub fn with_requests_from(mut self, dir: Direction) -> Self {
-        self.request_dir = Some(dir);
+        self.pairing.request_dir = Some(dir);
         self
     }
 
@@ -352,110 +458,36 @@ impl Session {
         counters: &mut SessionCounters,
         out: &mut dyn FnMut(Exchange),
     ) {
-        let Self {
-            request_dir,
-            client_id,
-            framers,
-            inflight,
-            max_inflight,
-            sasl_tokens,
-        } = self;
-        // Before the role is known both directions look for requests; after, the response
-        // direction looks for a response to a request in flight (ids copied: the frame handler
-        // below changes the in-flight list).
-        let corrs: Vec<i32> = inflight.iter().map(|p| p.header.correlation_id).collect();
-        // Only a framer searching for a frame start asks; copy the id only then.
-        let known_client = if framers[dir as usize].synced() {
-            None
-        } else {
-            client_id.clone()
-        };
-        let plausible_req = |b: &[u8]| match (looks_like_request(b), &known_client) {
-            (Some(true), Some(known)) => same_client_id(b, known.as_deref()),
-            (v, _) => v,
-        };
-        let plausible_resp = |b: &[u8]| plausible_response(b, &corrs);
-        let plausible: &dyn Fn(&[u8]) -> Option<bool> = if request_dir.is_none_or(|d| d == dir) {
-            &plausible_req
-        } else {
-            &plausible_resp
-        };
-        let role_known = request_dir.is_some();
-        let mut on_frame = |f: Frame<'_>| -> bool {
-            let (as_request, guessed) = match *request_dir {
-                Some(d) => (d == dir, false),
-                None if starts_like_request(f.body, f.size) => {
-                    // The client speaks first: the first frame that reads as a request names
-                    // the request direction, if it decodes as one. (When the start of the
-                    // request stream is lost, the first response can read as a request header:
-                    // correlation id 4 reads as Produce v4.)
-                    *request_dir = Some(dir);
-                    (true, true)
-                }
-                None => {
-                    counters.frames_before_role += 1;
-                    return !f.after_resync;
-                }
-            };
-            if *sasl_tokens {
-                // A raw token is skipped unread; the client's next Kafka request (its own
-                // client id in a plausible header) ends the exchange. The broker's tokens come
-                // while no request is in flight.
-                let resumes = as_request
-                    && starts_like_request(f.body, f.size)
-                    && parse_request_header(f.body)
-                        .is_ok_and(|(h, _)| Some(&h.client_id) == client_id.as_ref());
-                if !resumes && (as_request || inflight.is_empty()) {
-                    counters.sasl_tokens += 1;
-                    return true;
-                }
-                *sasl_tokens = !resumes;
-            }
-            if as_request {
-                *sasl_tokens = f.body.get(..4) == Some(&[0, SASL_HANDSHAKE as u8, 0, 0][..]);
-                let strict = guessed || f.after_resync;
-                let accepted = on_request(
-                    f,
-                    strict,
-                    dir,
-                    client_id,
-                    inflight,
-                    *max_inflight,
-                    opts,
-                    counters,
-                    out,
-                );
-                // A response can pass for a request header (corr id 13 reads as Produce v13): a
-                // guess the decoder rejects names no direction.
-                if guessed && !accepted {
-                    *request_dir = None;
-                    *client_id = None;
-                }
-                accepted
-            } else {
-                on_response(f, dir, inflight, opts, counters, out)
-            }
-        };
-        framers[dir as usize].push(piece, first_ns, last_ns, plausible, &mut on_frame);
+        let Self { framers, pairing } = self;
+        let role_known = pairing.request_dir.is_some();
+        let start = pairing.frame_start(dir, framers[dir as usize].synced());
+        framers[dir as usize].push(
+            piece,
+            first_ns,
+            last_ns,
+            &|b| start.plausible(b),
+            &mut |f| pairing.on_frame(f, dir, opts, counters, out),
+        );
         // The first request names the roles. A frame the other direction found meanwhile was
         // searched for as a request in what is the response stream: inside a fetch response,
         // zero-filled fields read as a small request header with a size that can hold up every
         // later response, so that guess goes and the search restarts for responses.
-        if !role_known && *request_dir == Some(dir) {
+        if !role_known && pairing.request_dir == Some(dir) {
             framers[1 - dir as usize].drop_guess();
         }
     }
 
     /// The connection closed: requests still waiting will get no response.
     pub fn close(&mut self, counters: &mut SessionCounters, out: &mut dyn FnMut(Exchange)) {
-        let client_side = self.request_dir != Some(Direction::Ingress);
-        for p in self.inflight.drain(..) {
+        let client_side = self.pairing.request_dir != Some(Direction::Ingress);
+        for p in self.pairing.inflight.drain(..) {
             counters.unanswered_requests += 1;
             out(unanswered(p, client_side));
         }
     }
 }
 
+/// The exchange of a request that gets no response (acks=0, or none came).
 fn unanswered(p: Pending, client_side: bool) -> Exchange {
     Exchange {
         header: p.header,
