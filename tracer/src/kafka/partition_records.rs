@@ -6,7 +6,9 @@
 
 use std::ops::Range;
 
-use super::records::{Batches, Compression, Decompressor, RecordError, Records};
+use super::records::{
+    Batch, BatchHeader, Batches, Compression, Decompressor, Record, RecordError, Records,
+};
 
 /// What to keep from records.
 #[derive(Clone, Debug)]
@@ -108,95 +110,90 @@ impl PartitionRecords {
         };
         let mut batches = Batches::new(field);
         for batch in batches.by_ref() {
-            let batch = match batch {
-                Ok(b) => b,
+            match batch {
+                Ok(batch) => out.push_batch(&batch, d, opts),
+                // The field cannot be walked past a batch that does not frame.
                 Err(e) => {
-                    out.undecodable_batches += 1;
-                    out.last_error = Some(e);
+                    out.undecodable(e);
                     break;
                 }
-            };
-            let h = &batch.header;
-            let compression = match h.compression() {
-                Ok(c) => c,
-                Err(e) => {
-                    out.undecodable_batches += 1;
-                    out.last_error = Some(e);
-                    continue;
-                }
-            };
-            let index = out.batches.len() as u32;
-            out.batches.push(BatchInfo {
-                base_offset: h.base_offset,
-                record_count: h.record_count,
-                last_offset_delta: h.last_offset_delta,
-                compression,
-                base_timestamp: h.base_timestamp,
-                max_timestamp: h.max_timestamp,
-                log_append_time: h.log_append_time(),
-                producer_id: h.producer_id,
-                transactional: h.transactional(),
-                control: h.control(),
-                aborted: false,
-                bytes: (batch.records.len() + super::records::BATCH_HEADER_LEN) as u32,
-            });
-            if h.control() {
-                continue;
-            }
-            let data = match d.records(&batch) {
-                Ok(data) => data,
-                Err(e) => {
-                    out.undecodable_batches += 1;
-                    out.last_error = Some(e);
-                    continue;
-                }
-            };
-            for record in Records::new(data, h.record_count) {
-                let r = match record {
-                    Ok(r) => r,
-                    Err(e) => {
-                        out.undecodable_batches += 1;
-                        out.last_error = Some(e);
-                        break;
-                    }
-                };
-                let key = match (opts.keys, r.key) {
-                    (true, Some(k)) => Some(out.push_arena(k)),
-                    _ => None,
-                };
-                let first_header = out.headers.len() as u32;
-                for (name, value) in r.headers() {
-                    let name = out.push_arena(name);
-                    let (value, cut) = match value {
-                        Some(v) => {
-                            let cut = v.len() > opts.max_header_value;
-                            (
-                                Some(out.push_arena(&v[..v.len().min(opts.max_header_value)])),
-                                cut,
-                            )
-                        }
-                        None => (None, false),
-                    };
-                    out.headers.push(HeaderSpan { name, value, cut });
-                }
-                out.records.push(RecordInfo {
-                    batch: index,
-                    offset_delta: r.offset_delta,
-                    timestamp: if h.log_append_time() {
-                        h.max_timestamp
-                    } else {
-                        h.base_timestamp.saturating_add(r.timestamp_delta)
-                    },
-                    key_len: r.key.map_or(-1, |k| k.len() as i32),
-                    value_len: r.value.map_or(-1, |v| v.len() as i32),
-                    key,
-                    headers: first_header..out.headers.len() as u32,
-                });
             }
         }
         out.truncated_tail = batches.truncated_tail;
         out.legacy_batches = batches.legacy;
         out
+    }
+
+    /// One batch: its header, and unless it is a control batch, its records.
+    fn push_batch(&mut self, batch: &Batch<'_>, d: &mut Decompressor, opts: &DecodeOptions) {
+        let h = &batch.header;
+        let compression = match h.compression() {
+            Ok(c) => c,
+            Err(e) => return self.undecodable(e),
+        };
+        let index = self.batches.len() as u32;
+        self.batches.push(BatchInfo {
+            base_offset: h.base_offset,
+            record_count: h.record_count,
+            last_offset_delta: h.last_offset_delta,
+            compression,
+            base_timestamp: h.base_timestamp,
+            max_timestamp: h.max_timestamp,
+            log_append_time: h.log_append_time(),
+            producer_id: h.producer_id,
+            transactional: h.transactional(),
+            control: h.control(),
+            aborted: false,
+            bytes: (batch.records.len() + super::records::BATCH_HEADER_LEN) as u32,
+        });
+        if h.control() {
+            return;
+        }
+        let data = match d.records(batch) {
+            Ok(data) => data,
+            Err(e) => return self.undecodable(e),
+        };
+        for record in Records::new(data, h.record_count) {
+            match record {
+                Ok(r) => self.push_record(index, h, &r, opts),
+                Err(e) => return self.undecodable(e),
+            }
+        }
+    }
+
+    /// One record of batch `index`: sizes, timestamp, the key when kept, and its headers
+    /// (values cut at `max_header_value`) in the arena.
+    fn push_record(&mut self, index: u32, h: &BatchHeader, r: &Record<'_>, opts: &DecodeOptions) {
+        let key = match (opts.keys, r.key) {
+            (true, Some(k)) => Some(self.push_arena(k)),
+            _ => None,
+        };
+        let first_header = self.headers.len() as u32;
+        for (name, value) in r.headers() {
+            let name = self.push_arena(name);
+            let cut = value.is_some_and(|v| v.len() > opts.max_header_value);
+            let value = value.map(|v| self.push_arena(&v[..v.len().min(opts.max_header_value)]));
+            self.headers.push(HeaderSpan { name, value, cut });
+        }
+        self.records.push(RecordInfo {
+            batch: index,
+            offset_delta: r.offset_delta,
+            timestamp: if h.log_append_time() {
+                h.max_timestamp
+            } else {
+                h.base_timestamp.saturating_add(r.timestamp_delta)
+            },
+            key_len: r.key.map_or(-1, |k| k.len() as i32),
+            value_len: r.value.map_or(-1, |v| v.len() as i32),
+            key,
+            headers: first_header..self.headers.len() as u32,
+        });
+    }
+
+    /// A batch whose records could not be read; its header, when it framed, stays.
+    fn undecodable(&mut self, e: RecordError) {
+        self.undecodable_batches += 1;
+        self.last_error = Some(e);
     }
 
     fn push_arena(&mut self, bytes: &[u8]) -> Range<u32> {
@@ -224,20 +221,21 @@ impl PartitionRecords {
     /// In a produce request they do not: the broker assigns `assigned_base` (from the produce
     /// response) to the first record, and later batches follow on.
     pub fn absolute_offset(&self, rec: &RecordInfo, assigned_base: Option<i64>) -> i64 {
-        let base = match assigned_base {
+        self.first_offset(rec.batch, assigned_base) + rec.offset_delta as i64
+    }
+
+    /// Absolute offset of the first record of batch `batch` (as [`Self::absolute_offset`]).
+    pub fn first_offset(&self, batch: u32, assigned_base: Option<i64>) -> i64 {
+        match assigned_base {
             None => self
                 .batches
-                .get(rec.batch as usize)
+                .get(batch as usize)
                 .map_or(0, |b| b.base_offset),
             Some(first) => {
-                first
-                    + self.batches[..rec.batch as usize]
-                        .iter()
-                        .map(|b| b.last_offset_delta as i64 + 1)
-                        .sum::<i64>()
+                let earlier = self.batches.iter().take(batch as usize);
+                first + earlier.map(|b| b.last_offset_delta as i64 + 1).sum::<i64>()
             }
-        };
-        base + rec.offset_delta as i64
+        }
     }
 
     /// Number of user records (control batches excluded).
