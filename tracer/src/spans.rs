@@ -640,22 +640,14 @@ fn send_spans(
     let base = answer
         .filter(|a| a.error_code == 0 && a.base_offset >= 0)
         .map(|a| a.base_offset);
-    for (i, b) in p
-        .records
-        .batches
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| !b.control)
-    {
-        let ctxs = contexts(&p.records, i as u32);
-        let count = p.records.of_batch(i as u32).count();
+    for (i, b) in p.records.batches.iter().enumerate() {
+        let batch = i as u32;
+        if b.control {
+            continue;
+        }
         // The broker assigns consecutive offsets to the request's batches.
-        let first = base.map(|base| {
-            base + p.records.batches[..i]
-                .iter()
-                .map(|b| b.last_offset_delta as i64 + 1)
-                .sum::<i64>()
-        });
+        let first = base.map(|base| p.records.first_offset(batch, Some(base)));
+        let ctxs = contexts(&p.records, batch);
         let (trace, span_id) = match first {
             Some(first) => {
                 let (t, s) = correlate::batch_ids(at.cluster, &topic, p.partition, first);
@@ -669,22 +661,6 @@ fn send_spans(
                 )
             }
         };
-        let mut attributes = partition_attributes(o, &topic, p.partition, catalog, &o.tuple);
-        attributes.push(("messaging.operation.type", "send".into()));
-        attributes.push(("messaging.operation.name", "send".into()));
-        if let Some(first) = first {
-            offsets(&mut attributes, first, count);
-        } else {
-            attributes.push(("messaging.batch.message_count", (count as i64).into()));
-        }
-        attributes.push(("messaging.kafka.compression", b.compression.name().into()));
-        if let Some(t) = &req.transactional_id {
-            attributes.push(("messaging.kafka.transactional_id", t.as_str().into()));
-            attributes.push(("messaging.kafka.producer_id", b.producer_id.into()));
-        }
-        if let Some(k) = single_key(&p.records, i as u32, at.keys) {
-            attributes.push(("messaging.kafka.message.key", k));
-        }
         counters.producer_spans += 1;
         out.push(Span {
             trace_id: trace.trace_id,
@@ -695,13 +671,43 @@ fn send_spans(
             kind: SpanKind::Producer,
             start_ns: start,
             end_ns: end,
-            attributes,
+            attributes: send_attributes(at, req, p, batch, &topic, first),
             links: trace.links,
             error_code: answer.map(|a| a.error_code).filter(|&e| e != 0),
             parent_sampled: trace.sampled,
             tgid: o.tgid,
         });
     }
+}
+
+/// The attributes of the send span of batch `batch`: the partition's and the connection's,
+/// the batch's offsets (when the broker assigned them) or its size, codec, transaction and key.
+fn send_attributes(
+    at: &Where<'_>,
+    req: &ProduceRequest,
+    p: &ProducePartition,
+    batch: u32,
+    topic: &Arc<str>,
+    first: Option<i64>,
+) -> Vec<(&'static str, Value)> {
+    let b = &p.records.batches[batch as usize];
+    let count = p.records.of_batch(batch).count();
+    let mut attributes = partition_attributes(at.o, topic, p.partition, at.catalog, &at.o.tuple);
+    attributes.push(("messaging.operation.type", "send".into()));
+    attributes.push(("messaging.operation.name", "send".into()));
+    match first {
+        Some(first) => offsets(&mut attributes, first, count),
+        None => attributes.push(("messaging.batch.message_count", (count as i64).into())),
+    }
+    attributes.push(("messaging.kafka.compression", b.compression.name().into()));
+    if let Some(t) = &req.transactional_id {
+        attributes.push(("messaging.kafka.transactional_id", t.as_str().into()));
+        attributes.push(("messaging.kafka.producer_id", b.producer_id.into()));
+    }
+    if let Some(k) = single_key(&p.records, batch, at.keys) {
+        attributes.push(("messaging.kafka.message.key", k));
+    }
+    attributes
 }
 
 /// A poll span per record batch of one partition of a Fetch response; batches of aborted
