@@ -16,7 +16,10 @@ use crate::{
     cli::Args,
     counters::{self, Counter},
     export::Traces,
-    kafka::{MetadataResponse, Request, Response, api_name, lookup},
+    kafka::{
+        DecodeError, FetchResponse, MetadataResponse, ProduceRequest, Request, Response, api_name,
+        lookup,
+    },
     metrics::Exposition,
     pipeline::{ConnExchange, Pipeline},
 };
@@ -25,28 +28,17 @@ use crate::{
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut traces = Traces::new(args.traces_config()?)?;
     let metrics = Arc::new(Exposition::new(args.metrics_max_series));
-    let cfg = args.capture_config()?;
-    let mut capture = Capture::start(&cfg)?;
+    let mut capture = Capture::start(&args.capture_config()?)?;
     // Serve metrics only once the capture runs: a bad setting or a missing privilege stays a
     // single error line.
-    if args.metrics_addr != "off" {
-        let addr = args.metrics_addr.parse().map_err(|e| {
-            anyhow::anyhow!(
-                "invalid --metrics-addr {:?} ({e}): use host:port, e.g. 127.0.0.1:9464, or off",
-                args.metrics_addr
-            )
-        })?;
-        crate::metrics::serve(addr, metrics.clone()).await?;
-    }
+    serve_metrics(&args.metrics_addr, &metrics).await?;
     let mut pipeline = Pipeline::new(args.pipeline_config());
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut stats = tokio::time::interval(args.stats_interval.max(Duration::from_secs(1)));
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut logged: Vec<Counter> = Vec::new();
-    let (lookup_tx, mut lookup_rx) =
-        tokio::sync::mpsc::channel::<(SocketAddr, anyhow::Result<MetadataResponse>)>(64);
-    let mut last_lookup: HashMap<SocketAddr, Instant> = HashMap::new();
+    let mut lookups = TopicLookups::new(args.resolve_topic_ids);
     loop {
         tokio::select! {
             r = capture.readable() => {
@@ -62,17 +54,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 observe(&mut pipeline, &metrics, &mut traces);
                 traces.flush(false);
-                for broker in pipeline.take_unknown_topic_brokers() {
-                    if args.resolve_topic_ids && lookup_due(&mut last_lookup, broker) {
-                        let tx = lookup_tx.clone();
-                        tokio::spawn(async move {
-                            let r = lookup::metadata(broker, lookup::TIMEOUT).await;
-                            let _ = tx.send((broker, r)).await;
-                        });
-                    }
-                }
+                lookups.ask(pipeline.take_unknown_topic_brokers());
             }
-            Some((broker, result)) = lookup_rx.recv() => {
+            Some((broker, result)) = lookups.answers.recv() => {
                 pipeline.learn_lookup(broker, result);
                 observe(&mut pipeline, &metrics, &mut traces);
             }
@@ -106,23 +90,73 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `/metrics` and `/healthz` on `addr` (`off`: not at all).
+async fn serve_metrics(addr: &str, metrics: &Arc<Exposition>) -> anyhow::Result<()> {
+    if addr == "off" {
+        return Ok(());
+    }
+    let parsed = addr.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --metrics-addr {addr:?} ({e}): use host:port, e.g. 127.0.0.1:9464, or off"
+        )
+    })?;
+    crate::metrics::serve(parsed, metrics.clone()).await
+}
+
 /// A broker is asked for its topics at most this often.
 const LOOKUP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Whether `broker` may be asked now; notes the time if so. The table is bounded: brokers are
-/// few, and a flood of addresses only resets the rate limit.
-fn lookup_due(last: &mut HashMap<SocketAddr, Instant>, broker: SocketAddr) -> bool {
-    if last
-        .get(&broker)
-        .is_some_and(|t| t.elapsed() < LOOKUP_INTERVAL)
-    {
-        return false;
+/// Metadata requests to brokers whose traffic named topics only by id, each in a task of its
+/// own; their answers come back on `answers`.
+struct TopicLookups {
+    enabled: bool,
+    tx: tokio::sync::mpsc::Sender<(SocketAddr, anyhow::Result<MetadataResponse>)>,
+    answers: tokio::sync::mpsc::Receiver<(SocketAddr, anyhow::Result<MetadataResponse>)>,
+    /// When each broker was last asked. Bounded: brokers are few, and a flood of addresses
+    /// only resets the rate limit.
+    last: HashMap<SocketAddr, Instant>,
+}
+
+impl TopicLookups {
+    fn new(enabled: bool) -> Self {
+        let (tx, answers) = tokio::sync::mpsc::channel(64);
+        Self {
+            enabled,
+            tx,
+            answers,
+            last: HashMap::new(),
+        }
     }
-    if last.len() >= 4096 {
-        last.clear();
+
+    /// Asks each of `brokers` that was not asked in the last [`LOOKUP_INTERVAL`].
+    fn ask(&mut self, brokers: impl IntoIterator<Item = SocketAddr>) {
+        for broker in brokers {
+            if !self.enabled || !self.due(broker) {
+                continue;
+            }
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let r = lookup::metadata(broker, lookup::TIMEOUT).await;
+                let _ = tx.send((broker, r)).await;
+            });
+        }
     }
-    last.insert(broker, Instant::now());
-    true
+
+    /// Whether `broker` may be asked now; notes the time if so.
+    fn due(&mut self, broker: SocketAddr) -> bool {
+        if self
+            .last
+            .get(&broker)
+            .is_some_and(|t| t.elapsed() < LOOKUP_INTERVAL)
+        {
+            return false;
+        }
+        if self.last.len() >= 4096 {
+            self.last.clear();
+        }
+        self.last.insert(broker, Instant::now());
+        true
+    }
 }
 
 /// Exchanges the pipeline completed become log lines, metrics and spans.
@@ -141,56 +175,12 @@ fn log_exchange(o: &ConnExchange, p: &Pipeline) {
     }
     let ex = &o.exchange;
     let h = &ex.header;
-    let micros = |(a, b): (u64, u64)| b.saturating_sub(a) / 1000;
     let latency = ex
         .response_ns
-        .map(|(_, end)| micros((ex.request_ns.0, end)));
+        .map(|(_, end)| end.saturating_sub(ex.request_ns.0) / 1000);
     let detail = match (&ex.request, &ex.response) {
-        (Ok(Request::Produce(r)), resp) => {
-            let offsets: Vec<String> = match resp {
-                Some(Ok(Response::Produce(pr))) => pr
-                    .partitions
-                    .iter()
-                    .map(|x| format!("{}@{}", x.partition, x.base_offset))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let parts: Vec<String> = r
-                .partitions
-                .iter()
-                .map(|x| {
-                    format!(
-                        "{}[{}]:{} records",
-                        p.catalog.topic_name(&x.topic).as_deref().unwrap_or("?"),
-                        x.partition,
-                        x.records.record_count()
-                    )
-                })
-                .collect();
-            format!(
-                "acks={} {} base_offsets={}",
-                r.acks,
-                parts.join(" "),
-                offsets.join(",")
-            )
-        }
-        (_, Some(Ok(Response::Fetch(f)))) => {
-            let parts: Vec<String> = f
-                .partitions
-                .iter()
-                .filter(|x| x.records.record_count() > 0)
-                .map(|x| {
-                    format!(
-                        "{}[{}]:{} records hw={}",
-                        p.catalog.topic_name(&x.topic).as_deref().unwrap_or("?"),
-                        x.partition,
-                        x.records.record_count(),
-                        x.high_watermark
-                    )
-                })
-                .collect();
-            parts.join(" ")
-        }
+        (Ok(Request::Produce(r)), resp) => produce_detail(r, resp, p),
+        (_, Some(Ok(Response::Fetch(f)))) => fetch_detail(f, p),
         (_, Some(Err(e))) => format!("response undecodable: {e}"),
         (Err(e), _) => format!("request undecodable: {e}"),
         _ => String::new(),
@@ -211,6 +201,59 @@ fn log_exchange(o: &ConnExchange, p: &Pipeline) {
         api_name(h.api_key),
         h.api_version
     );
+}
+
+/// A Produce exchange in the debug line: acks, records per partition, assigned base offsets.
+fn produce_detail(
+    r: &ProduceRequest,
+    resp: &Option<Result<Response, DecodeError>>,
+    p: &Pipeline,
+) -> String {
+    let offsets: Vec<String> = match resp {
+        Some(Ok(Response::Produce(pr))) => pr
+            .partitions
+            .iter()
+            .map(|x| format!("{}@{}", x.partition, x.base_offset))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let parts: Vec<String> = r
+        .partitions
+        .iter()
+        .map(|x| {
+            format!(
+                "{}[{}]:{} records",
+                p.catalog.topic_name(&x.topic).as_deref().unwrap_or("?"),
+                x.partition,
+                x.records.record_count()
+            )
+        })
+        .collect();
+    format!(
+        "acks={} {} base_offsets={}",
+        r.acks,
+        parts.join(" "),
+        offsets.join(",")
+    )
+}
+
+/// A Fetch response in the debug line: records and high watermark per partition.
+fn fetch_detail(f: &FetchResponse, p: &Pipeline) -> String {
+    let parts: Vec<String> = f
+        .partitions
+        .iter()
+        .filter(|x| x.records.record_count() > 0)
+        .map(|x| {
+            format!(
+                "{}[{}]:{} records hw={}",
+                p.catalog.topic_name(&x.topic).as_deref().unwrap_or("?"),
+                x.partition,
+                x.records.record_count(),
+                x.high_watermark
+            )
+        })
+        .collect();
+    parts.join(" ")
 }
 
 /// Every counter of the tracer, in the order of the stats line.
