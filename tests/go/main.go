@@ -1,12 +1,15 @@
-// Command goclient: the Go Kafka clients of kafka-tracer's end-to-end tests, franz-go and
-// sarama, behind the same command line and JSON output as tests/kafka/client.py, so a test can
-// swap the library and keep its assertions.
+// Command goclient: the Go programs of kafka-tracer's end-to-end tests. The Kafka clients
+// franz-go and sarama, behind the same command line and JSON output as tests/kafka/client.py,
+// so a test can swap the library and keep its assertions; and the OpenTelemetry Collector's
+// reader of OTLP-JSON files, for the tracer's console output.
 //
 //	goclient produce LIB BOOTSTRAP TOPIC COUNT CODEC [--traceparent TP] [--partition P]
 //	goclient consume LIB BOOTSTRAP TOPIC COUNT [--group G] [--partition P] [--timeout S]
+//	goclient otlpjson FILE
 //
 // LIB is franz or sarama. Prints one JSON line: the (partition, offset) of each record
-// produced, or the (partition, offset, headers) of each record consumed.
+// produced, the (partition, offset, headers) of each record consumed, or the lines, spans,
+// span names and services found in FILE.
 package main
 
 import (
@@ -86,6 +89,16 @@ func value(i int) []byte { return []byte(fmt.Sprintf("value-%d-xxxxxxxxxxxxxxxxx
 func key(i int) []byte   { return []byte(fmt.Sprintf("key-%d", i)) }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "otlpjson" {
+		out, err := readOTLPJSON(os.Args[2])
+		if err != nil {
+			fail(err)
+		}
+		if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+			fail(err)
+		}
+		return
+	}
 	a := parse()
 	var out any
 	var err error

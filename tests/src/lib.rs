@@ -2,6 +2,7 @@
 //! syscalls the capture must understand, and collection of capture records.
 
 pub mod broker;
+pub mod certs;
 pub mod jaeger;
 pub mod receiver;
 pub mod seen;
@@ -295,3 +296,30 @@ pub fn summary(line: &str) {
 
 /// A W3C traceparent used by the tests.
 pub const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// SIGINT and SIGTERM held back from the calling thread, to be waited for: Ctrl-C ends a demo
+/// that keeps Jaeger up, and the demo stops its children itself. Block them just before saying
+/// "press Ctrl-C" (a signal before that takes its default action, which stops the program at
+/// any earlier step, its children with it through PR_SET_PDEATHSIG).
+pub struct Interrupts(libc::sigset_t);
+
+impl Interrupts {
+    pub fn block() -> Self {
+        // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Self(set)
+        }
+    }
+
+    /// Waits for one of them.
+    pub fn wait(self) {
+        let mut signal = 0;
+        // SAFETY: the set is initialised; sigwait writes the signal number.
+        unsafe { libc::sigwait(&self.0, &mut signal) };
+    }
+}

@@ -1,6 +1,7 @@
 //! A real OTLP trace receiver for the tests, built from the official protocol definitions
-//! (`opentelemetry-proto`): gRPC (tonic) on one port, HTTP/protobuf and HTTP/JSON (hyper, the
-//! JSON read by the protos' own serde mapping) on another, gzip accepted on both. It stores
+//! (`opentelemetry-proto`): gRPC (tonic's generated service over hyper's HTTP/2) on one port,
+//! HTTP/protobuf and HTTP/JSON (hyper, the JSON read by the protos' own serde mapping) on
+//! another, gzip accepted on both, and TLS (optionally mutual) on both when asked. It stores
 //! every span it receives so tests can ask what a user would ask Jaeger: the spans of a trace,
 //! of a service, of a topic.
 
@@ -12,7 +13,7 @@ use opentelemetry_proto::tonic::{
         trace_service_server::{TraceService, TraceServiceServer},
     },
     common::v1::{KeyValue, any_value::Value},
-    trace::v1::Span,
+    trace::v1::{ResourceSpans, Span},
 };
 
 /// A received span with the service it came from.
@@ -43,24 +44,30 @@ fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
 #[derive(Clone, Default)]
 struct Store(Arc<Mutex<Vec<Received>>>);
 
+/// The spans of some `ResourceSpans`, each with its resource's service name.
+pub fn received(resource_spans: Vec<ResourceSpans>) -> impl Iterator<Item = Received> {
+    resource_spans.into_iter().flat_map(|rs| {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| attr(&r.attributes, "service.name"))
+            .unwrap_or_default();
+        rs.scope_spans
+            .into_iter()
+            .flat_map(|ss| ss.spans)
+            .map(move |span| Received {
+                service: service.clone(),
+                span,
+            })
+    })
+}
+
 impl Store {
     fn add(&self, request: ExportTraceServiceRequest) {
-        let mut store = self.0.lock().expect("store lock");
-        for rs in request.resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| attr(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    store.push(Received {
-                        service: service.clone(),
-                        span,
-                    });
-                }
-            }
-        }
+        self.0
+            .lock()
+            .expect("store lock")
+            .extend(received(request.resource_spans));
     }
 
     /// One OTLP/HTTP request: 200 with the stored spans, 400 for what does not decode.
@@ -145,59 +152,110 @@ pub struct Receiver {
     pub port: u16,
     /// OTLP/HTTP port.
     pub http_port: u16,
+    /// `https` when it serves TLS.
+    scheme: &'static str,
     store: Store,
     _shutdown: tokio::sync::watch::Sender<()>,
+}
+
+/// TLS for the receiver's two ports: a configuration for gRPC (ALPN `h2`) and one for HTTP.
+pub struct ReceiverTls {
+    pub grpc: Arc<rustls::ServerConfig>,
+    pub http: Arc<rustls::ServerConfig>,
+}
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Accepts connections on `listener` until `stop` changes, shakes TLS hands with `tls` when
+/// given (a failed handshake just closes that connection), and serves each with `serve`,
+/// which stopping interrupts too, as a stopped collector would.
+fn accept_loop<F>(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: tokio::sync::watch::Receiver<()>,
+    serve: impl Fn(hyper_util::rt::TokioIo<Box<dyn Io>>) -> F + Clone + Send + 'static,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut stop_accepting = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                _ = stop_accepting.changed() => return,
+            };
+            let Ok((conn, _)) = conn else { continue };
+            let (tls, serve, mut stop) = (tls.clone(), serve.clone(), stop.clone());
+            tokio::spawn(async move {
+                let io: Box<dyn Io> = match tls {
+                    Some(tls) => match tls.accept(conn).await {
+                        Ok(s) => Box::new(s),
+                        Err(_) => return,
+                    },
+                    None => Box::new(conn),
+                };
+                tokio::select! {
+                    _ = serve(hyper_util::rt::TokioIo::new(io)) => {}
+                    _ = stop.changed() => {}
+                }
+            });
+        }
+    });
 }
 
 impl Receiver {
     /// Starts it on free ports, or on `ports` (gRPC, HTTP) to come back where a stopped one
     /// was. Needs a tokio runtime.
     pub async fn start(ports: Option<(u16, u16)>) -> anyhow::Result<Self> {
+        Self::start_with(ports, None).await
+    }
+
+    /// Same, serving TLS on both ports when `tls` is given.
+    pub async fn start_with(
+        ports: Option<(u16, u16)>,
+        tls: Option<ReceiverTls>,
+    ) -> anyhow::Result<Self> {
         let (grpc, http) = ports.unwrap_or((0, 0));
         let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc)).await?;
         let http = tokio::net::TcpListener::bind(("127.0.0.1", http)).await?;
         let (port, http_port) = (grpc.local_addr()?.port(), http.local_addr()?.port());
         let store = Store::default();
         let (tx, rx) = tokio::sync::watch::channel(());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (grpc_tls, http_tls) = match tls {
+            Some(t) => (Some(t.grpc), Some(t.http)),
+            None => (None, None),
+        };
         let service = TraceServiceServer::new(store.clone())
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        let mut stop = rx.clone();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                    async move {
-                        let _ = stop.changed().await;
-                    },
-                )
-                .await;
+        accept_loop(grpc, grpc_tls, rx.clone(), move |io| {
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+            }
         });
-        let (s, mut stop) = (store.clone(), rx);
-        tokio::spawn(async move {
-            loop {
-                let conn = tokio::select! {
-                    c = http.accept() => c,
-                    _ = stop.changed() => return,
-                };
-                let Ok((conn, _)) = conn else { continue };
-                let (s, mut stop) = (s.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let serve = hyper::server::conn::http1::Builder::new().serve_connection(
-                        hyper_util::rt::TokioIo::new(conn),
+        let s = store.clone();
+        accept_loop(http, http_tls, rx, move |io| {
+            let s = s.clone();
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        io,
                         hyper::service::service_fn(move |req| s.clone().http(req)),
-                    );
-                    // Stopping closes open connections too, as a stopped collector would.
-                    tokio::select! {
-                        _ = serve => {}
-                        _ = stop.changed() => {}
-                    }
-                });
+                    )
+                    .await;
             }
         });
         Ok(Self {
             port,
             http_port,
+            scheme,
             store,
             _shutdown: tx,
         })
@@ -205,25 +263,30 @@ impl Receiver {
 
     /// A receiver on a runtime of its own, for tests whose thread drives blocking clients.
     pub fn in_background() -> (tokio::runtime::Runtime, Self) {
+        Self::in_background_with(None)
+    }
+
+    /// Same, serving TLS when `tls` is given.
+    pub fn in_background_with(tls: Option<ReceiverTls>) -> (tokio::runtime::Runtime, Self) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("a tokio runtime");
         let receiver = rt
-            .block_on(Self::start(None))
+            .block_on(Self::start_with(None, tls))
             .expect("the OTLP receiver starts");
         (rt, receiver)
     }
 
     /// The OTLP/gRPC endpoint.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// The OTLP/HTTP base endpoint (exporters append /v1/traces).
     pub fn http_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.http_port)
     }
 
     /// Every span received so far.

@@ -38,7 +38,20 @@ pub fn client(id: &str, prefix: bool) -> impl Fn(&Received) -> bool + '_ {
     }
 }
 
-/// The spans of one topic, as Jaeger would show them, and how they link.
+/// Where a test finds the spans the tracers exported: the test's OTLP receiver, or Jaeger
+/// through its query API.
+pub trait Spans {
+    /// The spans about one topic (`messaging.destination.name`).
+    fn topic(&self, topic: &str) -> Vec<Received>;
+}
+
+impl Spans for Receiver {
+    fn topic(&self, topic: &str) -> Vec<Received> {
+        Receiver::topic(self, topic)
+    }
+}
+
+/// The spans of one topic, as Jaeger shows them, and how they link.
 pub struct Seen {
     pub send: Vec<Received>,
     pub poll: Vec<Received>,
@@ -47,13 +60,13 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn of(receiver: &Receiver, topic: &str) -> Self {
+    pub fn of(spans: &impl Spans, topic: &str) -> Self {
         let mut seen = Self {
             send: Vec::new(),
             poll: Vec::new(),
             ack: Vec::new(),
         };
-        for r in receiver.topic(topic) {
+        for r in spans.topic(topic) {
             match r.span.name.strip_suffix(topic) {
                 Some("send ") => seen.send.push(r),
                 Some("poll ") => seen.poll.push(r),

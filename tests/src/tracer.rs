@@ -1,6 +1,6 @@
 //! The `kafka-tracer` binary run as a user runs it: a separate process started with flags and
-//! OTEL_* variables, stopped with SIGINT, its spans read from standard output and its
-//! counters from its log.
+//! OTEL_* variables, stopped with SIGINT, its spans read from standard output (the OTLP-JSON
+//! file format: one export request per line) and its counters from its log.
 
 use std::{
     path::PathBuf,
@@ -88,6 +88,22 @@ impl Tracer {
         t
     }
 
+    /// The file its standard output goes to.
+    pub fn stdout_file(&self) -> &std::path::Path {
+        &self.stdout
+    }
+
+    /// Stops it with SIGINT (it flushes its spans); its standard output and its log.
+    pub fn stop_with_output(mut self) -> (String, String) {
+        std::thread::sleep(Duration::from_millis(1500));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.stderr).unwrap();
+        assert!(status.success(), "tracer exited with {status}: {log}");
+        (std::fs::read_to_string(&self.stdout).unwrap(), log)
+    }
+
     /// Waits (at most 30 s) until the counter `name` in the tracer's latest stats line
     /// satisfies `ok`; returns its value.
     pub fn wait_logged(&self, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
@@ -119,24 +135,24 @@ impl Tracer {
     }
 
     /// Same, each span with the service name of its resource.
-    pub fn stop_with_resources(mut self) -> (Vec<(String, Vec<Value>)>, String) {
-        std::thread::sleep(Duration::from_millis(1500));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        let log = std::fs::read_to_string(&self.stderr).unwrap();
-        assert!(status.success(), "tracer exited with {status}: {log}");
-        let spans = std::fs::read_to_string(&self.stdout)
-            .unwrap()
+    pub fn stop_with_resources(self) -> (Vec<(String, Vec<Value>)>, String) {
+        let (stdout, log) = self.stop_with_output();
+        let spans = stdout
             .lines()
-            .map(|l| {
-                let rs: Value = serde_json::from_str(l).expect("one OTLP-JSON object per line");
-                let service = service_name(&rs);
-                let spans = rs["scopeSpans"][0]["spans"]
+            .flat_map(|l| {
+                let request: Value =
+                    serde_json::from_str(l).expect("one OTLP-JSON export request per line");
+                let resource_spans = request["resourceSpans"]
                     .as_array()
                     .cloned()
-                    .unwrap_or_default();
-                (service, spans)
+                    .expect("{\"resourceSpans\":[...]}");
+                resource_spans.into_iter().map(|rs| {
+                    let spans = rs["scopeSpans"][0]["spans"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    (service_name(&rs), spans)
+                })
             })
             .collect();
         (spans, log)

@@ -3,21 +3,24 @@
 //! clients franz-go and sarama, and librdkafka. Every record a producer reports delivered must
 //! be covered by a send span, and every record a consumer reports consumed by a poll span that
 //! hangs under its send span; the negotiated Produce and Fetch versions, codecs, headers and
-//! group protocols are those of the README's client table, each row checked here.
+//! group protocols are those of the README's client table, each row checked here. The spans
+//! go to a real Jaeger and are read back through its query API: by topic, by service, and by
+//! offset for single-record batches.
 
 use std::time::Duration;
 
 use tests::{
     BackgroundClient, Broker, TRACEPARENT, client,
-    receiver::{Receiver, hex},
+    jaeger::Jaeger,
+    receiver::{Received, hex},
     seen::{self, Seen, records},
     summary,
     tracer::{Tracer, free_port, logged, sample, scrape},
 };
 
-/// A tracer exporting to `receiver` over OTLP/HTTP, on the broker's port.
-fn tracer(broker: &Broker, name: &str, receiver: &Receiver) -> Tracer {
-    let endpoint = receiver.http_endpoint();
+/// A tracer exporting to `jaeger` over OTLP/HTTP, on the broker's port.
+fn tracer(broker: &Broker, name: &str, jaeger: &Jaeger) -> Tracer {
+    let endpoint = jaeger.otlp_http_endpoint();
     Tracer::start_with(
         broker.port,
         name,
@@ -26,9 +29,9 @@ fn tracer(broker: &Broker, name: &str, receiver: &Receiver) -> Tracer {
 }
 
 /// The same, with /metrics on a free port: the tracer and that address.
-fn tracer_with_metrics(broker: &Broker, name: &str, receiver: &Receiver) -> (Tracer, String) {
+fn tracer_with_metrics(broker: &Broker, name: &str, jaeger: &Jaeger) -> (Tracer, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
-    let endpoint = receiver.http_endpoint();
+    let endpoint = jaeger.otlp_http_endpoint();
     let tracer = Tracer::start_with(
         broker.port,
         name,
@@ -38,6 +41,12 @@ fn tracer_with_metrics(broker: &Broker, name: &str, receiver: &Receiver) -> (Tra
         ],
     );
     (tracer, metrics)
+}
+
+/// Every span a stopped tracer exported (its last stats line says how many), once Jaeger
+/// holds them all.
+fn settled(jaeger: &Jaeger, log: &str) -> Vec<Received> {
+    jaeger.settle(logged(log, "spans_exported"))
 }
 
 /// The client id each test client sends.
@@ -150,9 +159,9 @@ const RECORDS: usize = 6;
 /// row's Fetch version and group name.
 #[test]
 fn java_go_and_librdkafka_clients_are_traced_through_apache_kafka() {
-    let (_rt, receiver) = Receiver::in_background();
+    let jaeger = Jaeger::start().unwrap();
     let broker = Broker::apache().unwrap();
-    let tracer = tracer(&broker, "apache-clients", &receiver);
+    let tracer = tracer(&broker, "apache-clients", &jaeger);
     let bootstrap = broker.bootstrap();
     let mut runs = Vec::new();
     for (i, row) in ROWS.iter().enumerate() {
@@ -197,9 +206,10 @@ fn java_go_and_librdkafka_clients_are_traced_through_apache_kafka() {
         runs.push((i, topic, group, produced, consumed));
     }
     let (_, log) = tracer.stop_with_log();
+    settled(&jaeger, &log);
     for (i, topic, group, produced, consumed) in &runs {
         let row = &ROWS[*i];
-        let seen = Seen::of(&receiver, topic);
+        let seen = jaeger.seen(topic);
         let (producer, consumer) = (client_id(row.producer), client_id(row.consumer));
         let send = seen.sends_where(seen::client(&producer, false)).send;
         let poll = seen.polls_where(seen::client(&consumer, false)).poll;
@@ -267,10 +277,10 @@ fn java_go_and_librdkafka_clients_are_traced_through_apache_kafka() {
 /// carry those batches; a `read_uncommitted` consumer (franz-go) is, as it does consume them.
 #[test]
 fn aborted_transactions_are_never_reported_as_consumed() {
-    let (_rt, receiver) = Receiver::in_background();
+    let jaeger = Jaeger::start().unwrap();
     let broker = Broker::apache().unwrap();
     broker.create_topic("ak-txn", 1).unwrap();
-    let tracer = tracer(&broker, "apache-transactions", &receiver);
+    let tracer = tracer(&broker, "apache-transactions", &jaeger);
     let bootstrap = broker.bootstrap();
     let transact = |count: &str, abort: bool| {
         let mut args = vec![
@@ -329,7 +339,8 @@ fn aborted_transactions_are_never_reported_as_consumed() {
         .unwrap(),
     );
     let (_, log) = tracer.stop_with_log();
-    let seen = Seen::of(&receiver, "ak-txn");
+    let all = settled(&jaeger, &log);
+    let seen = jaeger.seen("ak-txn");
     let all_produced: Vec<(i64, i64)> = committed.iter().chain(&aborted).copied().collect();
     seen.summary("Apache Kafka transactions", &all_produced);
     let (java, franz) = (client_id("java"), client_id("franz"));
@@ -364,8 +375,7 @@ fn aborted_transactions_are_never_reported_as_consumed() {
     assert_eq!(everything.len(), all_produced.len());
     // Each transaction ends in a span saying how, with the transactional id its send spans
     // carry: two commits and one abort, the abort's id on the aborted records' send spans.
-    let ends: Vec<(String, String)> = receiver
-        .spans()
+    let ends: Vec<(String, String)> = all
         .iter()
         .filter(|r| r.span.name.ends_with(" transaction"))
         .map(|r| {
@@ -414,11 +424,11 @@ fn aborted_transactions_are_never_reported_as_consumed() {
 /// record, and a consumer of the output links to those.
 #[test]
 fn a_kafka_streams_application_is_traced_on_both_sides() {
-    let (_rt, receiver) = Receiver::in_background();
+    let jaeger = Jaeger::start().unwrap();
     let broker = Broker::apache().unwrap();
     broker.create_topic("ak-streams-in", 1).unwrap();
     broker.create_topic("ak-streams-out", 1).unwrap();
-    let tracer = tracer(&broker, "apache-streams", &receiver);
+    let tracer = tracer(&broker, "apache-streams", &jaeger);
     let input = records(
         &client(&[
             "produce",
@@ -465,8 +475,9 @@ fn a_kafka_streams_application_is_traced_on_both_sides() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let (_, log) = tracer.stop_with_log();
-    let inside = Seen::of(&receiver, "ak-streams-in");
-    let outside = Seen::of(&receiver, "ak-streams-out");
+    settled(&jaeger, &log);
+    let inside = jaeger.seen("ak-streams-in");
+    let outside = jaeger.seen("ak-streams-out");
     let app = client_id("java");
     let app_polls = inside.polls_where(seen::client(&app, true));
     let app_sends = outside.sends_where(seen::client(&app, true));
@@ -499,10 +510,10 @@ fn a_kafka_streams_application_is_traced_on_both_sides() {
 fn share_group_deliveries_and_acknowledgements_are_traced_and_counted() {
     const RECORDS: usize = 10;
     const RELEASED: usize = 3;
-    let (_rt, receiver) = Receiver::in_background();
+    let jaeger = Jaeger::start().unwrap();
     let broker = Broker::apache().unwrap();
     broker.create_topic("ak-share", 1).unwrap();
-    let (tracer, metrics) = tracer_with_metrics(&broker, "apache-share", &receiver);
+    let (tracer, metrics) = tracer_with_metrics(&broker, "apache-share", &jaeger);
     let produced = records(
         &client(&[
             "produce",
@@ -557,7 +568,8 @@ fn share_group_deliveries_and_acknowledgements_are_traced_and_counted() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (_, log) = tracer.stop_with_log();
-    let seen = Seen::of(&receiver, "ak-share");
+    settled(&jaeger, &log);
+    let seen = jaeger.seen("ak-share");
     let delivered: Vec<(i64, i64)> = records(&out);
     let polls = seen.polls_where(seen::client(&client_id("java"), false));
     let ack_total = |attr: &str| -> f64 {
@@ -638,10 +650,10 @@ fn share_group_deliveries_and_acknowledgements_are_traced_and_counted() {
 /// with no lag, the commits at the high watermarks, and an end-to-end latency per record.
 #[test]
 fn incremental_fetch_sessions_keep_spans_lag_and_latency_right() {
-    let (_rt, receiver) = Receiver::in_background();
+    let jaeger = Jaeger::start().unwrap();
     let broker = Broker::apache().unwrap();
     broker.create_topic("ak-sessions", 3).unwrap();
-    let (tracer, metrics) = tracer_with_metrics(&broker, "apache-sessions", &receiver);
+    let (tracer, metrics) = tracer_with_metrics(&broker, "apache-sessions", &jaeger);
     let bootstrap = broker.bootstrap();
     let consumer = BackgroundClient::start(&[
         "consume",
@@ -697,7 +709,8 @@ fn incremental_fetch_sessions_keep_spans_lag_and_latency_right() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (_, log) = tracer.stop_with_log();
-    let seen = Seen::of(&receiver, "ak-sessions");
+    settled(&jaeger, &log);
+    let seen = jaeger.seen("ak-sessions");
     let polls = seen.polls_where(seen::client(&client_id("java"), false));
     let latencies = sample(
         &body,

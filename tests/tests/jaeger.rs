@@ -1,7 +1,7 @@
 //! Traces where users look at them: the tracer exports to a real Jaeger v2 over OTLP (HTTP and
-//! gRPC), and the traces are found again through Jaeger's query API by service, with the
-//! producer's send span and the consumer's poll span in one trace, parent and child, under the
-//! trace context the producer's records carried.
+//! gRPC), and the traces are found again through Jaeger's HTTP query API by service (the
+//! README's `curl` query), with the producer's send span and the consumer's poll span in one
+//! trace, parent and child, under the trace context the producer's records carried.
 
 use std::time::{Duration, Instant};
 
@@ -27,15 +27,14 @@ fn linked_traces_are_found_in_jaeger() {
     let jaeger = Jaeger::start().unwrap();
     let broker = Broker::start().unwrap();
     let bootstrap = broker.bootstrap();
-    for (protocol, port) in [
-        ("http/protobuf", jaeger.otlp_http_port),
-        ("grpc", jaeger.otlp_grpc_port),
+    for (protocol, endpoint) in [
+        ("http/protobuf", jaeger.otlp_http_endpoint()),
+        ("grpc", jaeger.otlp_grpc_endpoint()),
     ] {
         let tag = protocol.replace('/', "-");
         let topic = format!("jaeger-{tag}");
         let (producer, consumer) = (format!("orders-{tag}"), format!("billing-{tag}"));
         broker.create_topic(&topic, 1).unwrap();
-        let endpoint = format!("http://127.0.0.1:{port}");
         let tracer = Tracer::start_with(
             broker.port,
             &format!("jaeger-{tag}"),
@@ -82,7 +81,9 @@ fn linked_traces_are_found_in_jaeger() {
         let poll_name = format!("poll {topic}");
         let deadline = Instant::now() + Duration::from_secs(30);
         let spans = loop {
-            let spans = jaeger.traces_of(&producer).unwrap();
+            let spans = jaeger
+                .http_traces(&jaeger.service_query(&producer))
+                .unwrap();
             let has = |name: &str| spans.iter().any(|(_, s)| s["name"] == name);
             if (has(&send_name) && has(&poll_name)) || Instant::now() > deadline {
                 break spans;
@@ -115,7 +116,9 @@ fn linked_traces_are_found_in_jaeger() {
             assert_eq!(text(s, "messaging.system"), Some("kafka"), "{s}");
         }
         // And by the consumer's service: the same trace.
-        let theirs = jaeger.traces_of(&consumer).unwrap();
+        let theirs = jaeger
+            .http_traces(&jaeger.service_query(&consumer))
+            .unwrap();
         assert!(
             theirs.iter().any(|(_, s)| s["spanId"] == send["spanId"]),
             "{theirs:?}"

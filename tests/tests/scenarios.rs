@@ -1,7 +1,8 @@
 //! End-to-end scenarios as a user meets them: the real `kafka-tracer` binary as its own
 //! process, a real broker (tansu), real clients (confluent-kafka / librdkafka and kafka-python),
-//! spans received by a real OTLP receiver over HTTP/protobuf (the OpenTelemetry default) and
-//! queried as in Jaeger. Each scenario ends with a one-line summary (also collected in
+//! spans exported over HTTP/protobuf (the OpenTelemetry default) to a real Jaeger and found
+//! again through its query API, by topic, service and offset (the outage scenario uses the
+//! test receiver, which it can stop and start). Each scenario ends with a one-line summary (also collected in
 //! target/e2e-summary.txt, which `cargo xtask test` prints).
 
 use std::{
@@ -12,24 +13,30 @@ use std::{
 use serde_json::Value;
 use tests::{
     BackgroundClient, Broker, client, consume, covered_offsets,
+    jaeger::Jaeger,
     receiver::Receiver,
     seen::{Seen, records as delivered},
     summary,
     tracer::{PeakRss, Tracer, free_port, logged, scrape},
 };
 
-/// What a scenario runs against: a runtime for the receiver, the receiver, and a broker with
-/// `topic` in `partitions` partitions.
-fn parts(topic: &str, partitions: u32) -> (tokio::runtime::Runtime, Receiver, Broker) {
-    let (rt, receiver) = Receiver::in_background();
+/// What a scenario runs against: Jaeger, and a broker with `topic` in `partitions` partitions.
+fn parts(topic: &str, partitions: u32) -> (Jaeger, Broker) {
+    let jaeger = Jaeger::start().unwrap();
     let broker = Broker::start().unwrap();
     broker.create_topic(topic, partitions).unwrap();
-    (rt, receiver, broker)
+    (jaeger, broker)
 }
 
-/// The tracer's environment for exporting to `receiver` with the default OTLP protocol.
-fn otlp(receiver: &Receiver) -> Vec<(&'static str, String)> {
-    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())]
+/// The tracer's environment for exporting to `jaeger` with the default OTLP protocol.
+fn otlp(jaeger: &Jaeger) -> Vec<(&'static str, String)> {
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_http_endpoint())]
+}
+
+/// The spans a stopped tracer exported (its last stats line says how many), once Jaeger
+/// holds them all.
+fn settled(jaeger: &Jaeger, log: &str) -> Vec<tests::receiver::Received> {
+    jaeger.settle(logged(log, "spans_exported"))
 }
 
 fn start_tracer(port: u16, name: &str, env: &[(&str, String)]) -> Tracer {
@@ -41,9 +48,9 @@ fn start_tracer(port: u16, name: &str, env: &[(&str, String)]) -> Tracer {
 /// send span covering its records, and each fetched batch a poll span under it.
 #[test]
 fn every_codec_is_traced_and_linked() {
-    let (_rt, receiver) = Receiver::in_background();
+    let jaeger = Jaeger::start().unwrap();
     let broker = Broker::start().unwrap();
-    let tracer = start_tracer(broker.port, "codecs", &otlp(&receiver));
+    let tracer = start_tracer(broker.port, "codecs", &otlp(&jaeger));
     let mut produced = Vec::new();
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         let topic = format!("codec-{codec}");
@@ -67,8 +74,9 @@ fn every_codec_is_traced_and_linked() {
         produced.push((codec, topic, mine, consumed));
     }
     let (_, log) = tracer.stop_with_log();
+    settled(&jaeger, &log);
     for (codec, topic, mine, consumed) in &produced {
-        let seen = Seen::of(&receiver, topic);
+        let seen = jaeger.seen(topic);
         seen.summary(&format!("codec {codec}"), mine);
         assert_eq!(seen.send.len(), 2, "one batch per client ({codec}): {log}");
         assert_eq!(seen.lost(mine), 0, "{codec}");
@@ -94,9 +102,9 @@ fn every_codec_is_traced_and_linked() {
 /// the group's name, and /metrics shows its lag and commits per partition.
 #[test]
 fn consumer_groups_are_named_and_their_lag_measured() {
-    let (_rt, receiver, broker) = parts("groups", 3);
+    let (jaeger, broker) = parts("groups", 3);
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut env = otlp(&receiver);
+    let mut env = otlp(&jaeger);
     env.push(("KAFKA_TRACER_METRICS_ADDR", metrics.clone()));
     let tracer = start_tracer(broker.port, "groups", &env);
     let produced = delivered(
@@ -140,7 +148,8 @@ fn consumer_groups_are_named_and_their_lag_measured() {
         body = scrape(&metrics);
     }
     let (_, log) = tracer.stop_with_log();
-    let seen = Seen::of(&receiver, "groups");
+    settled(&jaeger, &log);
+    let seen = jaeger.seen("groups");
     seen.summary("consumer group", &produced);
     assert_eq!(seen.lost(&produced), 0);
     assert_eq!(consumed.len(), 30);
@@ -173,8 +182,8 @@ fn consumer_groups_are_named_and_their_lag_measured() {
 /// one connection. Every record is covered by a send span, every poll span is linked.
 #[test]
 fn partitions_and_pipelined_requests_are_all_traced() {
-    let (_rt, receiver, broker) = parts("pipelined", 3);
-    let tracer = start_tracer(broker.port, "pipelined", &otlp(&receiver));
+    let (jaeger, broker) = parts("pipelined", 3);
+    let tracer = start_tracer(broker.port, "pipelined", &otlp(&jaeger));
     let produced = delivered(
         &client(&[
             "produce",
@@ -208,7 +217,8 @@ fn partitions_and_pipelined_requests_are_all_traced() {
         .unwrap(),
     );
     let (_, log) = tracer.stop_with_log();
-    let seen = Seen::of(&receiver, "pipelined");
+    settled(&jaeger, &log);
+    let seen = jaeger.seen("pipelined");
     seen.summary("partitions and pipelining", &produced);
     // Requests in flight together: send spans of one process that overlap in time without
     // being the same request.
@@ -249,7 +259,7 @@ fn partitions_and_pipelined_requests_are_all_traced() {
 /// asks the broker), and links what it sees.
 #[test]
 fn clients_started_before_the_tracer_are_traced_from_attach() {
-    let (_rt, receiver, broker) = parts("early", 1);
+    let (jaeger, broker) = parts("early", 1);
     let consumer = BackgroundClient::start(&[
         "consume",
         "confluent",
@@ -279,7 +289,7 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
     .unwrap();
     // Both clients connected (each keeps a connection to the broker) before the tracer starts.
     broker.wait_for_clients(2, Duration::from_secs(20)).unwrap();
-    let tracer = start_tracer(broker.port, "early", &otlp(&receiver));
+    let tracer = start_tracer(broker.port, "early", &otlp(&jaeger));
     let attached = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -300,7 +310,8 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
     };
     consumer.finish().unwrap();
     let (_, log) = tracer.stop_with_log();
-    let seen = Seen::of(&receiver, "early");
+    let all = settled(&jaeger, &log);
+    let seen = jaeger.seen("early");
     // Records delivered a second after attach were produced while the tracer was watching.
     let after: Vec<(i64, i64)> = produced
         .iter()
@@ -325,8 +336,7 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
         unlinked <= polled_before,
         "{unlinked} unlinked, {polled_before} polled before"
     );
-    let misnamed: Vec<(String, Option<String>)> = receiver
-        .spans()
+    let misnamed: Vec<(String, Option<String>)> = all
         .iter()
         .filter(|r| r.attr("messaging.destination.name").as_deref() != Some("early"))
         .map(|r| (r.span.name.clone(), r.attr("messaging.destination.name")))
@@ -341,8 +351,8 @@ fn clients_started_before_the_tracer_are_traced_from_attach() {
 /// tracing the new connections, and nothing crashes.
 #[test]
 fn a_broker_restart_is_survived() {
-    let (_rt, receiver, mut broker) = parts("restart", 1);
-    let tracer = start_tracer(broker.port, "restart", &otlp(&receiver));
+    let (jaeger, mut broker) = parts("restart", 1);
+    let tracer = start_tracer(broker.port, "restart", &otlp(&jaeger));
     let producer = BackgroundClient::start(&[
         "produce",
         "confluent",
@@ -380,7 +390,8 @@ fn a_broker_restart_is_survived() {
     let consumed =
         delivered(&consume(&broker.bootstrap(), "restart", &after.len().to_string()).unwrap());
     let (_, log) = tracer.stop_with_log();
-    let seen = Seen::of(&receiver, "restart");
+    settled(&jaeger, &log);
+    let seen = jaeger.seen("restart");
     let before = seen
         .send
         .iter()
@@ -416,9 +427,11 @@ const OUTAGE: Duration = Duration::from_secs(60);
 /// and delivers again afterwards; every span is delivered, failed or dropped, none unaccounted.
 #[test]
 fn an_otlp_receiver_outage_is_counted_and_export_resumes() {
-    let (rt, receiver, broker) = parts("outage", 1);
+    let (rt, receiver) = Receiver::in_background();
+    let broker = Broker::start().unwrap();
+    broker.create_topic("outage", 1).unwrap();
     let ports = (receiver.port, receiver.http_port);
-    let mut env = otlp(&receiver);
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())];
     env.push(("OTEL_EXPORTER_OTLP_TIMEOUT", "1000".into()));
     let tracer = start_tracer(broker.port, "outage", &env);
     let pid = tracer.child.id();

@@ -1,12 +1,15 @@
 //! The `kafka-tracer` binary run as a user runs it, against a real broker (tansu) and real
-//! clients (confluent-kafka): the spans it writes (OTLP-JSON on standard output) link the
-//! producer and the consumer, also when two separately started tracers each see one side.
+//! clients (confluent-kafka): the spans it writes (OTLP-JSON on standard output, or exported
+//! to Jaeger and to the test receiver) link the producer and the consumer, also when two
+//! separately started tracers each see one side.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Broker, client, consume, produce_and_consume,
+    Broker, client, consume,
+    jaeger::Jaeger,
+    produce_and_consume,
     tracer::{PeakRss, Tracer, attr, logged, named, rss_kib},
 };
 
@@ -43,13 +46,108 @@ fn producer_and_consumer_spans_join_the_header_trace() {
     }
 }
 
+/// The console output is the OpenTelemetry file format: the Collector's own reader of OTLP-JSON
+/// (pdata's unmarshaler, which its `otlpjsonfile` receiver uses) decodes every line and finds
+/// every span the tracer wrote, under its process's service.
+#[test]
+fn console_output_is_read_by_the_collectors_otlp_json_reader() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-jsonfile", 1).unwrap();
+    let tracer = Tracer::start(broker.port, "jsonfile");
+    produce_and_consume(&broker.bootstrap(), "e2e-jsonfile", "3", "gzip").unwrap();
+    let file = tracer.stdout_file().to_path_buf();
+    let (spans, log) = tracer.stop_with_log();
+    let reader = tests::broker::installed("KAFKA_TRACER_GO_CLIENT").unwrap();
+    let out = std::process::Command::new(reader)
+        .arg("otlpjson")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Collector's reader refused the console output: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = read["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    tests::summary(&format!(
+        "e2e console as an OTLP-JSON file: {} lines, {} spans read by the Collector's reader",
+        read["lines"], read["spans"]
+    ));
+    assert_eq!(read["spans"].as_u64(), Some(spans.len() as u64), "{read}");
+    assert_eq!(
+        logged(&log, "spans_exported"),
+        spans.len() as u64,
+        "every exported span is in the file: {log}"
+    );
+    for name in ["send e2e-jsonfile", "poll e2e-jsonfile"] {
+        assert!(names.contains(&name), "{name}: {read}");
+    }
+    assert!(
+        read["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.as_str().is_some_and(|s| !s.is_empty())),
+        "{read}"
+    );
+}
+
+/// `--console-format pretty`: a line per span that says what, which records, who, and the
+/// ids to find the trace by.
+#[test]
+fn the_pretty_console_shows_a_line_per_span() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-pretty", 1).unwrap();
+    let tracer = Tracer::start_with(
+        broker.port,
+        "pretty",
+        &[("KAFKA_TRACER_CONSOLE_FORMAT", "pretty")],
+    );
+    produce_and_consume(&broker.bootstrap(), "e2e-pretty", "3", "none").unwrap();
+    let (text, log) = tracer.stop_with_output();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len() as u64,
+        logged(&log, "spans_exported"),
+        "a line per span: {text}"
+    );
+    let send = lines
+        .iter()
+        .find(|l| l.contains(" send e2e-pretty ["))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        send.contains("] partition 0 offsets 0-2 (3 records), ")
+            && send.contains(" ms, trace 0af7651916cd43dd8448eb211c80319c span ")
+            && send.ends_with(" parent b7ad6b7169203331"),
+        "{send}"
+    );
+    let poll = lines
+        .iter()
+        .find(|l| l.contains(" poll e2e-pretty ["))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        poll.contains(" trace 0af7651916cd43dd8448eb211c80319c "),
+        "{poll}"
+    );
+}
+
 /// No headers, and two tracer processes that never talk, one seeing only the producer and the
-/// other only the consumer, as on two nodes: the ids still match.
+/// other only the consumer, as on two nodes, both exporting to one Jaeger: the ids still
+/// match, and Jaeger shows one trace with the consumer's span under the producer's.
 #[test]
 fn two_tracers_link_records_without_headers() {
+    let jaeger = Jaeger::start().unwrap();
+    let endpoint = jaeger.otlp_http_endpoint();
+    let otlp = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
     let broker = Broker::start().unwrap();
     broker.create_topic("e2e-plain", 1).unwrap();
-    let a = Tracer::start(broker.port, "node-a");
+    let a = Tracer::start_with(broker.port, "node-a", &otlp);
     client(&[
         "produce",
         "confluent",
@@ -61,32 +159,35 @@ fn two_tracers_link_records_without_headers() {
         "0",
     ])
     .unwrap();
-    let a_spans = a.stop();
-    let b = Tracer::start(broker.port, "node-b");
+    let (_, a_log) = a.stop_with_log();
+    let b = Tracer::start_with(broker.port, "node-b", &otlp);
     consume(&broker.bootstrap(), "e2e-plain", "4").unwrap();
-    let b_spans = b.stop();
-    let send = named(&a_spans, "send e2e-plain");
-    let poll = named(&b_spans, "poll e2e-plain");
-    assert_eq!(send.len(), 1, "{a_spans:#?}");
-    assert!(
-        named(&a_spans, "poll e2e-plain").is_empty(),
-        "node a saw no consumer"
+    let (_, b_log) = b.stop_with_log();
+    let (a_spans, b_spans) = (
+        logged(&a_log, "producer_spans") + logged(&a_log, "consumer_spans"),
+        logged(&b_log, "producer_spans") + logged(&b_log, "consumer_spans"),
     );
-    assert!(
-        !poll.is_empty() && named(&b_spans, "send e2e-plain").is_empty(),
-        "{b_spans:#?}"
+    assert_eq!(
+        (
+            logged(&a_log, "consumer_spans"),
+            logged(&b_log, "producer_spans")
+        ),
+        (0, 0),
+        "node a saw no consumer, node b no producer"
     );
-    assert!(
-        send[0].get("parentSpanId").is_none(),
-        "no header: a root span"
-    );
-    for c in poll {
+    jaeger.settle(logged(&a_log, "spans_exported") + logged(&b_log, "spans_exported"));
+    let seen = jaeger.seen("e2e-plain");
+    assert_eq!(seen.send.len(), 1, "{a_spans} spans on node a: {a_log}");
+    assert!(!seen.poll.is_empty(), "{b_spans} spans on node b: {b_log}");
+    let send = &seen.send[0].span;
+    assert!(send.parent_span_id.is_empty(), "no header: a root span");
+    for c in &seen.poll {
         assert_eq!(
-            c["traceId"], send[0]["traceId"],
+            c.span.trace_id, send.trace_id,
             "same derived trace on both nodes"
         );
         assert_eq!(
-            c["parentSpanId"], send[0]["spanId"],
+            c.span.parent_span_id, send.span_id,
             "consumer under the producer span"
         );
     }

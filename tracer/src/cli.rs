@@ -8,7 +8,8 @@ use clap::{ArgAction, Parser};
 use crate::{
     capture::{CaptureConfig, CaptureMode},
     export::{
-        Exporter, ResourceConfig, Sampler, ServiceRule, TracesConfig,
+        ConsoleFormat, Exporter, ResourceConfig, Sampler, ServiceRule, SettingFile, TlsFiles,
+        TracesConfig,
         otlp::{self, OtlpConfig},
         parse_key_values,
     },
@@ -116,11 +117,17 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_RECORD_KEY_SECRET", hide_env_values = true)]
     pub record_key_secret: Option<String>,
 
-    /// Where spans go: `otlp` (to the OTLP endpoint below), `console` (OTLP-JSON
-    /// `ResourceSpans`, one per line, on standard output) or `none`. Default: `otlp` when an
-    /// OTLP endpoint is configured, else `console`.
+    /// Where spans go: `otlp` (to the OTLP endpoint below), `console` (standard output, see
+    /// --console-format) or `none`. Default: `otlp` when an OTLP endpoint is configured, else
+    /// `console`.
     #[arg(long, env = "OTEL_TRACES_EXPORTER")]
     pub traces_exporter: Option<String>,
+
+    /// The console's form: `json` (one OTLP-JSON export request per line, the OpenTelemetry
+    /// file format that the Collector's otlpjsonfile receiver reads) or `pretty` (a line per
+    /// span, for reading).
+    #[arg(long, env = "KAFKA_TRACER_CONSOLE_FORMAT", value_enum, default_value_t = ConsoleFormat::Json)]
+    pub console_format: ConsoleFormat,
 
     /// OTLP receiver, e.g. http://otel-collector:4318 for HTTP or :4317 for gRPC (Jaeger
     /// all-in-one listens on both). HTTP exporters append /v1/traces to it.
@@ -150,6 +157,32 @@ pub struct Args {
     /// Headers sent with every export, `key=value,key2=value2` (e.g. an API key).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", default_value = "")]
     pub otlp_headers: String,
+
+    /// PEM file of the CA certificates that sign the OTLP server's certificate (https://
+    /// endpoints), instead of the system's roots.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otlp_certificate: Option<PathBuf>,
+
+    /// The same, for traces only (overrides --otlp-certificate).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")]
+    pub otlp_traces_certificate: Option<PathBuf>,
+
+    /// PEM file of the client certificate (chain) for mutual TLS with the OTLP server; needs
+    /// --otlp-client-key.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")]
+    pub otlp_client_certificate: Option<PathBuf>,
+
+    /// The same, for traces only (overrides --otlp-client-certificate).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE")]
+    pub otlp_traces_client_certificate: Option<PathBuf>,
+
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_KEY")]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// The same, for traces only (overrides --otlp-client-key).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY")]
+    pub otlp_traces_client_key: Option<PathBuf>,
 
     /// Milliseconds an export may take before it is given up (and its spans counted as dropped).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000)]
@@ -339,19 +372,27 @@ impl Args {
                         "unsupported OTEL_EXPORTER_OTLP_COMPRESSION {other:?}: use gzip or none"
                     ),
                 };
+                let url = protocol.traces_url(
+                    self.otlp_endpoint.as_deref(),
+                    self.otlp_traces_endpoint.as_deref(),
+                );
+                let tls = self.otlp_tls()?;
+                if tls.is_set() && !url.starts_with("https:") {
+                    tracing::warn!(
+                        "the OTLP certificate settings are not used: the endpoint is not https://"
+                    );
+                }
                 Exporter::Otlp(OtlpConfig {
                     protocol,
-                    url: protocol.traces_url(
-                        self.otlp_endpoint.as_deref(),
-                        self.otlp_traces_endpoint.as_deref(),
-                    ),
+                    url,
                     headers: parse_key_values(&self.otlp_headers),
                     timeout: Duration::from_millis(self.otlp_timeout_ms.max(1)),
                     gzip,
+                    tls,
                     clock_offset_ns: 0,
                 })
             }
-            "console" | "stdout" | "logging" => Exporter::Console,
+            "console" | "stdout" | "logging" => Exporter::Console(self.console_format),
             "none" => Exporter::None,
             other => anyhow::bail!(
                 "unsupported OTEL_TRACES_EXPORTER / --traces-exporter {other:?}: use otlp, console or none"
@@ -371,6 +412,55 @@ impl Args {
             },
             queue: self.export_queue,
         })
+    }
+
+    /// The OTLP exporter's TLS files, each named with the setting it came from (the
+    /// traces-only one when set). A client certificate needs its key, and the other way round.
+    fn otlp_tls(&self) -> anyhow::Result<TlsFiles> {
+        let pick = |traces: &Option<PathBuf>, traces_name, generic: &Option<PathBuf>, name| match (
+            traces, generic,
+        ) {
+            (Some(path), _) => Some(SettingFile {
+                path: path.clone(),
+                setting: traces_name,
+            }),
+            (None, Some(path)) => Some(SettingFile {
+                path: path.clone(),
+                setting: name,
+            }),
+            (None, None) => None,
+        };
+        let ca = pick(
+            &self.otlp_traces_certificate,
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            &self.otlp_certificate,
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        );
+        let cert = pick(
+            &self.otlp_traces_client_certificate,
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            &self.otlp_client_certificate,
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        );
+        let key = pick(
+            &self.otlp_traces_client_key,
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            &self.otlp_client_key,
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        );
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(c), None) => anyhow::bail!(
+                "{} is set without OTEL_EXPORTER_OTLP_CLIENT_KEY: mutual TLS needs the certificate's private key too",
+                c.setting
+            ),
+            (None, Some(k)) => anyhow::bail!(
+                "{} is set without OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: mutual TLS needs the certificate too",
+                k.setting
+            ),
+        };
+        Ok(TlsFiles { ca, client })
     }
 
     pub fn pipeline_config(&self) -> PipelineConfig {

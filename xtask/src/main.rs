@@ -43,10 +43,17 @@ enum Cmd {
         /// print the linked traces (about 15 s).
         #[arg(long, conflicts_with = "args")]
         demo: bool,
+        /// With --demo: also start Jaeger on its usual ports, export to it, print each trace's
+        /// URL in its query API, and keep it up until Ctrl-C.
+        #[arg(long, requires = "demo")]
+        jaeger: bool,
         /// Arguments for kafka-tracer (see `cargo xtask run -- --help`).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the pinned Jaeger v2 on its usual ports (OTLP 4317 and 4318, query API 16686)
+    /// until Ctrl-C, to send the tracer's spans to without a container engine.
+    Jaeger,
     /// Fuzz every decoder target (cargo-fuzz, libFuzzer), the session target seeded from the
     /// recorded real traffic.
     Fuzz {
@@ -114,10 +121,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Run { demo: true, .. } => {
+        Cmd::Run {
+            demo: true, jaeger, ..
+        } => {
             setup::all(&root)?;
-            tests_binary(&root, "demo", &[])
+            let args = if jaeger {
+                vec!["--jaeger".to_string()]
+            } else {
+                Vec::new()
+            };
+            tests_binary(&root, "demo", &args)
         }
+        Cmd::Jaeger => tests_binary(&root, "jaeger", &[]),
         Cmd::Run { args, .. } => {
             setup::all(&root)?;
             cargo(&root, &["build", "--release", "--package", "tracer"])?;

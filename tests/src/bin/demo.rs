@@ -3,18 +3,33 @@
 //! libraries, unchanged: a Java producer puts a W3C `traceparent` on its records as an
 //! instrumented service would, a Go producer (sarama) sends none, and a Go consumer group
 //! (franz-go) reads both), then prints the traces the tracer built from the kernel's view of
-//! their sockets, as trees. With OTEL_EXPORTER_OTLP_ENDPOINT set, the spans go there instead
-//! (Jaeger, a collector) and the demo says where to look.
+//! their sockets, as trees. With `--jaeger` it also starts Jaeger on its usual ports, exports
+//! there, prints each trace as Jaeger's query API gives it back with the URLs that find it, and
+//! keeps Jaeger up until Ctrl-C. With OTEL_EXPORTER_OTLP_ENDPOINT set (and no `--jaeger`), the
+//! spans go there instead (a Jaeger or collector of the user's) and the demo says where to
+//! look.
 
-use std::{collections::BTreeMap, process::ExitCode};
+use std::{
+    collections::{BTreeMap, HashSet},
+    process::ExitCode,
+};
 
+use anyhow::Context as _;
 use serde_json::Value;
-use tests::{Broker, client_env, tracer::Tracer};
+use tests::{
+    Broker, Interrupts, client_env,
+    jaeger::{Jaeger, Ports},
+    tracer::{Tracer, logged},
+};
+
+/// The services the demo's clients call themselves.
+const SERVICES: [&str; 3] = ["checkout", "inventory", "shipping"];
 
 const TOPIC: &str = "demo-orders";
 
 fn main() -> ExitCode {
-    match run() {
+    let with_jaeger = std::env::args().skip(1).any(|a| a == "--jaeger");
+    match run(with_jaeger) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo: error: {e:#}");
@@ -34,21 +49,33 @@ fn traceparent() -> String {
     format!("00-{}-{}-01", &hex[..32], &hex[32..48])
 }
 
-fn run() -> anyhow::Result<()> {
+fn run(with_jaeger: bool) -> anyhow::Result<()> {
+    let jaeger = if with_jaeger {
+        eprintln!("demo: starting Jaeger");
+        Some(Jaeger::start_with(Ports::USUAL, None).context(
+            "starting Jaeger on its usual ports (4317, 4318, 16685, 16686): if one already runs there, use it instead: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 cargo xtask run --demo",
+        )?)
+    } else {
+        None
+    };
     eprintln!("demo: starting Apache Kafka (about 10 s)");
     let broker = Broker::apache()?;
     broker.create_topic(TOPIC, 2)?;
     eprintln!("demo: Apache Kafka on {}", broker.bootstrap());
-    // Where spans go: the user's OTLP settings when there are some, else the terminal.
-    let otel: Vec<(&str, String)> = [
-        "OTEL_TRACES_EXPORTER",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ]
-    .into_iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| (k, v)))
-    .collect();
+    // Where spans go: the demo's Jaeger, the user's OTLP settings when there are some, else
+    // the terminal.
+    let otel: Vec<(&str, String)> = match &jaeger {
+        Some(j) => vec![("OTEL_EXPORTER_OTLP_ENDPOINT", j.otlp_http_endpoint())],
+        None => [
+            "OTEL_TRACES_EXPORTER",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k, v)))
+        .collect(),
+    };
     let env: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let tracer = Tracer::start_with(broker.port, "demo", &env);
     eprintln!("demo: kafka-tracer attached; running the clients (about 15 s)");
@@ -97,6 +124,9 @@ fn run() -> anyhow::Result<()> {
         ],
     )?;
     let (resource_spans, log) = tracer.stop_with_resources();
+    if let Some(jaeger) = &jaeger {
+        return show_in_jaeger(jaeger, &log, &tp);
+    }
     let spans: Vec<(String, Value)> = resource_spans
         .into_iter()
         .flat_map(|(service, spans)| spans.into_iter().map(move |s| (service.clone(), s)))
@@ -109,25 +139,73 @@ fn run() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let linked = print_traces(&spans);
+    let linked = print_traces(&spans, |_| ());
     anyhow::ensure!(
         linked > 0,
         "no producer span with a consumer span under it; the tracer's log:\n{log}"
     );
     println!(
-        "{linked} traces link a producer to its consumer. Trace {} is the one `checkout` (Java) \
-         started in its records' `traceparent` header; the other trace id was derived from the \
-         batch's (topic, partition, offset): `inventory` (Go, sarama) sent no header at all. \
-         `shipping` is a Go consumer group (franz-go). No client was changed; the tracer saw \
-         their sockets from the kernel.",
-        &tp[3..35]
+        "{linked} traces link a producer to its consumer. {}",
+        explained(&tp)
     );
     Ok(())
 }
 
-/// Prints each trace as a tree of `name (service, details, duration)`; returns how many hold
-/// a consumer span under a producer span.
-fn print_traces(spans: &[(String, Value)]) -> usize {
+/// What the traces show.
+fn explained(tp: &str) -> String {
+    format!(
+        "Trace {} is the one `checkout` (Java) started in its records' `traceparent` header; the \
+         other trace id was derived from the batch's (topic, partition, offset): `inventory` \
+         (Go, sarama) sent no header at all. `shipping` is a Go consumer group (franz-go). No \
+         client was changed; the tracer saw their sockets from the kernel.",
+        &tp[3..35]
+    )
+}
+
+/// The traces as Jaeger's HTTP query API gives them back, found by each service, with the URL
+/// of each trace and the queries that find them; then Jaeger stays up until Ctrl-C.
+fn show_in_jaeger(jaeger: &Jaeger, log: &str, tp: &str) -> anyhow::Result<()> {
+    jaeger.settle(logged(log, "spans_exported"));
+    let mut spans = Vec::new();
+    let mut seen = HashSet::new();
+    for service in SERVICES {
+        for (s, span) in jaeger.http_traces(&jaeger.service_query(service))? {
+            if seen.insert(span["spanId"].as_str().unwrap_or_default().to_string()) {
+                spans.push((s, span));
+            }
+        }
+    }
+    let base = jaeger.query_url();
+    let linked = print_traces(&spans, |trace| {
+        println!("    {base}/api/v3/traces/{trace}");
+    });
+    anyhow::ensure!(
+        linked > 0,
+        "Jaeger shows no producer span with a consumer span under it; the tracer's log:\n{log}"
+    );
+    println!(
+        "{linked} traces link a producer to its consumer, found in Jaeger. {}",
+        explained(tp)
+    );
+    println!(
+        "\nEach URL above is one trace from Jaeger's query API. The queries that find them by service:"
+    );
+    for service in SERVICES {
+        println!("    {base}{}", jaeger.service_query(service));
+    }
+    let interrupts = Interrupts::block();
+    println!(
+        "Jaeger keeps them, with OTLP on {} and {}, until you press Ctrl-C.",
+        jaeger.otlp_grpc_endpoint(),
+        jaeger.otlp_http_endpoint()
+    );
+    interrupts.wait();
+    Ok(())
+}
+
+/// Prints each trace as a tree of `name (service, details, duration)`, then `after(trace id)`;
+/// returns how many hold a consumer span under a producer span.
+fn print_traces(spans: &[(String, Value)], after: impl Fn(&str)) -> usize {
     let mut traces: BTreeMap<&str, Vec<&(String, Value)>> = BTreeMap::new();
     for s in spans {
         traces
@@ -192,6 +270,7 @@ fn print_traces(spans: &[(String, Value)]) -> usize {
             }
         }
         linked += usize::from(has_child);
+        after(trace);
         println!();
     }
     linked

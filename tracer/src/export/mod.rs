@@ -1,17 +1,21 @@
 //! Everything after a span is built: the sampler (`sampling`), the resource of each traced
 //! process (`resource`, `k8s`), a bounded queue that drops the oldest spans (counted) rather
-//! than blocking capture or growing, and the sinks (`traces`): the console, which writes the
-//! OTLP-JSON encoding (the protobuf JSON mapping of `ResourceSpans`) one object per line, and
-//! `otlp`, which sends the same to an OTLP receiver.
+//! than blocking capture or growing, and the sinks (`traces`): the console (`console`: the
+//! OTLP-JSON file format, one export request per line, or a line per span for a person), and
+//! `otlp`, which sends the spans to an OTLP receiver, over TLS when asked (`tls`).
 
+mod console;
 mod k8s;
 pub mod otlp;
 mod resource;
 mod sampling;
+mod tls;
 mod traces;
 
+pub use console::ConsoleFormat;
 pub use resource::{Resource, ResourceConfig, Resources, ServiceRule, parse_key_values};
 pub use sampling::{Sampler, SamplerConfigError};
+pub use tls::{SettingFile, TlsFiles};
 pub use traces::{Exporter, Traces, TracesConfig};
 
 use std::{collections::VecDeque, fmt::Write as _, sync::Arc};
@@ -114,35 +118,35 @@ pub fn by_resource(batch: &[(Arc<Resource>, Span)]) -> Vec<(&Arc<Resource>, Vec<
     groups
 }
 
-/// One OTLP-JSON `ResourceSpans` object per resource in `batch`, separated by `sep`: lines
-/// for the console, array elements for OTLP/HTTP-JSON. `clock_offset_ns` turns the kernel's
-/// CLOCK_MONOTONIC times into Unix times.
-pub fn otlp_json(
-    out: &mut String,
-    batch: &[(Arc<Resource>, Span)],
-    clock_offset_ns: i64,
-    sep: &str,
-) {
+/// A batch as one OTLP-JSON `ExportTraceServiceRequest` (`{"resourceSpans":[...]}`, a
+/// `ResourceSpans` per resource): the body of an OTLP/HTTP-JSON export, and a line of the
+/// console output, the OpenTelemetry file exporter's format that the Collector's
+/// `otlpjsonfile` receiver reads. `clock_offset_ns` turns the kernel's CLOCK_MONOTONIC times
+/// into Unix times.
+pub fn otlp_json_request(batch: &[(Arc<Resource>, Span)], clock_offset_ns: i64) -> String {
+    let mut out = String::from("{\"resourceSpans\":[");
     for (i, (resource, spans)) in by_resource(batch).into_iter().enumerate() {
         if i > 0 {
-            out.push_str(sep);
+            out.push(',');
         }
         out.push_str("{\"resource\":{\"attributes\":");
         json_attributes(
-            out,
+            &mut out,
             resource.attributes.iter().map(|(k, v)| (k.as_str(), v)),
         );
         out.push_str("},\"scopeSpans\":[{\"scope\":{\"name\":\"kafka-tracer\",\"version\":");
-        json_str(out, env!("CARGO_PKG_VERSION"));
+        json_str(&mut out, env!("CARGO_PKG_VERSION"));
         out.push_str("},\"spans\":[");
         for (i, s) in spans.into_iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            span_json(out, s, clock_offset_ns);
+            span_json(&mut out, s, clock_offset_ns);
         }
         out.push_str("]}]}");
     }
+    out.push_str("]}");
+    out
 }
 
 fn span_json(out: &mut String, s: &Span, clock_offset_ns: i64) {
@@ -247,19 +251,21 @@ mod tests {
         let r = Arc::new(Resource {
             attributes: vec![("service.name".into(), "shop".into())],
         });
-        let mut line = String::new();
-        otlp_json(
-            &mut line,
+        let line = otlp_json_request(
             &[
                 (r.clone(), span(SpanKind::Producer, None)),
                 (r, span(SpanKind::Consumer, Some(3))),
             ],
             1_700_000_000_000_000_000,
-            "\n",
         );
-        assert_eq!(line.lines().count(), 1, "one object per resource");
+        assert_eq!(line.lines().count(), 1, "one line");
+        assert_eq!(
+            line.matches(r#"{"resource":"#).count(),
+            1,
+            "one object per resource"
+        );
         for needle in [
-            r#"{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]}"#,
+            r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]}"#,
             r#""traceId":"01010101010101010101010101010101","spanId":"0202020202020202","parentSpanId":"0303030303030303""#,
             r#""traceState":"a=\"b\"""#,
             r#""kind":4,"startTimeUnixNano":"1700000000000001000","endTimeUnixNano":"1700000000000002000""#,

@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::{
     },
 };
 
-use super::{Resource, by_resource, otlp_json};
+use super::{Resource, by_resource, otlp_json_request, tls::TlsFiles};
 use crate::{
     kafka::error_name,
     spans::{Span, Value},
@@ -73,6 +73,8 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub gzip: bool,
+    /// CA and client certificate for `https://` URLs.
+    pub tls: TlsFiles,
     /// Turns the kernel's CLOCK_MONOTONIC times into Unix times.
     pub clock_offset_ns: i64,
 }
@@ -188,6 +190,9 @@ struct Failure {
     transient: bool,
 }
 
+/// The connector of both transports: TCP, and TLS for `https://` URLs.
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
 /// One connection to the backend, by transport.
 #[expect(clippy::large_enum_variant, reason = "a single instance per process")]
 enum Transport {
@@ -196,55 +201,97 @@ enum Transport {
         headers: tonic::metadata::MetadataMap,
     },
     Http {
-        client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            http_body_util::Full<bytes::Bytes>,
-        >,
+        client: hyper_util::client::legacy::Client<Connector, http_body_util::Full<bytes::Bytes>>,
         uri: hyper::Uri,
         headers: hyper::HeaderMap,
         json: bool,
     },
 }
 
+/// Checks the settings that cannot change while the tracer runs (the URL and the headers):
+/// the tracer refuses to start without them right.
+pub fn check(cfg: &OtlpConfig) -> anyhow::Result<()> {
+    uri(cfg)?;
+    headers(cfg).map(drop)
+}
+
+/// The endpoint as a URI with a host, `http` or `https`.
+fn uri(cfg: &OtlpConfig) -> anyhow::Result<hyper::Uri> {
+    let bad_url = || {
+        format!(
+            "invalid OTLP endpoint {:?} (OTEL_EXPORTER_OTLP_ENDPOINT): use a URL such as http://collector:{} or https://collector:{0}",
+            redacted(&cfg.url),
+            if cfg.protocol == Protocol::Grpc {
+                4317
+            } else {
+                4318
+            }
+        )
+    };
+    let uri: hyper::Uri = cfg.url.parse().with_context(bad_url)?;
+    anyhow::ensure!(
+        uri.host().is_some() && matches!(uri.scheme_str(), Some("http" | "https")),
+        "{}",
+        bad_url()
+    );
+    Ok(uri)
+}
+
+/// The configured headers, in one map for both transports (gRPC metadata is HTTP/2 headers).
+fn headers(cfg: &OtlpConfig) -> anyhow::Result<hyper::HeaderMap> {
+    let mut headers = hyper::HeaderMap::new();
+    for (k, v) in &cfg.headers {
+        let bad = || {
+            format!("invalid header {k:?} in OTEL_EXPORTER_OTLP_HEADERS: use key=value,key2=value2")
+        };
+        headers.insert(
+            hyper::header::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .with_context(bad)?,
+            hyper::header::HeaderValue::from_str(v).with_context(bad)?,
+        );
+    }
+    Ok(headers)
+}
+
+/// TCP with the export timeout, and TLS (ALPN `h2` for gRPC) when the URL says `https`; the
+/// TLS files are read here.
+fn connector(cfg: &OtlpConfig, https: bool) -> anyhow::Result<Connector> {
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(cfg.timeout));
+    let tls = if https {
+        Arc::unwrap_or_clone(cfg.tls.client_config()?)
+    } else {
+        // Never used: plain `http://` connections pass through.
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    Ok(if cfg.protocol == Protocol::Grpc {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.enable_http1().wrap_connector(tcp)
+    })
+}
+
 impl Transport {
     fn new(cfg: &OtlpConfig) -> anyhow::Result<Self> {
-        let bad_url = || {
-            format!(
-                "invalid OTLP endpoint {:?} (OTEL_EXPORTER_OTLP_ENDPOINT): use a URL such as http://collector:{}",
-                redacted(&cfg.url),
-                if cfg.protocol == Protocol::Grpc {
-                    4317
-                } else {
-                    4318
-                }
-            )
-        };
-        anyhow::ensure!(
-            !cfg.url.starts_with("https:"),
-            "OTLP endpoint {:?}: this version exports without TLS; use an http:// endpoint (a collector on the node or in the cluster)",
-            cfg.url
-        );
-        // One map for both transports (gRPC metadata is HTTP/2 headers).
-        let mut headers = hyper::HeaderMap::new();
-        for (k, v) in &cfg.headers {
-            let bad = || {
-                format!(
-                    "invalid header {k:?} in OTEL_EXPORTER_OTLP_HEADERS: use key=value,key2=value2"
-                )
-            };
-            headers.insert(
-                hyper::header::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                    .with_context(bad)?,
-                hyper::header::HeaderValue::from_str(v).with_context(bad)?,
-            );
-        }
+        let uri = uri(cfg)?;
+        let mut headers = headers(cfg)?;
+        let connector = connector(cfg, uri.scheme_str() == Some("https"))?;
         Ok(match cfg.protocol {
             Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(cfg.url.clone())
-                    .with_context(bad_url)?
+                let channel = tonic::transport::Endpoint::from_shared(cfg.url.clone())?
                     .connect_timeout(cfg.timeout)
                     .timeout(cfg.timeout)
-                    .connect_lazy();
+                    .connect_with_connector_lazy(connector);
                 let mut client = TraceServiceClient::new(channel);
                 if cfg.gzip {
                     client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -255,8 +302,6 @@ impl Transport {
                 }
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => {
-                let uri: hyper::Uri = cfg.url.parse().with_context(bad_url)?;
-                anyhow::ensure!(uri.host().is_some(), "{}", bad_url());
                 let json = cfg.protocol == Protocol::HttpJson;
                 let ctype = if json {
                     "application/json"
@@ -267,8 +312,6 @@ impl Transport {
                 if cfg.gzip {
                     headers.insert(hyper::header::CONTENT_ENCODING, "gzip".parse()?);
                 }
-                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-                connector.set_connect_timeout(Some(cfg.timeout));
                 let client = hyper_util::client::legacy::Client::builder(
                     hyper_util::rt::TokioExecutor::new(),
                 )
@@ -297,7 +340,12 @@ impl Transport {
                             | tonic::Code::DeadlineExceeded
                             | tonic::Code::Aborted
                     ),
-                    message: format!("{}: {}", e.code(), e.message()),
+                    message: match std::error::Error::source(&e) {
+                        Some(cause) => {
+                            format!("{:?}: {}: {}", e.code(), e.message(), causes(cause))
+                        }
+                        None => format!("{:?}: {}", e.code(), e.message()),
+                    },
                 })
             }
             Self::Http {
@@ -308,10 +356,7 @@ impl Transport {
             } => {
                 use prost::Message as _;
                 let body = if *json {
-                    let mut out = String::from("{\"resourceSpans\":[");
-                    otlp_json(&mut out, batch, cfg.clock_offset_ns, ",");
-                    out.push_str("]}");
-                    out.into_bytes()
+                    otlp_json_request(batch, cfg.clock_offset_ns).into_bytes()
                 } else {
                     request(batch, cfg.clock_offset_ns).encode_to_vec()
                 };
@@ -332,7 +377,7 @@ impl Transport {
                     }
                     Ok(Err(e)) => {
                         return Err(Failure {
-                            message: format!("{e:#}"),
+                            message: causes(&e),
                             transient: true,
                         });
                     }
@@ -359,10 +404,60 @@ fn gzip(body: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// Starts the exporter task. Configuration errors (bad URL, header, scheme) are reported here,
-/// before capture starts.
+/// A failure's message and every cause under it (a TLS handshake failure sits a few levels
+/// down in a connection error), each once.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = c.source();
+    }
+    out
+}
+
+/// The exporter's transport, built when the task starts and built again when that failed or
+/// when a TLS file changed, so a certificate mounted late or rotated is picked up.
+struct Link {
+    transport: Result<Transport, String>,
+    stamp: Vec<Option<std::time::SystemTime>>,
+}
+
+impl Link {
+    fn new(cfg: &OtlpConfig) -> Self {
+        let link = Self {
+            transport: Transport::new(cfg).map_err(|e| format!("{e:#}")),
+            stamp: cfg.tls.stamp(),
+        };
+        if let Err(e) = &link.transport {
+            tracing::warn!(url = %redacted(&cfg.url), "OTLP export cannot connect until this is fixed, spans are counted as failed: {e}");
+        }
+        link
+    }
+
+    fn current(&mut self, cfg: &OtlpConfig) -> Result<&mut Transport, Failure> {
+        if self.transport.is_err() || (cfg.tls.is_set() && cfg.tls.stamp() != self.stamp) {
+            *self = Self {
+                transport: Transport::new(cfg).map_err(|e| format!("{e:#}")),
+                stamp: cfg.tls.stamp(),
+            };
+        }
+        self.transport.as_mut().map_err(|e| Failure {
+            message: e.clone(),
+            transient: false,
+        })
+    }
+}
+
+/// Starts the exporter task. Settings that cannot change (URL, headers) are checked here,
+/// before capture starts; a TLS file that cannot be read is logged, and retried at each export.
 pub fn spawn(cfg: OtlpConfig) -> anyhow::Result<Exporter> {
-    let mut transport = Transport::new(&cfg)?;
+    check(&cfg)?;
+    let mut link = Link::new(&cfg);
     let counters = Arc::new(ExportCounters::default());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(4);
     let c = counters.clone();
@@ -371,7 +466,11 @@ pub fn spawn(cfg: OtlpConfig) -> anyhow::Result<Exporter> {
             let n = batch.len() as u64;
             let mut attempt = 1;
             loop {
-                match transport.send(&batch, &cfg).await {
+                let sent = match link.current(&cfg) {
+                    Ok(transport) => transport.send(&batch, &cfg).await,
+                    Err(f) => Err(f),
+                };
+                match sent {
                     Ok(()) => {
                         c.exported_spans.fetch_add(n, Ordering::Relaxed);
                         break;
@@ -384,7 +483,12 @@ pub fn spawn(cfg: OtlpConfig) -> anyhow::Result<Exporter> {
                     Err(f) => {
                         c.failed_spans.fetch_add(n, Ordering::Relaxed);
                         if c.failed_requests.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
-                            tracing::warn!(url = %redacted(&cfg.url), "OTLP export failed ({n} spans dropped): {}", f.message);
+                            let hint = super::tls::hint(
+                                &f.message,
+                                cfg.url.starts_with("https:"),
+                                cfg.tls.client.is_some(),
+                            );
+                            tracing::warn!(url = %redacted(&cfg.url), "OTLP export failed ({n} spans dropped): {}{hint}", f.message);
                         }
                         break;
                     }

@@ -8,9 +8,8 @@ use crate::{
     capture::{comm_str, monotonic_ns},
     counters::Counter,
     export::{
-        Queue, ResourceConfig, Resources, Sampler,
+        ConsoleFormat, Queue, ResourceConfig, Resources, Sampler, console,
         otlp::{self, OtlpConfig},
-        otlp_json,
     },
     pipeline::{ConnExchange, Pipeline},
     spans::{RecordKeys, SpanCounters},
@@ -21,7 +20,7 @@ const EXPORT_BATCH: usize = 512;
 
 /// Where spans go, as configured.
 pub enum Exporter {
-    Console,
+    Console(ConsoleFormat),
     /// Its clock offset is the tracer's own, set at start.
     Otlp(OtlpConfig),
     None,
@@ -41,7 +40,7 @@ pub struct TracesConfig {
 
 /// Where exported spans go.
 enum Sink {
-    Console,
+    Console(ConsoleFormat),
     Otlp(otlp::Exporter),
     Nowhere,
 }
@@ -70,7 +69,7 @@ impl Traces {
                 clock_offset_ns,
                 ..otlp
             })?),
-            Exporter::Console => Sink::Console,
+            Exporter::Console(format) => Sink::Console(format),
             Exporter::None => Sink::Nowhere,
         };
         Ok(Self {
@@ -111,10 +110,8 @@ impl Traces {
             let batch = self.queue.take(EXPORT_BATCH);
             let n = batch.len();
             match &self.sink {
-                Sink::Console => {
-                    let mut text = String::new();
-                    otlp_json(&mut text, &batch, self.clock_offset_ns, "\n");
-                    text.push('\n');
+                Sink::Console(format) => {
+                    let text = console::render(&batch, *format, self.clock_offset_ns);
                     if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
                         tracing::warn!("writing spans to standard output: {e}");
                         self.queue.dropped += n as u64;
