@@ -1,7 +1,8 @@
 //! Traces where users look at them: the tracer exports to a real Jaeger v2 over OTLP (HTTP and
 //! gRPC), and the traces are found again through Jaeger's HTTP query API by service (the
 //! README's `curl` query), with the producer's send span and the consumer's poll span in one
-//! trace, parent and child, under the trace context the producer's records carried.
+//! trace, parent and child, under the trace context the producer's records carried; and over
+//! mutual TLS, Jaeger's receivers serving certificates the test made.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use tests::{
     Broker, TRACEPARENT, client_env,
     jaeger::Jaeger,
     summary,
-    tracer::{Tracer, attr},
+    tracer::{Tracer, attr, logged},
 };
 
 /// The trace and span ids of [`TRACEPARENT`].
@@ -124,4 +125,79 @@ fn linked_traces_are_found_in_jaeger() {
             "{theirs:?}"
         );
     }
+}
+
+/// Jaeger's OTLP receivers serving mutual TLS (a CA, server and client certificate made by the
+/// test): the tracer exports over `https://` on gRPC and HTTP with the CA and its client
+/// certificate, and each protocol's trace is found again by its topic, linked.
+#[test]
+fn traces_reach_jaeger_over_mutual_tls() {
+    let certs = tests::certs::Certs::make("jaeger").unwrap();
+    let jaeger = Jaeger::start_with(
+        tests::jaeger::Ports::free(),
+        Some(&tests::jaeger::ServerTls {
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            client_ca: Some(certs.ca.clone()),
+        }),
+    )
+    .unwrap();
+    let broker = Broker::start().unwrap();
+    let mut exported = 0;
+    let mut topics = Vec::new();
+    for (protocol, endpoint) in [
+        ("grpc", jaeger.otlp_grpc_endpoint()),
+        ("http/protobuf", jaeger.otlp_http_endpoint()),
+    ] {
+        assert!(endpoint.starts_with("https://"), "{endpoint}");
+        let topic = format!("jaeger-mtls-{}", protocol.replace('/', "-"));
+        broker.create_topic(&topic, 1).unwrap();
+        let tracer = Tracer::start_with(
+            broker.port,
+            &topic,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", certs.ca.to_str().unwrap()),
+                (
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                    certs.client_cert.to_str().unwrap(),
+                ),
+                (
+                    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                    certs.client_key.to_str().unwrap(),
+                ),
+            ],
+        );
+        tests::produce_and_consume(&broker.bootstrap(), &topic, "3", "none").unwrap();
+        let (_, log) = tracer.stop_with_log();
+        assert_eq!(logged(&log, "spans_export_failed"), 0, "{log}");
+        exported += logged(&log, "spans_exported");
+        topics.push(topic);
+    }
+    // Without its certificate the tracer is refused: the TLS really is mutual.
+    broker.create_topic("jaeger-mtls-refused", 1).unwrap();
+    let endpoint = jaeger.otlp_http_endpoint();
+    let tracer = Tracer::start_with(
+        broker.port,
+        "jaeger-mtls-refused",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", certs.ca.to_str().unwrap()),
+        ],
+    );
+    tests::produce_and_consume(&broker.bootstrap(), "jaeger-mtls-refused", "3", "none").unwrap();
+    let (_, log) = tracer.stop_with_log();
+    assert_eq!(logged(&log, "spans_exported"), 0, "{log}");
+    assert!(logged(&log, "spans_export_failed") >= 2, "{log}");
+    jaeger.settle(exported);
+    for topic in &topics {
+        let seen = jaeger.seen(topic);
+        assert_eq!(seen.send.len(), 1, "{topic}");
+        assert!(!seen.poll.is_empty(), "{topic}");
+        assert_eq!(seen.linked(), seen.poll.len(), "{topic}");
+    }
+    summary(&format!(
+        "e2e Jaeger over mutual TLS: {exported} spans exported over gRPC and HTTP, all found by topic"
+    ));
 }
