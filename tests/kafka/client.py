@@ -10,11 +10,45 @@
   client.py create-topic confluent BOOTSTRAP TOPIC PARTITIONS
 
 Prints one JSON line: what it produced (partition, offset, headers) or consumed.
+
+Security comes from the environment, as a deployment would give it: KT_SECURITY_PROTOCOL
+(SSL, SASL_SSL, SASL_PLAINTEXT), KT_SSL_CA (a PEM CA file), KT_SASL_MECHANISM (PLAIN,
+SCRAM-SHA-512), KT_SASL_USER and KT_SASL_PASSWORD.
 """
 import argparse
 import json
+import os
 import sys
 import time
+
+
+def security_confluent():
+    """librdkafka's settings for the environment's security."""
+    env, conf = os.environ, {}
+    if env.get("KT_SECURITY_PROTOCOL"):
+        conf["security.protocol"] = env["KT_SECURITY_PROTOCOL"]
+    if env.get("KT_SSL_CA"):
+        conf["ssl.ca.location"] = env["KT_SSL_CA"]
+    if env.get("KT_SASL_MECHANISM"):
+        conf["sasl.mechanism"] = env["KT_SASL_MECHANISM"]
+        conf["sasl.username"] = env["KT_SASL_USER"]
+        conf["sasl.password"] = env["KT_SASL_PASSWORD"]
+    return conf
+
+
+def security_kafka_python():
+    """kafka-python's keyword arguments for the environment's security."""
+    env, kw = os.environ, {}
+    if env.get("KT_SECURITY_PROTOCOL"):
+        kw["security_protocol"] = env["KT_SECURITY_PROTOCOL"]
+    if env.get("KT_SSL_CA"):
+        kw["ssl_cafile"] = env["KT_SSL_CA"]
+        kw["ssl_check_hostname"] = False
+    if env.get("KT_SASL_MECHANISM"):
+        kw["sasl_mechanism"] = env["KT_SASL_MECHANISM"]
+        kw["sasl_plain_username"] = env["KT_SASL_USER"]
+        kw["sasl_plain_password"] = env["KT_SASL_PASSWORD"]
+    return kw
 
 
 def produce_confluent(a):
@@ -27,6 +61,7 @@ def produce_confluent(a):
         "linger.ms": a.linger_ms,
         "batch.size": a.batch_bytes,
         "client.id": "tracer-test-confluent",
+        **security_confluent(),
     }
     p = Producer(conf)
     out = []
@@ -59,7 +94,8 @@ def produce_kafka_python(a):
 
     codec = None if a.codec == "none" else a.codec
     p = KafkaProducer(bootstrap_servers=a.bootstrap, compression_type=codec, acks=a.acks,
-                      client_id="tracer-test-kafka-python", linger_ms=a.linger_ms)
+                      client_id="tracer-test-kafka-python", linger_ms=a.linger_ms,
+                      **security_kafka_python())
     futures = []
     for i in range(a.count):
         headers = [("traceparent", a.traceparent.encode())] if a.traceparent else []
@@ -87,7 +123,7 @@ def consume_confluent(a):
             "client.id": "tracer-test-confluent",
             # tansu waits the whole rebalance timeout (max.poll.interval.ms) before the
             # first assignment: 6 s instead of librdkafka's 300 s default gives 3 s joins.
-            "session.timeout.ms": 6000, "max.poll.interval.ms": 6000}
+            "session.timeout.ms": 6000, "max.poll.interval.ms": 6000, **security_confluent()}
     c = Consumer(conf)
     if a.group:
         c.subscribe([a.topic])
@@ -112,7 +148,8 @@ def consume_kafka_python(a):
 
     c = KafkaConsumer(bootstrap_servers=a.bootstrap, group_id=a.group, auto_offset_reset="earliest",
                       client_id="tracer-test-kafka-python", enable_auto_commit=bool(a.group),
-                      session_timeout_ms=6000, max_poll_interval_ms=6000)
+                      session_timeout_ms=6000, max_poll_interval_ms=6000,
+                      **security_kafka_python())
     if a.group:
         c.subscribe([a.topic])
     else:

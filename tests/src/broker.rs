@@ -29,11 +29,28 @@ pub enum Kind {
 /// A running broker.
 pub struct Broker {
     child: Child,
+    /// The PLAINTEXT listener's port.
     pub port: u16,
     pub kind: Kind,
     /// Apache Kafka's configuration, data and log (removed on drop).
     dir: Option<PathBuf>,
+    /// The TLS and SASL listeners, when started with them.
+    pub secure: Option<SecurePorts>,
 }
+
+/// The listeners of [`Broker::apache_secure`] besides PLAINTEXT: TLS, SASL over TLS, and SASL
+/// without TLS, each SASL one taking PLAIN and SCRAM-SHA-512 for [`SASL_USER`].
+#[derive(Clone, Copy, Debug)]
+pub struct SecurePorts {
+    pub ssl: u16,
+    pub sasl_ssl: u16,
+    pub sasl_plaintext: u16,
+}
+
+/// The SASL user of the secure broker, and its password: the secret a test looks for in every
+/// output of the tracer.
+pub const SASL_USER: &str = "alice";
+pub const SASL_PASSWORD: &str = "alice-s3cret-p4ssw0rd-never-logged";
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -91,6 +108,7 @@ impl Broker {
             port,
             kind: Kind::Tansu,
             dir: None,
+            secure: None,
         };
         broker.wait_listening(TANSU_START_TIMEOUT)?;
         Ok(broker)
@@ -100,11 +118,67 @@ impl Broker {
     /// topic (offsets, transactions, share-group state) with one replica and one partition, so
     /// transactions and share groups work on one node and it starts quickly.
     pub fn apache() -> anyhow::Result<Self> {
+        Self::apache_with(None)
+    }
+
+    /// The same, with TLS, SASL_SSL and SASL_PLAINTEXT listeners besides PLAINTEXT: the
+    /// server certificate of `certs` (a PEM keystore), and the user [`SASL_USER`] for PLAIN
+    /// and SCRAM-SHA-512.
+    pub fn apache_secure(certs: &crate::certs::Certs) -> anyhow::Result<Self> {
+        Self::apache_with(Some(certs))
+    }
+
+    fn apache_with(certs: Option<&crate::certs::Certs>) -> anyhow::Result<Self> {
         let classpath = kafka_classpath()?;
         let (port, controller) = (free_port()?, free_port()?);
         let dir = std::env::temp_dir().join(format!("kt-kafka-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        let secure = match certs {
+            Some(_) => Some(SecurePorts {
+                ssl: free_port()?,
+                sasl_ssl: free_port()?,
+                sasl_plaintext: free_port()?,
+            }),
+            None => None,
+        };
+        let (mut listeners, mut advertised, mut map, mut extra) = (
+            format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"),
+            format!("PLAINTEXT://127.0.0.1:{port}"),
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string(),
+            String::new(),
+        );
+        if let (Some(certs), Some(p)) = (certs, &secure) {
+            let secure = format!(
+                ",SSL://127.0.0.1:{},SASL_SSL://127.0.0.1:{},SASL_PLAINTEXT://127.0.0.1:{}",
+                p.ssl, p.sasl_ssl, p.sasl_plaintext
+            );
+            listeners.push_str(&secure);
+            advertised.push_str(&secure);
+            map.push_str(",SSL:SSL,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT");
+            // A PEM keystore: the private key, then the certificate chain.
+            let keystore = dir.join("keystore.pem");
+            std::fs::write(
+                &keystore,
+                std::fs::read_to_string(&certs.server_key)?
+                    + &std::fs::read_to_string(&certs.server_cert)?,
+            )?;
+            extra = format!(
+                "ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config={plain}
+listener.name.sasl_plaintext.plain.sasl.jaas.config={plain}
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram}
+",
+                keystore = keystore.display(),
+                plain = format!(
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{SASL_PASSWORD}\";"
+                ),
+                scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            );
+        }
         let config = dir.join("server.properties");
         std::fs::write(
             &config,
@@ -112,11 +186,11 @@ impl Broker {
                 "process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listeners}
+advertised.listeners={advertised}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={data}
+listener.security.protocol.map={map}
+{extra}log.dirs={data}
 num.partitions=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=1
@@ -148,11 +222,19 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
             ),
         )?;
         let log4j_opt = format!("-Dlog4j2.configurationFile={}", log4j.display());
-        let format = java(&classpath)
+        let mut format = java(&classpath);
+        format
             .arg(&log4j_opt)
             .args(["kafka.tools.StorageTool", "format", "--standalone"])
             .args(["--cluster-id", CLUSTER_ID, "--config"])
-            .arg(&config)
+            .arg(&config);
+        if secure.is_some() {
+            // SCRAM credentials live in the metadata log, written at format time in KRaft.
+            format.arg("--add-scram").arg(format!(
+                "SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}]"
+            ));
+        }
+        let format = format
             .output()
             .context("starting java (cargo xtask test installs a JDK)")?;
         if !format.status.success() {
@@ -174,6 +256,7 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
             port,
             kind: Kind::Kafka,
             dir: Some(dir),
+            secure,
         };
         broker.wait_listening(KAFKA_START_TIMEOUT)?;
         Ok(broker)

@@ -32,6 +32,7 @@ impl Seen {
             RingRecord::Data(d) => self.data.push((d.hdr, d.payload.to_vec())),
             RingRecord::Open(e) => self.opens.push(e),
             RingRecord::Close(e) => self.closes.push(e),
+            RingRecord::Tls(e) => panic!("no TLS connection in these tests: {e:?}"),
         });
     }
 

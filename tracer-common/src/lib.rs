@@ -23,6 +23,11 @@ pub mod kind {
     pub const OPEN: u8 = 2;
     /// A [`ConnEvent`](super::ConnEvent): a tracked connection was closed.
     pub const CLOSE: u8 = 3;
+    /// A [`ConnEvent`](super::ConnEvent): a connection turned out to be TLS and its plaintext
+    /// is read from the TLS library from now on. The event names the connection as it was
+    /// (its ciphertext so far is of no use); an [`OPEN`] with a new `conn_id` and
+    /// [`flags::TLS`](super::flags::TLS) follows, whose streams are the plaintext.
+    pub const TLS: u8 = 4;
 }
 
 /// Direction of a data record, seen from the process that made the syscall.
@@ -62,6 +67,10 @@ pub enum Syscall {
     Connect = 11,
     Accept = 12,
     Bind = 13,
+    /// Plaintext handed to, or returned by, the TLS library (`SSL_write`/`SSL_write_ex`,
+    /// `SSL_read`/`SSL_read_ex`), read by uprobes.
+    SslWrite = 14,
+    SslRead = 15,
 }
 
 impl Syscall {
@@ -80,6 +89,8 @@ impl Syscall {
             11 => Self::Connect,
             12 => Self::Accept,
             13 => Self::Bind,
+            14 => Self::SslWrite,
+            15 => Self::SslRead,
             _ => return None,
         })
     }
@@ -99,6 +110,8 @@ impl Syscall {
             Self::Connect => "connect",
             Self::Accept => "accept",
             Self::Bind => "bind",
+            Self::SslWrite => "SSL_write",
+            Self::SslRead => "SSL_read",
         }
     }
 }
@@ -113,6 +126,11 @@ pub mod flags {
     pub const SNIFF: u8 = 2;
     /// The connection was first seen mid-stream (it existed before the tracer started).
     pub const MIDSTREAM: u8 = 4;
+    /// The connection's streams are TLS plaintext, read from the TLS library.
+    pub const TLS: u8 = 8;
+    /// The connection's first bytes were a TLS handshake and no TLS library call has been tied
+    /// to it yet: its ciphertext is not copied (counted instead).
+    pub const TLS_CIPHERTEXT: u8 = 16;
 }
 
 /// TCP connection endpoints, seen from the traced process. IPv4 addresses use the first four
@@ -209,7 +227,10 @@ pub struct ConnState {
     pub track: u8,
     /// [`flags`] bits reported on every record of the connection.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// Sock mode: the `(tgid, fd)` of the connection is in `FD_SOCKS` (for TLS libraries that
+    /// name their connection by fd).
+    pub fd_noted: u8,
+    pub _pad: [u8; 5],
 }
 
 /// `ConnState::track` and `VERDICTS` values.
@@ -220,6 +241,23 @@ pub mod track {
     pub const SNIFF: u8 = 2;
     /// Userspace decided this is not Kafka: stop copying.
     pub const IGNORE: u8 = 3;
+}
+
+/// Whether a stream that starts with `type`, `major`, `minor` and the 16-bit `len` starts with
+/// a TLS record: a handshake (a client's first bytes), or, on a connection first seen
+/// mid-stream, application data too. No Kafka stream starts so: its size prefix would announce
+/// hundreds of megabytes. The one rule for the kernel, which stops copying the ciphertext, and
+/// the daemon, which tells the user about connections it cannot read.
+#[inline(always)]
+pub const fn tls_record(r#type: u8, major: u8, minor: u8, len: u16, midstream: bool) -> bool {
+    const HANDSHAKE: u8 = 22;
+    const APPLICATION_DATA: u8 = 23;
+    // A record holds at most 2^14 bytes of plaintext plus the cipher's expansion.
+    let sane = len > 0 && len <= (1 << 14) + 2048;
+    major == 3
+        && minor <= 4
+        && sane
+        && (r#type == HANDSHAKE || (midstream && r#type == APPLICATION_DATA))
 }
 
 /// Field offsets in `struct sock_common`, read from the running kernel's BTF by userspace.
@@ -320,7 +358,43 @@ pub mod counter {
     pub const SNIFF_SKIPPED_BYTES: u32 = 10;
     /// `recv*(MSG_PEEK)` calls skipped (the bytes are read again by a later call).
     pub const PEEKS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// TLS calls whose plaintext was copied.
+    pub const TLS_CALLS: u32 = 12;
+    /// TLS calls that could not be tied to a connection (no socket syscall inside the call and
+    /// no fd set: memory BIOs), and their plaintext bytes, not copied.
+    pub const TLS_UNTIED_CALLS: u32 = 13;
+    pub const TLS_UNTIED_BYTES: u32 = 14;
+    /// Ciphertext of TLS connections, not copied (their plaintext is, where a TLS library
+    /// call was tied to them).
+    pub const TLS_CIPHERTEXT_BYTES: u32 = 15;
+    /// TLS call entries that could not be stashed (`TLS_CALLS` map full).
+    pub const TLS_ARGS_FULL: u32 = 16;
+    pub const COUNT: u32 = 17;
+}
+
+/// A TLS library call between its entry and its return (`TLS_CALLS`, keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsCall {
+    /// The library's connection object (`SSL *`).
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `SSL_*_ex`: where the library writes the byte count; 0 for calls that return it.
+    pub len_ptr: u64,
+    pub ts_enter_ns: u64,
+    /// A [`Direction`].
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A pointer in one process (a TLS library's connection object): pointers are per process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcPtr {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ptr: u64,
 }
 
 /// Stash of a syscall's arguments between its entry and exit (`ARGS`, keyed by pid_tgid).

@@ -1,6 +1,7 @@
 //! Syscall exit: how many bytes moved decides the range of the connection's stream reserved, and
 //! the user buffers (plain, iovec, msghdr, mmsghdr) are copied with `bpf_loop` into ring-buffer
-//! records of at most `CHUNK_SIZE` bytes; whatever cannot be delivered is counted.
+//! records of at most `CHUNK_SIZE` bytes; whatever cannot be delivered is counted. TLS library
+//! calls (`tls`) copy their plaintext through the same path.
 
 use super::*;
 
@@ -17,7 +18,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     if args.syscall >= Syscall::Connect as u8 {
         exit_setup(&ctx, &args, ret);
     } else if args.conn_key != 0 && ret > 0 {
-        exit_data(&args, ret as u64);
+        exit_data(&args, ret as u64, false);
     }
     0
 }
@@ -45,7 +46,10 @@ pub(crate) struct Walk {
     failed: u64,
 }
 
-fn exit_data(args: &SyscallArgs, ret: u64) {
+/// Copies what a syscall moved, or (`plaintext`) what a TLS library call handed over or
+/// returned, on the connection's stream. A TLS connection's syscalls carry ciphertext: counted,
+/// not copied.
+pub(crate) fn exit_data(args: &SyscallArgs, ret: u64, plaintext: bool) {
     let Some(conn) = CONNS.get_ptr_mut(&args.conn_key) else {
         return;
     };
@@ -56,6 +60,10 @@ fn exit_data(args: &SyscallArgs, ret: u64) {
     // nothing else runs on this CPU until the program ends.
     let conn = unsafe { &mut *conn };
     let total = start_walk(s, args, ret);
+    if !plaintext && conn.flags & (flags::TLS | flags::TLS_CIPHERTEXT) != 0 {
+        count(counter::TLS_CIPHERTEXT_BYTES, total);
+        return;
+    }
 
     let dir_counter = if args.direction == Direction::Egress as u8 {
         &raw mut conn.tx_bytes
@@ -124,6 +132,19 @@ fn exit_data(args: &SyscallArgs, ret: u64) {
         // The walk ran out of steps or of iovecs before `captured` bytes: report, never hide.
         count(counter::TRUNCATED_BYTES, w.cap_left);
     }
+    // The first bytes of a stream, all in the scratch buffer, are a TLS record: the rest of
+    // the connection is ciphertext, not copied unless a TLS call is tied to it (the daemon
+    // reads the same record and tells the user when none is).
+    if !plaintext && stream_offset == 0 && captured <= CHUNK_SIZE as u64 {
+        // SAFETY: per-CPU scratch; the first record's bytes are still at the start of `data`.
+        let d = unsafe { &(*s).data };
+        let len = u16::from_be_bytes([d[3], d[4]]);
+        if captured >= 5
+            && tracer_common::tls_record(d[0], d[1], d[2], len, conn.flags & flags::MIDSTREAM != 0)
+        {
+            conn.flags |= flags::TLS_CIPHERTEXT;
+        }
+    }
 }
 
 /// Sets the walk up for the syscall's buffers (plain, iovec, msghdr or mmsghdr) and returns the
@@ -150,6 +171,8 @@ fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64) -> u64 {
         || syscall == Syscall::Read as u8
         || syscall == Syscall::Sendto as u8
         || syscall == Syscall::Recvfrom as u8
+        || syscall == Syscall::SslWrite as u8
+        || syscall == Syscall::SslRead as u8
     {
         w.base = args.buf;
         w.seg_rem = ret;

@@ -25,6 +25,7 @@ fn enter_data(ctx: &TracePointContext, syscall: Syscall, dir: Direction, flags_a
             return 0;
         }
         conn_key = key;
+        tls::nested(ctx, id, key);
     }
     stash(
         id,

@@ -89,8 +89,10 @@ pub(crate) fn exit_setup(ctx: &TracePointContext, args: &SyscallArgs, ret: i64) 
                 raddr: addr,
                 ..ConnTuple::default()
             };
-            if let Some(how) = classify(&cfg, &t) {
-                open_conn(ctx, key, t, how, 0, args.fd);
+            if let Some(how) = classify(&cfg, &t)
+                && open_conn(ctx, key, t, how, 0, args.fd)
+            {
+                tls::note_process((tgid_hi >> 32) as u32);
             }
         }
         Some(Syscall::Accept) if ret >= 0 => {
@@ -107,8 +109,10 @@ pub(crate) fn exit_setup(ctx: &TracePointContext, args: &SyscallArgs, ret: i64) 
                 t.rport = port;
                 t.raddr = addr;
             }
-            if let Some(how) = classify(&cfg, &t) {
-                open_conn(ctx, tgid_hi | ret as u32 as u64, t, how, 0, ret as i32);
+            if let Some(how) = classify(&cfg, &t)
+                && open_conn(ctx, tgid_hi | ret as u32 as u64, t, how, 0, ret as i32)
+            {
+                tls::note_process((tgid_hi >> 32) as u32);
             }
         }
         Some(Syscall::Bind) if ret == 0 => {

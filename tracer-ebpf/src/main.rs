@@ -13,7 +13,8 @@
 //!    directional stream (an atomic add on the stream offset, so any loss shows up as a gap), and
 //!    copies the user buffers with `bpf_loop` into records of at most `CHUNK_SIZE` bytes.
 //!
-//! Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.
+//! TLS connections are read in the TLS library instead (`tls`: uprobes), their ciphertext not
+//! copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.
 #![no_std]
 #![no_main]
 // The bpf target has no `AtomicU64`; the intrinsic lowers to BPF's atomic fetch-add.
@@ -48,6 +49,7 @@ mod copy;
 mod entry;
 mod fd;
 mod sock;
+mod tls;
 
 use copy::{MmsgSum, Walk};
 use entry::stash;
@@ -252,7 +254,8 @@ fn open_conn<C: aya_ebpf::EbpfContext>(
         tuple,
         track: how,
         flags: extra_flags | sniff,
-        _pad: [0; 6],
+        fd_noted: 0,
+        _pad: [0; 5],
     };
     if CONNS.insert(&key, &st, 0).is_err() {
         count(counter::CONNS_FULL, 1);

@@ -58,6 +58,22 @@ fn tie_to_sock(ctx: &TracePointContext, dir: Direction) {
         }
     }
     args.conn_key = sk;
+    if let Some(st) = CONNS.get_ptr_mut(&sk) {
+        // SAFETY: map value pointer, valid for this program run.
+        let st = unsafe { &mut *st };
+        if st.fd_noted == 0 {
+            // The connection's first syscall (a client's ClientHello on a TLS connection,
+            // before any TLS call on it): its process is one whose TLS calls are read.
+            let _ = tls::FD_SOCKS.insert(
+                &((id & 0xffff_ffff_0000_0000) | args.fd as u32 as u64),
+                &sk,
+                0,
+            );
+            tls::note_process((id >> 32) as u32);
+            st.fd_noted = 1;
+        }
+    }
+    tls::nested(ctx, id, sk);
 }
 
 /// Endpoints of a socket read from its `struct sock_common`, at offsets from the kernel's BTF.

@@ -73,6 +73,11 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_CAPTURE_MODE", value_enum, default_value_t = CaptureMode::Auto)]
     pub capture_mode: CaptureMode,
 
+    /// Read the plaintext of TLS connections from the TLS library (OpenSSL and the libraries
+    /// with its symbols) of the processes that talk to Kafka, with uprobes.
+    #[arg(long, env = "KAFKA_TRACER_TLS", default_value_t = true, action = ArgAction::Set)]
+    pub tls: bool,
+
     /// Connections followed at once in the daemon; records of further ones are counted and
     /// dropped, bounding memory.
     #[arg(long, env = "KAFKA_TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
@@ -307,6 +312,7 @@ impl Args {
             max_bytes_per_syscall: self.max_bytes_per_syscall,
             ring_buffer_bytes: self.ring_buffer_bytes,
             exclude_self: true,
+            tls: self.tls,
         })
     }
 }

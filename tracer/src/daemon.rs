@@ -33,6 +33,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // single error line.
     serve_metrics(&args.metrics_addr, &metrics).await?;
     let mut pipeline = Pipeline::new(args.pipeline_config());
+    for tgid in capture.probe_tls_of_connected(&args.capture_config()?.ports)? {
+        pipeline.tls_probed(tgid);
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut stats = tokio::time::interval(args.stats_interval.max(Duration::from_secs(1)));
@@ -46,6 +49,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 capture.drain(|rec| pipeline.on_record(rec));
                 for tgid in pipeline.take_new_processes() {
                     traces.resources.prefetch(tgid);
+                    if capture.probe_tls(tgid) {
+                        pipeline.tls_probed(tgid);
+                    }
                 }
                 for (key, is_kafka) in pipeline.take_verdicts() {
                     if let Err(e) = capture.set_verdict(key, is_kafka) {
@@ -62,6 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             _ = flush.tick() => {
                 pipeline.release_parked(false);
+                pipeline.check_tls(monotonic_ns());
                 observe(&mut pipeline, &metrics, &mut traces);
                 traces.flush(true);
                 metrics.publish(counters(&capture, &pipeline, &traces, &metrics)?);
@@ -267,6 +274,7 @@ fn counters(
     all.extend(traces.named());
     all.extend(metrics.named());
     all.extend(capture.counters()?.named());
+    all.extend(capture.tls_named());
     Ok(all)
 }
 

@@ -84,6 +84,10 @@ pub struct PipelineCounters {
     /// Metadata lookups sent to brokers for unknown topic ids, and those that failed.
     pub topic_lookups: u64,
     pub topic_lookup_failures: u64,
+    /// Connections whose TLS plaintext is read from the TLS library.
+    pub tls_connections: u64,
+    /// TLS connections whose plaintext the tracer cannot read, open now.
+    pub tls_undecoded_connections: u64,
     pub framing: FramerCounters,
     pub kafka: SessionCounters,
 }
@@ -138,6 +142,16 @@ impl PipelineCounters {
                 "failed metadata lookups",
             ),
             Counter::count(
+                "tls_connections",
+                self.tls_connections,
+                "TLS connections whose plaintext is read from the TLS library",
+            ),
+            Counter::level(
+                "tls_undecoded_connections",
+                self.tls_undecoded_connections,
+                "TLS connections open now whose plaintext the tracer cannot read (the log names their processes)",
+            ),
+            Counter::count(
                 "invalid_names",
                 kafka::names::refused(),
                 "topic names and ids from the wire that broke their rule, kept as <invalid>",
@@ -182,6 +196,25 @@ struct Sniff {
 /// Bytes kept per direction while sniffing: a request header's fixed part and a client id.
 const SNIFF_PREFIX: usize = 64;
 
+/// A connection whose first bytes were a TLS record and that no TLS library call has been tied
+/// to (yet): the kernel copies none of its ciphertext.
+struct Ciphertext {
+    tgid: u32,
+    comm: [u8; 16],
+    tuple: ConnTuple,
+    /// Kernel time of its first record.
+    since_ns: u64,
+    /// Reported as undecoded (past [`TLS_TIE_WAIT_NS`]).
+    undecoded: bool,
+}
+
+/// How long a TLS connection may wait for a TLS library call to be tied to it (OpenSSL
+/// clients' first call comes right after the handshake) before it is reported as one the
+/// tracer cannot read.
+const TLS_TIE_WAIT_NS: u64 = 3_000_000_000;
+/// Processes named in a log line about undecoded TLS at most (each once).
+const MAX_TLS_REPORTED: usize = 4096;
+
 pub struct Pipeline {
     cfg: PipelineConfig,
     reassembly: Reassembler,
@@ -202,6 +235,14 @@ pub struct Pipeline {
     counters: PipelineCounters,
     /// See [`Pipeline::take_new_processes`].
     new_processes: Vec<u32>,
+    /// TLS connections not (yet) read from their TLS library, by connection id.
+    ciphertext: HashMap<u64, Ciphertext>,
+    /// Processes whose TLS library calls are probed ([`Pipeline::tls_probed`]).
+    tls_probed: std::collections::HashSet<u32>,
+    /// Processes already named in an undecoded-TLS log line.
+    tls_reported: std::collections::HashSet<u32>,
+    /// First records of TLS connections beyond --max-connections.
+    ciphertext_refused: u64,
 }
 
 impl Pipeline {
@@ -220,6 +261,10 @@ impl Pipeline {
             catalog: Catalog::default(),
             counters: PipelineCounters::default(),
             new_processes: Vec::new(),
+            ciphertext: HashMap::new(),
+            tls_probed: std::collections::HashSet::new(),
+            tls_reported: std::collections::HashSet::new(),
+            ciphertext_refused: 0,
         }
     }
 
@@ -237,7 +282,23 @@ impl Pipeline {
                 let (l, r) = endpoints(&ev.tuple);
                 tracing::debug!(conn = ev.conn_id, %l, %r, midstream = ev.midstream(), "connection opened");
             }
+            RingRecord::Tls(ev) => {
+                // What the connection carried so far was ciphertext (or the start of a
+                // handshake): gone without a count; its plaintext comes under a new id.
+                self.counters.tls_connections += 1;
+                self.ciphertext.remove(&ev.conn_id);
+                self.sniffing.remove(&ev.conn_id);
+                if let Some(s) = self.sessions.remove(&ev.conn_id) {
+                    self.buffered -= s.buffered();
+                }
+                self.reassembly.close(ev.conn_id, ev.tx_bytes, ev.rx_bytes);
+                tracing::debug!(
+                    conn = ev.conn_id,
+                    "TLS connection: its plaintext is read from the TLS library"
+                );
+            }
             RingRecord::Close(ev) => {
+                self.ciphertext.remove(&ev.conn_id);
                 self.sniffing.remove(&ev.conn_id);
                 self.end_session(ev.conn_id);
                 if let Some(c) = self.reassembly.close(ev.conn_id, ev.tx_bytes, ev.rx_bytes) {
@@ -260,8 +321,37 @@ impl Pipeline {
     }
 
     fn on_data(&mut self, d: &DataRecord<'_>) {
+        if self.ciphertext.contains_key(&d.hdr.conn_id) {
+            return;
+        }
+        if d.starts_ciphertext() {
+            if self.ciphertext.len() >= self.cfg.max_connections {
+                self.ciphertext_refused += 1;
+                return;
+            }
+            tracing::debug!(
+                conn = d.hdr.conn_id,
+                pid = d.tgid(),
+                "TLS connection: its first bytes are a TLS record"
+            );
+            // Its process's TLS library is worth probing now: its first call comes right
+            // after the handshake.
+            if self.new_processes.len() < MAX_NEW_PROCESSES {
+                self.new_processes.push(d.tgid());
+            }
+            self.ciphertext.insert(
+                d.hdr.conn_id,
+                Ciphertext {
+                    tgid: d.tgid(),
+                    comm: d.hdr.comm,
+                    tuple: d.hdr.tuple,
+                    since_ns: d.hdr.ts_exit_ns,
+                    undecoded: false,
+                },
+            );
+            return;
+        }
         let Some(mut piece) = self.reassembly.push(d) else {
-            self.counters.refused_records = self.reassembly.refused_records;
             return;
         };
         if d.sniffing() {
@@ -387,13 +477,14 @@ impl Pipeline {
         }
     }
 
-    /// Verdicts reached since the last call.
     /// Processes whose connections carried their first bytes since the last call: their
-    /// resources are worth reading now, while they still run.
+    /// resources are worth reading now, while they still run, and their TLS libraries worth
+    /// probing.
     pub fn take_new_processes(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.new_processes)
     }
 
+    /// Verdicts reached since the last call.
     pub fn take_verdicts(&mut self) -> Vec<(u64, bool)> {
         std::mem::take(&mut self.verdicts)
     }
@@ -446,12 +537,56 @@ impl Pipeline {
 
     /// Forgets connections with no record for `idle_ns` before `now_ns` (kernel clock).
     pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64) {
+        // A ciphertext connection sends no records after its first: it goes at its close, or
+        // when its process is gone (one that exits without close(), in fd mode).
+        self.ciphertext.retain(|_, c| {
+            now_ns.saturating_sub(c.since_ns) < idle_ns
+                || std::path::Path::new(&format!("/proc/{}", c.tgid)).exists()
+        });
         let evicted = self.reassembly.evict_idle(now_ns, idle_ns);
         for id in &evicted {
             self.sniffing.remove(id);
             self.end_session(*id);
         }
         self.counters.evicted_idle += evicted.len() as u64;
+    }
+
+    /// Process `tgid`'s TLS library calls are probed now: its TLS connections will be read.
+    pub fn tls_probed(&mut self, tgid: u32) {
+        if self.tls_probed.len() < MAX_TLS_REPORTED || self.tls_probed.contains(&tgid) {
+            self.tls_probed.insert(tgid);
+        }
+    }
+
+    /// Reports TLS connections that waited [`TLS_TIE_WAIT_NS`] before `now_ns` (kernel clock)
+    /// for a TLS library call to be tied to them: the log names each process once, and the
+    /// `tls_undecoded_connections` level counts them while they stay open.
+    pub fn check_tls(&mut self, now_ns: u64) {
+        for c in self.ciphertext.values_mut() {
+            if c.undecoded || now_ns.saturating_sub(c.since_ns) < TLS_TIE_WAIT_NS {
+                continue;
+            }
+            c.undecoded = true;
+            if self.tls_reported.len() >= MAX_TLS_REPORTED || !self.tls_reported.insert(c.tgid) {
+                continue;
+            }
+            let (_, broker) = endpoints(&c.tuple);
+            if self.tls_probed.contains(&c.tgid) {
+                tracing::warn!(
+                    pid = c.tgid,
+                    comm = comm_str(&c.comm),
+                    %broker,
+                    "TLS connection not traced: the process's TLS library calls could not be tied to it (a memory BIO, as asyncio uses, makes no socket call inside them)"
+                );
+            } else {
+                tracing::warn!(
+                    pid = c.tgid,
+                    comm = comm_str(&c.comm),
+                    %broker,
+                    "TLS connection not traced: the process encrypts with a TLS library the tracer does not read (Java's JSSE, or one without OpenSSL's or Go's symbols)"
+                );
+            }
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -476,8 +611,10 @@ impl Pipeline {
 
     pub fn counters(&self) -> PipelineCounters {
         let mut c = self.counters;
-        c.refused_records = self.reassembly.refused_records;
+        c.refused_records = self.reassembly.refused_records + self.ciphertext_refused;
         c.catalog_refused = self.catalog.refused;
+        c.tls_undecoded_connections =
+            self.ciphertext.values().filter(|c| c.undecoded).count() as u64;
         c.framing = self.closed_framing;
         for s in self.sessions.values() {
             for f in s.framers() {

@@ -79,10 +79,28 @@ public final class JavaClient {
         System.exit(0);
     }
 
+    /** Bootstrap, client id, and the security the environment gives (as client.py reads it:
+     *  KT_SECURITY_PROTOCOL, KT_SSL_CA, KT_SASL_MECHANISM, KT_SASL_USER, KT_SASL_PASSWORD). */
     private Properties common() {
         Properties p = new Properties();
         p.put("bootstrap.servers", arg(1));
         p.put("client.id", "tracer-test-java");
+        Map<String, String> env = System.getenv();
+        if (env.get("KT_SECURITY_PROTOCOL") != null) p.put("security.protocol", env.get("KT_SECURITY_PROTOCOL"));
+        if (env.get("KT_SSL_CA") != null) {
+            p.put("ssl.truststore.type", "PEM");
+            p.put("ssl.truststore.location", env.get("KT_SSL_CA"));
+            p.put("ssl.endpoint.identification.algorithm", "");
+        }
+        String mechanism = env.get("KT_SASL_MECHANISM");
+        if (mechanism != null) {
+            p.put("sasl.mechanism", mechanism);
+            String module = mechanism.startsWith("SCRAM")
+                ? "org.apache.kafka.common.security.scram.ScramLoginModule"
+                : "org.apache.kafka.common.security.plain.PlainLoginModule";
+            p.put("sasl.jaas.config", module + " required username=\"" + env.get("KT_SASL_USER")
+                + "\" password=\"" + env.get("KT_SASL_PASSWORD") + "\";");
+        }
         return p;
     }
 

@@ -11,6 +11,7 @@
 mod preflight;
 mod procfs;
 mod record;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,8 @@ pub struct CaptureConfig {
     /// Leave out this process's own connections (the daemon's Kafka requests and exports).
     /// Off only where this process is itself the traffic under test.
     pub exclude_self: bool,
+    /// Read TLS plaintext from the TLS libraries of processes that talk to Kafka (uprobes).
+    pub tls: bool,
 }
 
 impl Default for CaptureConfig {
@@ -81,6 +84,7 @@ impl Default for CaptureConfig {
             max_bytes_per_syscall: 16 << 20,
             ring_buffer_bytes: 16 << 20,
             exclude_self: true,
+            tls: true,
         }
     }
 }
@@ -114,12 +118,20 @@ pub struct KernelCounters {
     pub records: u64,
     pub bytes: u64,
     pub sniff_skipped_bytes: u64,
+    pub tls_calls: u64,
+    pub tls_untied_calls: u64,
+    pub tls_untied_bytes: u64,
+    pub tls_ciphertext_bytes: u64,
+    pub tls_args_full: u64,
 }
 
 impl KernelCounters {
     /// Bytes of tracked connections that never reached userspace, for any reason.
     pub fn lost_bytes(&self) -> u64 {
-        self.ringbuf_full_bytes + self.truncated_bytes + self.read_failure_bytes
+        self.ringbuf_full_bytes
+            + self.truncated_bytes
+            + self.read_failure_bytes
+            + self.tls_untied_bytes
     }
 
     /// Every counter, for the stats line and `/metrics`.
@@ -172,6 +184,31 @@ impl KernelCounters {
                 self.sniff_skipped_bytes,
                 "bytes of not-yet-classified connections beyond the sniff budget",
             ),
+            Counter::count(
+                "kernel_tls_calls",
+                self.tls_calls,
+                "TLS library calls whose plaintext was copied",
+            ),
+            Counter::loss(
+                "kernel_tls_untied_calls",
+                self.tls_untied_calls,
+                "TLS library calls not tied to a connection (memory BIOs), plaintext not copied",
+            ),
+            Counter::loss(
+                "kernel_tls_untied_bytes",
+                self.tls_untied_bytes,
+                "plaintext bytes of TLS calls not tied to a connection",
+            ),
+            Counter::count(
+                "kernel_tls_ciphertext_bytes",
+                self.tls_ciphertext_bytes,
+                "ciphertext bytes of TLS connections, not copied",
+            ),
+            Counter::loss(
+                "kernel_tls_args_full",
+                self.tls_args_full,
+                "TLS library calls not traced: call table full",
+            ),
         ]
     }
 }
@@ -193,8 +230,9 @@ pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     verdicts: BpfHashMap<MapData, u64, u8>,
+    tls: tls::TlsProbes,
     /// Owns the programs (and so their attachments) and the remaining maps.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl Capture {
@@ -227,6 +265,11 @@ impl Capture {
         }
 
         attach_programs(&mut ebpf, mode)?;
+        let tls = if cfg.tls {
+            tls::TlsProbes::load(&mut ebpf)
+        } else {
+            tls::TlsProbes::default()
+        };
 
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
@@ -251,7 +294,8 @@ impl Capture {
             ring,
             counters,
             verdicts,
-            _ebpf: ebpf,
+            tls,
+            ebpf,
         })
     }
 
@@ -295,6 +339,11 @@ impl Capture {
             records: sum(counter::RECORDS)?,
             bytes: sum(counter::BYTES)?,
             sniff_skipped_bytes: sum(counter::SNIFF_SKIPPED_BYTES)?,
+            tls_calls: sum(counter::TLS_CALLS)?,
+            tls_untied_calls: sum(counter::TLS_UNTIED_CALLS)?,
+            tls_untied_bytes: sum(counter::TLS_UNTIED_BYTES)?,
+            tls_ciphertext_bytes: sum(counter::TLS_CIPHERTEXT_BYTES)?,
+            tls_args_full: sum(counter::TLS_ARGS_FULL)?,
         })
     }
 
@@ -304,6 +353,33 @@ impl Capture {
         self.verdicts
             .insert(&conn_key, &v, 0)
             .context("writing a sniff verdict")
+    }
+
+    /// Probes the TLS library of process `tgid` (once, then again at most every few seconds
+    /// for one it loaded later); whether it has TLS probes now.
+    pub fn probe_tls(&mut self, tgid: u32) -> bool {
+        self.tls.probe(&mut self.ebpf, tgid)
+    }
+
+    /// Probes the TLS libraries of the processes with a connection on a broker port now (they
+    /// predate the tracer); those that map one.
+    pub fn probe_tls_of_connected(&mut self, ports: &[u16]) -> anyhow::Result<Vec<u32>> {
+        let me = std::process::id();
+        let mut tgids: Vec<u32> = tcp_sockets(std::path::Path::new("/proc"), |p| p != me)
+            .into_iter()
+            .filter(|s| !s.listening && (ports.is_empty() || ports.contains(&s.tuple.rport)))
+            .map(|s| s.tgid)
+            .collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        tls::note_processes(&mut self.ebpf, &tgids)?;
+        tgids.retain(|&t| self.probe_tls(t));
+        Ok(tgids)
+    }
+
+    /// The TLS probes' counters.
+    pub fn tls_named(&self) -> Vec<Counter> {
+        self.tls.named()
     }
 
     /// Forgets the verdict of a closed connection (its key may be reused).

@@ -12,6 +12,9 @@ pub enum RingRecord<'a> {
     Data(DataRecord<'a>),
     Open(ConnEvent),
     Close(ConnEvent),
+    /// The connection (as it was: its old id) turned out to be TLS; its plaintext follows
+    /// under a new id.
+    Tls(ConnEvent),
 }
 
 #[derive(Debug)]
@@ -58,6 +61,7 @@ impl<'a> RingRecord<'a> {
             }
             Some(kind::OPEN) => Ok(Self::Open(read_pod(bytes)?)),
             Some(kind::CLOSE) => Ok(Self::Close(read_pod(bytes)?)),
+            Some(kind::TLS) => Ok(Self::Tls(read_pod(bytes)?)),
             Some(other) => Err(RingRecordError::UnknownKind(other)),
             None => Err(RingRecordError::Short(0)),
         }
@@ -102,6 +106,27 @@ impl DataRecord<'_> {
     /// The connection was first seen mid-stream (it predates the tracer).
     pub fn midstream(&self) -> bool {
         self.hdr.flags & flags::MIDSTREAM != 0
+    }
+
+    /// The bytes are TLS plaintext, read from the TLS library.
+    pub fn tls(&self) -> bool {
+        self.hdr.flags & flags::TLS != 0
+    }
+
+    /// The record starts its stream with a TLS record: the connection's bytes are ciphertext
+    /// (the kernel copies no more of them).
+    pub fn starts_ciphertext(&self) -> bool {
+        let p = self.payload;
+        self.position() == 0
+            && !self.tls()
+            && p.len() >= 5
+            && tracer_common::tls_record(
+                p[0],
+                p[1],
+                p[2],
+                u16::from_be_bytes([p[3], p[4]]),
+                self.midstream(),
+            )
     }
 
     pub fn comm(&self) -> &str {

@@ -1,0 +1,428 @@
+//! Uprobes on the TLS libraries of the processes that talk to Kafka, so their plaintext is
+//! read (the kernel side is `tracer-ebpf/src/tls.rs`).
+//!
+//! A process is searched when the tracer starts (if it has a connection on a broker port) and
+//! when one of its Kafka connections first carries bytes (at most every few seconds, for a
+//! library loaded later). Its mappings (`/proc/PID/maps`) are searched for any object that
+//! defines OpenSSL's `SSL_write`, `SSL_write_ex`, `SSL_read`, `SSL_read_ex` and `SSL_set_fd`:
+//! the system's `libssl`, a fork with the same symbols, or a copy linked into another object
+//! (the confluent-kafka wheel's `librdkafka` carries its own, as local symbols). Each object is
+//! parsed once, by device and inode, opened through `/proc/PID/root` (or `map_files` for a
+//! deleted file) so containers work, and probed for every process that maps it: a process
+//! started later is read from its first call, with no race against the tracer. The kernel
+//! notes the processes with a traced connection (at its first syscall, before any TLS call on
+//! it); the probes return at once in any other process (the cost there is the breakpoint trap,
+//! a microsecond or two per TLS call).
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::HashMap as BpfHashMap,
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+use crate::counters::Counter;
+
+/// The probes of an OpenSSL-like library, by program: the symbols each is attached to. The
+/// return programs serve both directions (the entry stashed which).
+const OPENSSL: [(&str, &[&str]); 7] = [
+    ("ssl_write", &["SSL_write"]),
+    ("ssl_write_ex", &["SSL_write_ex"]),
+    ("ssl_read", &["SSL_read"]),
+    ("ssl_read_ex", &["SSL_read_ex"]),
+    ("ssl_ret", &["SSL_write", "SSL_read"]),
+    ("ssl_ex_ret", &["SSL_write_ex", "SSL_read_ex"]),
+    ("ssl_set_fd", &["SSL_set_fd"]),
+];
+
+/// The OpenSSL functions looked for in an object.
+const SYMBOLS: [&str; 5] = [
+    "SSL_write",
+    "SSL_write_ex",
+    "SSL_read",
+    "SSL_read_ex",
+    "SSL_set_fd",
+];
+
+/// A process is searched again for TLS libraries (one it loaded later) at most this often.
+const RESCAN: Duration = Duration::from_secs(10);
+
+/// Objects, and processes searched, remembered at most.
+const MAX_OBJECTS: usize = 4096;
+const MAX_SEARCHED: usize = 16384;
+
+/// A mapped object, as `/proc/PID/maps` names it: device and inode.
+type ObjectId = (String, u64);
+
+/// File offsets of the TLS functions one object defines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct TlsFunctions {
+    offsets: Vec<(&'static str, u64)>,
+}
+
+impl TlsFunctions {
+    fn offset(&self, symbol: &str) -> Option<u64> {
+        self.offsets
+            .iter()
+            .find(|(s, _)| *s == symbol)
+            .map(|(_, o)| *o)
+    }
+}
+
+/// What an object is to the probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Object {
+    /// Defines no TLS function (or could not be read).
+    Plain,
+    /// Probed (for every process that maps it).
+    Probed,
+    /// Defines TLS functions, but a probe could not be attached (logged once).
+    Failed,
+}
+
+/// A process searched: its start time (so a reused pid is searched afresh), when, and whether
+/// it maps a probed object.
+struct Searched {
+    start: u64,
+    at: Instant,
+    probed: bool,
+}
+
+/// The TLS probes.
+#[derive(Default)]
+pub struct TlsProbes {
+    objects: HashMap<ObjectId, Object>,
+    searched: HashMap<u32, Searched>,
+    attach_failures: u64,
+    unreadable_objects: u64,
+    /// False when the kernel refused the programs: nothing is probed (said once at start).
+    enabled: bool,
+}
+
+impl TlsProbes {
+    /// Loads the programs; without them (a kernel without uprobes) TLS stays unread, and the
+    /// log says so once.
+    pub fn load(ebpf: &mut Ebpf) -> Self {
+        let mut probes = Self::default();
+        match load_programs(ebpf) {
+            Ok(()) => probes.enabled = true,
+            Err(e) => tracing::warn!(
+                "TLS plaintext will not be read: {e:#} (uprobes need CONFIG_UPROBES and perf events)"
+            ),
+        }
+        probes
+    }
+
+    /// Searches process `tgid` for TLS libraries and probes those not probed yet, unless it
+    /// was searched less than [`RESCAN`] ago. Returns whether it maps a probed library.
+    pub fn probe(&mut self, ebpf: &mut Ebpf, tgid: u32) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let Some(start) = start_time(tgid) else {
+            return false;
+        };
+        if let Some(s) = self.searched.get(&tgid)
+            && s.start == start
+            && s.at.elapsed() < RESCAN
+        {
+            return s.probed;
+        }
+        let mappings = match mappings(tgid) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(pid = tgid, "reading the process's mappings: {e:#}");
+                return false;
+            }
+        };
+        let mut probed = false;
+        for m in mappings {
+            let state = match self.objects.get(&m.id) {
+                Some(known) => *known,
+                None => {
+                    let state = self.add(ebpf, tgid, &m);
+                    if self.objects.len() < MAX_OBJECTS {
+                        self.objects.insert(m.id.clone(), state);
+                    }
+                    state
+                }
+            };
+            probed |= state == Object::Probed;
+        }
+        if self.searched.len() >= MAX_SEARCHED {
+            self.searched.clear();
+        }
+        self.searched.insert(
+            tgid,
+            Searched {
+                start,
+                at: Instant::now(),
+                probed,
+            },
+        );
+        probed
+    }
+
+    /// Parses an object first seen in process `tgid` and, when it defines TLS functions,
+    /// probes them.
+    fn add(&mut self, ebpf: &mut Ebpf, tgid: u32, m: &Mapping) -> Object {
+        let path = m.open_path(tgid);
+        let functions = match tls_functions(&path) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Object::Plain,
+            Err(e) => {
+                self.unreadable_objects += 1;
+                tracing::debug!(pid = tgid, object = %m.path, "not searched for TLS functions: {e:#}");
+                return Object::Plain;
+            }
+        };
+        for (program, symbols) in OPENSSL {
+            let offsets: Vec<u64> = symbols.iter().filter_map(|s| functions.offset(s)).collect();
+            if offsets.is_empty() {
+                continue;
+            }
+            if let Err(e) = attach(ebpf, program, &offsets, &path) {
+                self.attach_failures += 1;
+                tracing::warn!(object = %m.path, "TLS probe {program} not attached, TLS through this library is not read: {e:#}");
+                return Object::Failed;
+            }
+        }
+        tracing::info!(pid = tgid, object = %m.path, "reading TLS plaintext through this library");
+        Object::Probed
+    }
+
+    /// The probes' counters, for the stats line and `/metrics`.
+    pub fn named(&self) -> Vec<Counter> {
+        let count = |s| self.objects.values().filter(|o| **o == s).count() as u64;
+        vec![
+            Counter::level(
+                "tls_probed_objects",
+                count(Object::Probed),
+                "TLS libraries (objects with OpenSSL's functions) probed",
+            ),
+            Counter::count(
+                "tls_probe_failures",
+                self.attach_failures,
+                "TLS probes that could not be attached (the log names the library)",
+            ),
+            Counter::count(
+                "tls_unreadable_objects",
+                self.unreadable_objects,
+                "mapped objects that could not be read to look for TLS functions",
+            ),
+        ]
+    }
+}
+
+/// Notes processes that have traced connections already (they predate the tracer) in the
+/// kernel's `KAFKA_TGIDS`, whose TLS calls the probes read.
+pub fn note_processes(ebpf: &mut Ebpf, tgids: &[u32]) -> anyhow::Result<()> {
+    let mut map: BpfHashMap<_, u32, u8> =
+        BpfHashMap::try_from(ebpf.map_mut("KAFKA_TGIDS").context("no map KAFKA_TGIDS")?)?;
+    for t in tgids {
+        map.insert(t, &1, 0)?;
+    }
+    Ok(())
+}
+
+fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    for (name, _) in OPENSSL {
+        let p: &mut UProbe = ebpf
+            .program_mut(name)
+            .with_context(|| format!("eBPF object has no program {name}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches `program` at `offsets` of the object at `path`, for every process.
+fn attach(ebpf: &mut Ebpf, program: &str, offsets: &[u64], path: &Path) -> anyhow::Result<()> {
+    let p: &mut UProbe = ebpf
+        .program_mut(program)
+        .with_context(|| format!("eBPF object has no program {program}"))?
+        .try_into()?;
+    p.attach(
+        offsets
+            .iter()
+            .map(|o| UProbeAttachLocation::AbsoluteOffset(*o)),
+        path,
+        UProbeScope::AllProcesses,
+    )?;
+    Ok(())
+}
+
+/// A file-backed executable mapping of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mapping {
+    id: ObjectId,
+    /// The path in the process's own mount namespace.
+    path: String,
+    /// `start-end`, for `/proc/PID/map_files` when the file was deleted.
+    range: String,
+    deleted: bool,
+}
+
+impl Mapping {
+    /// The path to open the object at from the tracer: through the process's root, so a
+    /// container's files are found.
+    fn open_path(&self, tgid: u32) -> PathBuf {
+        if self.deleted {
+            PathBuf::from(format!("/proc/{tgid}/map_files/{}", self.range))
+        } else {
+            PathBuf::from(format!("/proc/{tgid}/root{}", self.path))
+        }
+    }
+}
+
+/// The executable file mappings of a process, one per object.
+fn mappings(tgid: u32) -> anyhow::Result<Vec<Mapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/maps"))?;
+    Ok(parse_maps(&text))
+}
+
+/// Parses `/proc/PID/maps`: `start-end perms offset dev inode path`; keeps executable file
+/// mappings, one per (device, inode).
+fn parse_maps(text: &str) -> Vec<Mapping> {
+    let mut seen = HashSet::new();
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.splitn(6, ' ');
+            let (range, perms, _offset, dev, inode) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            let path = f.next()?.trim_start();
+            let inode: u64 = inode.parse().ok()?;
+            if !perms.contains('x') || inode == 0 || !path.starts_with('/') {
+                return None;
+            }
+            let (path, deleted) = match path.strip_suffix(" (deleted)") {
+                Some(p) => (p, true),
+                None => (path, false),
+            };
+            let id = (dev.to_string(), inode);
+            seen.insert(id.clone()).then(|| Mapping {
+                id,
+                path: path.to_string(),
+                range: range.to_string(),
+                deleted,
+            })
+        })
+        .collect()
+}
+
+/// The file offsets of the OpenSSL functions an ELF object defines (in its dynamic or its full
+/// symbol table), or `None` when it defines neither `SSL_write` nor `SSL_read`.
+fn tls_functions(path: &Path) -> anyhow::Result<Option<TlsFunctions>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a read-only private mapping; a file changed under it can only give wrong
+    // symbols, which is no worse than a stale library.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
+    let Ok(elf) = object::File::parse(&*map) else {
+        return Ok(None);
+    };
+    let mut offsets = Vec::new();
+    for wanted in SYMBOLS {
+        let sym = elf
+            .dynamic_symbols()
+            .chain(elf.symbols())
+            .find(|s| s.is_definition() && s.name() == Ok(wanted));
+        let Some(sym) = sym else { continue };
+        let Some(section) = sym
+            .section_index()
+            .and_then(|i| elf.section_by_index(i).ok())
+        else {
+            continue;
+        };
+        let Some((file_offset, _)) = section.file_range() else {
+            continue;
+        };
+        let Some(off) = sym.address().checked_sub(section.address()) else {
+            continue;
+        };
+        offsets.push((wanted, file_offset + off));
+    }
+    let has = |s| offsets.iter().any(|(n, _)| *n == s);
+    Ok((has("SSL_write") || has("SSL_read")).then_some(TlsFunctions { offsets }))
+}
+
+/// Field 22 of `/proc/PID/stat` (after the parenthesised name, which may hold spaces).
+fn start_time(tgid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_give_each_executable_object_once() {
+        let text = "\
+55d0a0000000-55d0a0001000 r--p 00000000 fd:01 1234 /usr/bin/python3.11
+55d0a0001000-55d0a0100000 r-xp 00001000 fd:01 1234 /usr/bin/python3.11
+7f0000000000-7f0000100000 r-xp 00020000 fd:01 77   /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000100000-7f0000200000 r-xp 00120000 fd:01 77   /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000300000-7f0000301000 r-xp 00000000 00:00 0    [vdso]
+7f0000400000-7f0000401000 rw-p 00000000 00:00 0
+7f0000500000-7f0000600000 r-xp 00000000 00:2a 99   /tmp/librdkafka.so (deleted)
+";
+        let m = parse_maps(text);
+        let paths: Vec<(&str, bool)> = m.iter().map(|m| (m.path.as_str(), m.deleted)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("/usr/bin/python3.11", false),
+                ("/usr/lib/x86_64-linux-gnu/libssl.so.3", false),
+                ("/tmp/librdkafka.so", true)
+            ]
+        );
+        assert_eq!(
+            m[2].open_path(42),
+            PathBuf::from("/proc/42/map_files/7f0000500000-7f0000600000")
+        );
+        assert_eq!(
+            m[1].open_path(42),
+            PathBuf::from("/proc/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3")
+        );
+    }
+
+    /// The system's libssl (exported symbols).
+    #[test]
+    fn openssl_functions_are_found_in_libssl() {
+        let lib = [
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            "/lib/x86_64-linux-gnu/libssl.so.3",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("Debian's libssl3 (a dependency of the test machine's apt)");
+        let f = tls_functions(lib)
+            .unwrap()
+            .expect("libssl defines SSL_write");
+        let names: Vec<&str> = f.offsets.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, SYMBOLS);
+        assert!(f.offsets.iter().all(|(_, o)| *o > 0));
+        // A library that only imports them (libcurl, the Python ssl module) has none.
+        assert_eq!(tls_functions(Path::new("/proc/self/exe")).unwrap(), None);
+    }
+
+    #[test]
+    fn start_times_tell_processes_apart() {
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert_eq!(start_time(u32::MAX), None);
+    }
+}
