@@ -332,33 +332,14 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
             .context("starting tansu (run `cargo xtask setup`)")
     }
 
-    /// Client connections established to this broker now (from /proc/net/tcp and tcp6).
+    /// Client connections established to this broker's PLAINTEXT listener now.
     pub fn client_connections(&self) -> usize {
-        let port = format!(":{:04X} ", self.port);
-        ["/proc/net/tcp", "/proc/net/tcp6"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
-            .filter(|l| {
-                // local_address rem_address st: the remote end is the broker, 01 = ESTABLISHED.
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 3 && format!("{} ", f[2]).ends_with(&port) && f[3] == "01"
-            })
-            .count()
+        client_connections_to(self.port)
     }
 
     /// Waits until at least `n` client connections to the broker are established.
     pub fn wait_for_clients(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.client_connections() < n {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{} of {n} client connections after {timeout:?}",
-                self.client_connections()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        wait_for_clients_on(self.port, n, timeout)
     }
 
     pub fn bootstrap(&self) -> String {
@@ -403,4 +384,33 @@ impl Drop for Broker {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Client connections established now to `port` of this host (from /proc/net/tcp and tcp6).
+pub fn client_connections_to(port: u16) -> usize {
+    let port = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| {
+            // local_address rem_address st: the remote end is the broker, 01 = ESTABLISHED.
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && format!("{} ", f[2]).ends_with(&port) && f[3] == "01"
+        })
+        .count()
+}
+
+/// Waits until at least `n` client connections to `port` are established.
+pub fn wait_for_clients_on(port: u16, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while client_connections_to(port) < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {n} client connections to port {port} after {timeout:?}",
+            client_connections_to(port)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }

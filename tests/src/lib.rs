@@ -253,7 +253,13 @@ pub struct BackgroundClient {
 
 impl BackgroundClient {
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_env(&[], args)
+    }
+
+    /// Same, with environment variables for the client process.
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
         let child = client_command(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
@@ -261,6 +267,11 @@ impl BackgroundClient {
             child,
             args: args.iter().map(|a| a.to_string()).collect(),
         })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for it; its JSON output line.

@@ -37,12 +37,22 @@ impl Tracer {
 
     /// Same, with extra environment variables (the OTEL_* settings).
     pub fn start_with(port: u16, name: &str, env: &[(&str, &str)]) -> Self {
-        Self::start_wrapped(port, name, env, &[])
+        Self::start_on(&[port], name, env)
+    }
+
+    /// Same, on several broker ports.
+    pub fn start_on(ports: &[u16], name: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_wrapped(ports, name, env, &[])
     }
 
     /// Same, started through `wrapper` (a command and its arguments, such as `setpriv ...`,
     /// given the daemon's path and arguments after them).
-    pub fn start_wrapped(port: u16, name: &str, env: &[(&str, &str)], wrapper: &[String]) -> Self {
+    pub fn start_wrapped(
+        ports: &[u16],
+        name: &str,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("kt-traces-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (stdout, stderr) = (dir.join("spans.jsonl"), dir.join("log"));
@@ -55,7 +65,15 @@ impl Tracer {
             None => Command::new(binary()),
         };
         let child = command
-            .args(["--ports", &port.to_string(), "--stats-interval", "1"])
+            .arg("--ports")
+            .arg(
+                ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .args(["--stats-interval", "1"])
             // Tracers run in parallel: no shared metrics port unless a test sets its own, and
             // no sniffing of the other tests' brokers (each test names its broker's port).
             .env("KAFKA_TRACER_METRICS_ADDR", "off")

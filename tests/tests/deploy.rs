@@ -343,7 +343,7 @@ fn the_daemonsets_capabilities_are_enough() {
     .to_vec();
     let broker = Broker::start().unwrap();
     broker.create_topic("least-privilege", 1).unwrap();
-    let tracer = Tracer::start_wrapped(broker.port, "least-privilege", &[], &wrapper);
+    let tracer = Tracer::start_wrapped(&[broker.port], "least-privilege", &[], &wrapper);
     let effective =
         u64::from_str_radix(&proc_status(tracer.child.id(), "CapEff").unwrap(), 16).unwrap();
     // CAP_PERFMON = 38, CAP_BPF = 39.

@@ -156,6 +156,8 @@ pub struct Span {
 pub struct SpanCounters {
     pub producer_spans: u64,
     pub consumer_spans: u64,
+    /// SASL authentication spans.
+    pub authentication_spans: u64,
     /// Produce without offsets (acks=0, or an error): the span has no derived identity, so a
     /// consumer cannot be linked to it.
     pub unlinked_produces: u64,
@@ -181,6 +183,11 @@ impl SpanCounters {
                 "consumer_spans",
                 self.consumer_spans,
                 "poll and acknowledgement spans built",
+            ),
+            Counter::count(
+                "authentication_spans",
+                self.authentication_spans,
+                "SASL authentication spans built",
             ),
             Counter::count(
                 "unlinked_produces",
@@ -364,6 +371,38 @@ fn end_txn_span(o: &ConnExchange, catalog: &Catalog, t: &EndTxn, error: Option<i
         attributes,
         links: Vec::new(),
         error_code: error,
+        parent_sampled: None,
+        tgid: o.tgid,
+    }
+}
+
+/// The span of a SASL authentication (`SaslAuthenticate`): `authenticate`, with the mechanism
+/// the connection's handshake named and, when the broker refused the credentials, an error
+/// status (SASL_AUTHENTICATION_FAILED). The credentials themselves are never read.
+fn authenticate_span(
+    o: &ConnExchange,
+    catalog: &Catalog,
+    mechanism: Option<&str>,
+    code: i16,
+) -> Span {
+    let (start, end) = exchange_times(o);
+    let mut attributes = connection(o, catalog, &o.tuple);
+    attributes.push(("messaging.operation.name", "authenticate".into()));
+    if let Some(m) = mechanism {
+        attributes.push(("messaging.kafka.sasl.mechanism", m.into()));
+    }
+    Span {
+        trace_id: random_trace_id(),
+        span_id: random_span_id(),
+        parent_span_id: None,
+        tracestate: None,
+        name: "authenticate".into(),
+        kind: SpanKind::Client,
+        start_ns: start,
+        end_ns: end,
+        attributes,
+        links: Vec::new(),
+        error_code: (code != 0).then_some(code),
         parent_sampled: None,
         tgid: o.tgid,
     }
@@ -597,6 +636,10 @@ pub fn spans(
             for a in &req.acknowledgements {
                 out.push(ack_span(&at, counters, a, group.clone()));
             }
+        }
+        (Ok(Request::SaslAuthenticate(mechanism)), Some(Ok(Response::SaslAuthenticate(code)))) => {
+            counters.authentication_spans += 1;
+            out.push(authenticate_span(o, catalog, mechanism.as_deref(), *code));
         }
         (Ok(Request::EndTxn(t)), resp) => {
             let error = match resp {

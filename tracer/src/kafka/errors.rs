@@ -20,7 +20,11 @@ pub fn error_name(code: i16) -> &'static str {
         27 => "REBALANCE_IN_PROGRESS",
         29 => "TOPIC_AUTHORIZATION_FAILED",
         30 => "GROUP_AUTHORIZATION_FAILED",
+        31 => "CLUSTER_AUTHORIZATION_FAILED",
+        33 => "UNSUPPORTED_SASL_MECHANISM",
+        34 => "ILLEGAL_SASL_STATE",
         47 => "INVALID_PRODUCER_EPOCH",
+        58 => "SASL_AUTHENTICATION_FAILED",
         100 => "UNKNOWN_TOPIC_ID",
         _ => "KAFKA_ERROR",
     }

@@ -1,6 +1,6 @@
 //! Kafka wire decoding: request and response headers, Produce and Fetch (zero-copy, every
 //! version a current broker speaks, record batches with every codec and record headers), and
-//! Metadata, ApiVersions, ListOffsets, group, share-group and transaction APIs (their fields the
+//! Metadata, ApiVersions, ListOffsets, group, share-group, transaction and SASL APIs (their fields the
 //! tracer uses, read by the same bounds-checked reader: the `kafka-protocol` crate, which sizes
 //! vectors from untrusted counts, serves only as the reference encoder in the tests).
 //!
@@ -18,6 +18,7 @@ pub mod names;
 mod partition_records;
 mod produce;
 pub mod records;
+mod sasl;
 mod session;
 mod share;
 mod sniff;
@@ -53,6 +54,8 @@ pub mod api {
     pub const METADATA: i16 = 3;
     pub const OFFSET_COMMIT: i16 = 8;
     pub const OFFSET_FETCH: i16 = 9;
+    /// Names the SASL mechanism; v0 is followed by raw (unframed by Kafka) SASL tokens.
+    pub const SASL_HANDSHAKE: i16 = 17;
     pub const FIND_COORDINATOR: i16 = 10;
     pub const JOIN_GROUP: i16 = 11;
     pub const HEARTBEAT: i16 = 12;
@@ -60,6 +63,8 @@ pub mod api {
     pub const SYNC_GROUP: i16 = 14;
     pub const API_VERSIONS: i16 = 18;
     pub const END_TXN: i16 = 26;
+    /// Carries SASL credentials, never decoded.
+    pub const SASL_AUTHENTICATE: i16 = 36;
     /// KIP-848 consumer groups: replaces JoinGroup, SyncGroup and Heartbeat.
     pub const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
     /// KIP-932 share groups.
@@ -177,6 +182,11 @@ pub enum Request {
     /// ShareFetch or ShareAcknowledge (the header's API key tells which): the share group and
     /// the acknowledgements.
     Share(ShareRequest),
+    /// SaslHandshake: the mechanism asked for.
+    SaslHandshake(String),
+    /// SaslAuthenticate, its credentials unread: the mechanism its connection's handshake
+    /// named, when the handshake was seen.
+    SaslAuthenticate(Option<String>),
     /// Any other API: header only.
     Other,
 }
@@ -196,6 +206,9 @@ pub enum Response {
     ShareAcknowledge(i16),
     /// EndTxn: its error code.
     EndTxn(i16),
+    /// SaslHandshake and SaslAuthenticate: their error codes.
+    SaslHandshake(i16),
+    SaslAuthenticate(i16),
     /// Any other API: the top-level error code where the tracer knows where it is.
     Other,
 }
@@ -216,7 +229,10 @@ impl Response {
             Self::ShareFetch(f) => (f.error_code != 0)
                 .then_some(f.error_code)
                 .or_else(|| first(Box::new(f.partitions.iter().map(|p| p.error_code)))),
-            Self::ShareAcknowledge(e) | Self::EndTxn(e) => (*e != 0).then_some(*e),
+            Self::ShareAcknowledge(e)
+            | Self::EndTxn(e)
+            | Self::SaslHandshake(e)
+            | Self::SaslAuthenticate(e) => (*e != 0).then_some(*e),
             Self::Other => None,
         }
     }
@@ -236,6 +252,10 @@ pub fn decode_request(
         api::FETCH => Request::Fetch(fetch::decode_request(body, h.api_version)?),
         api::SHARE_FETCH => Request::Share(share::decode_fetch_request(body, h.api_version)?),
         api::END_TXN => Request::EndTxn(txn::decode_request(body, h.api_version)?),
+        api::SASL_HANDSHAKE => {
+            Request::SaslHandshake(sasl::decode_handshake_request(body, h.api_version)?)
+        }
+        api::SASL_AUTHENTICATE => Request::SaslAuthenticate(None),
         api::SHARE_ACKNOWLEDGE => {
             Request::Share(share::decode_acknowledge_request(body, h.api_version)?)
         }
@@ -267,6 +287,12 @@ pub fn decode_response(
             Response::ShareAcknowledge(share::decode_acknowledge_response(body, version)?)
         }
         api::END_TXN => Response::EndTxn(txn::decode_response(body, version)?),
+        api::SASL_HANDSHAKE => {
+            Response::SaslHandshake(sasl::decode_handshake_response(body, version)?)
+        }
+        api::SASL_AUTHENTICATE => {
+            Response::SaslAuthenticate(sasl::decode_authenticate_response(body, version)?)
+        }
         k if GROUP_APIS.contains(&k) => {
             Response::Group(admin::decode_group_response(api_key, version, body)?)
         }

@@ -48,6 +48,16 @@ pub fn id(b: &[u8]) -> String {
     }
 }
 
+/// A SASL mechanism name (RFC 4422: at most 20 of `[A-Z0-9_-]`).
+pub fn mechanism(b: &[u8]) -> String {
+    let legal = |c: &u8| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_');
+    if !b.is_empty() && b.len() <= 20 && b.iter().all(legal) {
+        String::from_utf8_lossy(b).into_owned()
+    } else {
+        invalid().to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

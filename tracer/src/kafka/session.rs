@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use tracer_common::Direction;
 
 use super::{
-    DecodeError, DecodeOptions, Request, RequestHeader, Response, decode_request, decode_response,
+    DecodeError, DecodeOptions, Request, RequestHeader, Response, api, decode_request,
+    decode_response,
     framing::{Frame, Framer},
     looks_like_request, parse_request_header, parse_response_header,
 };
@@ -52,6 +53,9 @@ pub struct SessionCounters {
     /// Frames of a legacy SASL exchange (after SaslHandshake v0 the client and broker send raw
     /// authentication tokens, not Kafka messages): skipped unread, never decoded or logged.
     pub sasl_tokens: u64,
+    /// SaslAuthenticate exchanges, and those the broker refused.
+    pub sasl_authentications: u64,
+    pub sasl_authentication_failures: u64,
     /// Legacy (magic 0/1) message sets skipped, and record batches that could not be read
     /// (corrupt, or failed or oversized decompression), in Produce requests and Fetch responses.
     pub legacy_batches: u64,
@@ -98,6 +102,16 @@ impl SessionCounters {
                 "sasl_tokens",
                 self.sasl_tokens,
                 "raw SASL tokens after a SaslHandshake v0, skipped unread",
+            ),
+            Counter::count(
+                "sasl_authentications",
+                self.sasl_authentications,
+                "SASL authentications (SaslAuthenticate exchanges; their credentials are never read)",
+            ),
+            Counter::count(
+                "sasl_authentication_failures",
+                self.sasl_authentication_failures,
+                "SASL authentications the broker refused",
             ),
             Counter::count(
                 "legacy_batches",
@@ -147,10 +161,9 @@ struct Pairing {
     /// After a SaslHandshake v0 request: raw SASL tokens (passwords, SCRAM proofs) follow,
     /// framed by a size prefix alone, until the client's next Kafka request.
     sasl_tokens: bool,
+    /// The mechanism of the connection's last SaslHandshake, for its SaslAuthenticate.
+    sasl_mechanism: Option<String>,
 }
-
-/// SaslHandshake, whose version 0 is followed by raw (unframed by Kafka) SASL tokens.
-const SASL_HANDSHAKE: i16 = 17;
 
 /// What a plausible frame start is in one direction, fixed for one piece (copied out of the
 /// pairing state, which handling a frame changes).
@@ -241,7 +254,7 @@ impl Pairing {
         if !as_request {
             return self.on_response(f, dir, opts, counters, out);
         }
-        self.sasl_tokens = f.body.get(..4) == Some(&[0, SASL_HANDSHAKE as u8, 0, 0][..]);
+        self.sasl_tokens = f.body.get(..4) == Some(&[0, api::SASL_HANDSHAKE as u8, 0, 0][..]);
         let accepted = self.on_request(f, guessed, dir, opts, counters, out);
         // A response can pass for a request header (corr id 13 reads as Produce v13): a guess
         // the decoder rejects names no direction.
@@ -307,7 +320,16 @@ impl Pairing {
             Some(_) => {}
             None => self.client_id = Some(header.client_id.clone()),
         }
-        let request = decode_request(&header, &f.body[at..], !f.complete, opts);
+        let request = match decode_request(&header, &f.body[at..], !f.complete, opts) {
+            Ok(Request::SaslHandshake(m)) => {
+                self.sasl_mechanism = Some(m.clone());
+                Ok(Request::SaslHandshake(m))
+            }
+            Ok(Request::SaslAuthenticate(_)) => {
+                Ok(Request::SaslAuthenticate(self.sasl_mechanism.clone()))
+            }
+            other => other,
+        };
         if let Ok(Request::Produce(p)) = &request {
             counters.batches(
                 p.partitions
@@ -380,6 +402,10 @@ impl Pairing {
         if response.is_err() {
             counters.undecodable_responses += 1;
         }
+        if let Ok(Response::SaslAuthenticate(code)) = &response {
+            counters.sasl_authentications += 1;
+            counters.sasl_authentication_failures += u64::from(*code != 0);
+        }
         if let Ok(Response::Fetch(f)) = &response {
             counters.batches(
                 f.partitions
@@ -417,6 +443,7 @@ impl Session {
                 inflight: VecDeque::new(),
                 max_inflight,
                 sasl_tokens: false,
+                sasl_mechanism: None,
             },
         }
     }
