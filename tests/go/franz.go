@@ -41,7 +41,11 @@ func produceFranz(a args) ([]produced, error) {
 	if a.partition >= 0 {
 		opts = append(opts, kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	}
-	cl, err := kgo.NewClient(opts...)
+	security, err := franzSecurity()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(append(opts, security...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +85,11 @@ func consumeFranz(a args) ([]consumed, error) {
 			a.topic: {int32(max(a.partition, 0)): kgo.NewOffset().At(0)},
 		}))
 	}
-	cl, err := kgo.NewClient(opts...)
+	security, err := franzSecurity()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(append(opts, security...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -35,7 +35,7 @@ func saramaConfig(a args) (*sarama.Config, error) {
 	if a.partition >= 0 {
 		c.Producer.Partitioner = sarama.NewManualPartitioner
 	}
-	return c, nil
+	return c, saramaSecurity(c)
 }
 
 func produceSarama(a args) ([]produced, error) {

@@ -175,7 +175,8 @@ def perf_confluent(a):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     p = Producer({"bootstrap.servers": a.bootstrap, "linger.ms": a.linger_ms,
-                  "compression.type": a.codec, "client.id": "tracer-perf"})
+                  "compression.type": a.codec, "client.id": "tracer-perf",
+                  **security_confluent()})
     value = b"x" * a.size
     failed = []
     start = time.perf_counter()
@@ -191,7 +192,8 @@ def perf_confluent(a):
     p.flush(60)
     produce_s = time.perf_counter() - start
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "tracer-perf",
-                  "enable.auto.commit": False, "client.id": "tracer-perf"})
+                  "enable.auto.commit": False, "client.id": "tracer-perf",
+                  **security_confluent()})
     c.assign([TopicPartition(a.topic, 0, 0)])
     got = 0
     start = time.perf_counter()

@@ -274,6 +274,12 @@ impl BackgroundClient {
         self.child.id()
     }
 
+    /// Stops it (a client waiting for records that will not come).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for it; its JSON output line.
     pub fn finish(self) -> anyhow::Result<String> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();

@@ -28,6 +28,9 @@ pub mod kind {
     /// (its ciphertext so far is of no use); an [`OPEN`] with a new `conn_id` and
     /// [`flags::TLS`](super::flags::TLS) follows, whose streams are the plaintext.
     pub const TLS: u8 = 4;
+    /// A [`ConnEvent`](super::ConnEvent) with only `pid_tgid` set: a traced process ran a new
+    /// program (`execve`), whose TLS library may be worth probing before it connects.
+    pub const EXEC: u8 = 5;
 }
 
 /// Direction of a data record, seen from the process that made the syscall.

@@ -13,8 +13,8 @@
 //!    directional stream (an atomic add on the stream offset, so any loss shows up as a gap), and
 //!    copies the user buffers with `bpf_loop` into records of at most `CHUNK_SIZE` bytes.
 //!
-//! TLS connections are read in the TLS library instead (`tls`: uprobes), their ciphertext not
-//! copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.
+//! TLS connections are read in the TLS library instead (uprobes: `tls` for OpenSSL, `gotls`
+//! for Go's crypto/tls), their ciphertext not copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.
 #![no_std]
 #![no_main]
 // The bpf target has no `AtomicU64`; the intrinsic lowers to BPF's atomic fetch-add.
@@ -48,6 +48,7 @@ use tracer_common::{
 mod copy;
 mod entry;
 mod fd;
+mod gotls;
 mod sock;
 mod tls;
 

@@ -15,6 +15,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
+use tracer_common::ConnEvent;
 use tracer_common::{ProcPtr, TlsCall};
 
 use super::*;
@@ -46,8 +47,7 @@ pub(crate) fn note_process(tgid: u32) {
 
 fn enter(ctx: &ProbeContext, dir: Direction, ex: bool) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if unsafe { KAFKA_TGIDS.get(&tgid) }.is_none() || !task_traced(&config(), tgid) {
+    if !process_traced((id >> 32) as u32) {
         return 0;
     }
     let call = TlsCall {
@@ -111,7 +111,7 @@ pub fn ssl_ex_ret(ctx: RetProbeContext) -> u32 {
 pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if unsafe { KAFKA_TGIDS.get(&tgid) }.is_none() || !task_traced(&config(), tgid) {
+    if !process_traced(tgid) {
         return 0;
     }
     let key = ProcPtr {
@@ -146,7 +146,19 @@ fn leave<C: aya_ebpf::EbpfContext>(ctx: &C, n: u64, ex: bool) {
         _pad: 0,
         ptr: call.ssl,
     };
-    let Some(key) = connection_of(&obj) else {
+    plaintext(ctx, connection_of(&obj), &call, n);
+}
+
+/// A TLS call `call` on connection `key` moved `n` bytes of plaintext: they are copied on the
+/// connection's stream (which becomes a TLS connection if it was not one yet). Without a
+/// connection they are counted.
+pub(crate) fn plaintext<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    key: Option<u64>,
+    call: &TlsCall,
+    n: u64,
+) {
+    let Some(key) = key else {
         count(counter::TLS_UNTIED_CALLS, 1);
         count(counter::TLS_UNTIED_BYTES, n);
         return;
@@ -188,14 +200,38 @@ fn connection_of(obj: &ProcPtr) -> Option<u64> {
         return Some(*key);
     }
     let fd = *unsafe { SSL_FDS.get(obj) }?;
-    let key = ((obj.tgid as u64) << 32) | fd as u32 as u64;
-    let key = if config().mode == mode::FD {
-        key
-    } else {
-        *unsafe { FD_SOCKS.get(&key) }?
-    };
+    let key = connection_of_fd(obj.tgid, fd)?;
     let _ = SSL_CONNS.insert(obj, &key, 0);
     Some(key)
+}
+
+/// The traced connection (`CONNS` key) that process `tgid` knows as `fd`.
+#[inline(always)]
+pub(crate) fn connection_of_fd(tgid: u32, fd: i32) -> Option<u64> {
+    let key = ((tgid as u64) << 32) | fd as u32 as u64;
+    if config().mode == mode::FD {
+        Some(key)
+    } else {
+        unsafe { FD_SOCKS.get(&key) }.copied()
+    }
+}
+
+/// Remembers that TLS connection object `obj` uses connection `key`.
+#[inline(always)]
+pub(crate) fn tie(obj: &ProcPtr, key: u64) {
+    let _ = SSL_CONNS.insert(obj, &key, 0);
+}
+
+/// The connection a TLS connection object uses, when it is known.
+#[inline(always)]
+pub(crate) fn tied(obj: &ProcPtr) -> Option<u64> {
+    unsafe { SSL_CONNS.get(obj) }.copied()
+}
+
+/// Whether process `tgid` has a traced connection (see [`KAFKA_TGIDS`]) and is traced.
+#[inline(always)]
+pub(crate) fn process_traced(tgid: u32) -> bool {
+    unsafe { KAFKA_TGIDS.get(&tgid) }.is_some() && task_traced(&config(), tgid)
 }
 
 /// A syscall of thread `id` was tied to connection `key`: when the thread is inside a TLS
@@ -210,7 +246,7 @@ pub(crate) fn nested<C: aya_ebpf::EbpfContext>(ctx: &C, id: u64, key: u64) {
         _pad: 0,
         ptr: call.ssl,
     };
-    let _ = SSL_CONNS.insert(&obj, &key, 0);
+    tie(&obj, key);
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
         // SAFETY: map value pointer, valid for this program run.
         become_tls(ctx, key, unsafe { &mut *conn });
@@ -222,7 +258,7 @@ pub(crate) fn nested<C: aya_ebpf::EbpfContext>(ctx: &C, id: u64, key: u64) {
 /// streams that carry plaintext. Both streams are marked mid-stream: calls made before the
 /// probes were attached are not seen. A sniffed connection is sniffed again, on plaintext.
 #[inline(always)]
-fn become_tls<C: aya_ebpf::EbpfContext>(ctx: &C, key: u64, conn: &mut ConnState) {
+pub(crate) fn become_tls<C: aya_ebpf::EbpfContext>(ctx: &C, key: u64, conn: &mut ConnState) {
     if conn.flags & flags::TLS != 0 {
         return;
     }
@@ -237,4 +273,33 @@ fn become_tls<C: aya_ebpf::EbpfContext>(ctx: &C, key: u64, conn: &mut ConnState)
         let _ = VERDICTS.remove(&key);
     }
     emit_conn_event(ctx, kind::OPEN, key, conn, -1);
+}
+
+/// `sched:sched_process_exec`: a traced process runs a new program. The daemon searches it for
+/// TLS libraries at once (a Go program carries its own), before it connects anywhere.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !task_traced(&config(), (id >> 32) as u32) {
+        return 0;
+    }
+    if let Some(mut e) = EVENTS.reserve::<ConnEvent>(0) {
+        e.write(ConnEvent {
+            kind: kind::EXEC,
+            flags: 0,
+            _pad: [0; 2],
+            fd: -1,
+            pid_tgid: id,
+            conn_id: 0,
+            conn_key: 0,
+            ts_ns: now(),
+            tx_bytes: 0,
+            rx_bytes: 0,
+            tuple: ConnTuple::default(),
+        });
+        e.submit(0);
+    } else {
+        count(counter::RINGBUF_FULL_CONN_EVENTS, 1);
+    }
+    0
 }

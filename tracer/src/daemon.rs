@@ -47,6 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             r = capture.readable() => {
                 r?;
                 capture.drain(|rec| pipeline.on_record(rec));
+                capture.probe_new_programs();
                 for tgid in pipeline.take_new_processes() {
                     traces.resources.prefetch(tgid);
                     if capture.probe_tls(tgid) {

@@ -282,6 +282,8 @@ impl Pipeline {
                 let (l, r) = endpoints(&ev.tuple);
                 tracing::debug!(conn = ev.conn_id, %l, %r, midstream = ev.midstream(), "connection opened");
             }
+            // The capture keeps these (a new program to search for TLS libraries).
+            RingRecord::Exec(_) => {}
             RingRecord::Tls(ev) => {
                 // What the connection carried so far was ciphertext (or the start of a
                 // handshake): gone without a count; its plaintext comes under a new id.

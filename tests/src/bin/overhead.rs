@@ -1,18 +1,21 @@
 //! `cargo xtask bench overhead`: what tracing costs a real client. librdkafka (confluent-kafka)
-//! produces and then consumes 1 KiB records as fast as it can against a local tansu broker, in
-//! runs alternating without and with kafka-tracer attached (100% sampling, OTLP/HTTP to a
-//! local receiver). Prints the client's throughput traced/untraced, the tracer's CPU time per
+//! produces and then consumes 1 KiB records as fast as it can against a local tansu broker (or,
+//! with `--tls`, over TLS to Apache Kafka's SSL listener, the tracer reading the plaintext from
+//! librdkafka's OpenSSL), in runs alternating without and with kafka-tracer attached (100%
+//! sampling, OTLP/HTTP to a local receiver). Prints the client's throughput traced/untraced, the tracer's CPU time per
 //! 10k records, its peak resident memory, and the completeness account: records produced and
 //! consumed against records in send and poll spans, with every loss counter of the tracer, so a
 //! record without a span is either explained by a counter or reported as unexplained.
 //!
-//!   overhead [--runs N] [--records N] [--size BYTES]
+//!   overhead [--runs N] [--records N] [--size BYTES] [--tls]
 
 use std::{process::ExitCode, time::Duration};
 
 use serde_json::Value;
 use tests::{
-    Broker, client,
+    Broker,
+    certs::Certs,
+    client_env,
     receiver::Receiver,
     tracer::{Tracer, logged, proc_status},
 };
@@ -87,14 +90,67 @@ fn records(s: &tests::receiver::Received) -> u64 {
         .unwrap_or(1)
 }
 
-fn one(rt: &tokio::runtime::Runtime, traced: bool, n: u64, size: u64) -> anyhow::Result<Run> {
-    let broker = Broker::start()?;
-    broker.create_topic("overhead", 1)?;
+/// The broker a run talks to: a tansu broker of its own, or (TLS) Apache Kafka's SSL listener,
+/// one broker for every run (a JVM takes seconds to start), a topic per run.
+#[expect(clippy::large_enum_variant, reason = "one per benchmark")]
+enum Target {
+    Plain,
+    Tls {
+        broker: Broker,
+        _certs: Certs,
+        env: Vec<(&'static str, String)>,
+    },
+}
+
+impl Target {
+    fn new(tls: bool) -> anyhow::Result<Self> {
+        if !tls {
+            return Ok(Self::Plain);
+        }
+        let certs = Certs::make("overhead")?;
+        let broker = Broker::apache_secure(&certs)?;
+        let env = vec![
+            ("KT_SECURITY_PROTOCOL", "SSL".to_string()),
+            ("KT_SSL_CA", certs.ca.display().to_string()),
+        ];
+        Ok(Self::Tls {
+            broker,
+            _certs: certs,
+            env,
+        })
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::Plain => "confluent-kafka -> tansu",
+            Self::Tls { .. } => "confluent-kafka over TLS -> Apache Kafka's SSL listener",
+        }
+    }
+}
+
+fn one(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    run: u64,
+    traced: bool,
+    n: u64,
+    size: u64,
+) -> anyhow::Result<Run> {
+    let topic = format!("overhead-{run}-{traced}");
+    let own;
+    let (broker, port, env): (&Broker, u16, &[(&str, String)]) = match target {
+        Target::Plain => {
+            own = Broker::start()?;
+            (&own, own.port, &[])
+        }
+        Target::Tls { broker, env, .. } => (broker, broker.secure.map_or(0, |p| p.ssl), env),
+    };
+    broker.create_topic(&topic, 1)?;
     let receiver = rt.block_on(Receiver::start(None))?;
     let endpoint = receiver.http_endpoint();
     let tracer = traced.then(|| {
         Tracer::start_with(
-            broker.port,
+            port,
             "overhead",
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -103,16 +159,20 @@ fn one(rt: &tokio::runtime::Runtime, traced: bool, n: u64, size: u64) -> anyhow:
         )
     });
     let cpu_before = tracer.as_ref().map_or(0.0, |t| cpu_seconds(t.child.id()));
-    let out: Value = serde_json::from_str(&client(&[
-        "perf",
-        "confluent",
-        &broker.bootstrap(),
-        "overhead",
-        &n.to_string(),
-        "none",
-        "--size",
-        &size.to_string(),
-    ])?)?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out: Value = serde_json::from_str(&client_env(
+        &env,
+        &[
+            "perf",
+            "confluent",
+            &format!("127.0.0.1:{port}"),
+            &topic,
+            &n.to_string(),
+            "none",
+            "--size",
+            &size.to_string(),
+        ],
+    )?)?;
     let (mut cpu, mut rss, mut losses) = (0.0, 0, Vec::new());
     if let Some(t) = tracer {
         // Let it finish what the ring buffer still holds before measuring.
@@ -126,7 +186,7 @@ fn one(rt: &tokio::runtime::Runtime, traced: bool, n: u64, size: u64) -> anyhow:
             .filter(|(_, v)| *v > 0)
             .collect();
     }
-    let spans = receiver.topic("overhead");
+    let spans = receiver.topic(&topic);
     let sum = |name: &str| -> u64 {
         spans
             .iter()
@@ -141,8 +201,8 @@ fn one(rt: &tokio::runtime::Runtime, traced: bool, n: u64, size: u64) -> anyhow:
         consume_rps: num("consumed") / num("consume_s"),
         tracer_cpu_s: cpu,
         tracer_peak_rss_kib: rss,
-        send_records: sum("send overhead"),
-        poll_records: sum("poll overhead"),
+        send_records: sum(&format!("send {topic}")),
+        poll_records: sum(&format!("poll {topic}")),
         produced: num("produced") as u64,
         consumed: num("consumed") as u64,
         losses,
@@ -161,9 +221,18 @@ fn main() -> ExitCode {
         arg("--size", 1024),
     );
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let tls = std::env::args().any(|a| a == "--tls");
+    let target = match Target::new(tls) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("overhead: starting the broker failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut all = Vec::new();
     println!(
-        "overhead: {runs} runs x (untraced, traced), {n} records of {size} B, confluent-kafka -> tansu, one partition"
+        "overhead: {runs} runs x (untraced, traced), {n} records of {size} B, {}, one partition",
+        target.describe()
     );
     println!(
         "run  traced  produce rec/s  consume rec/s  tracer CPU s  peak RSS MiB  records in send/poll spans"
@@ -176,7 +245,7 @@ fn main() -> ExitCode {
             [true, false]
         };
         for traced in order {
-            match one(&rt, traced, n, size) {
+            match one(&rt, &target, r, traced, n, size) {
                 Ok(run) => {
                     println!(
                         "{r:>3}  {:>6}  {:>13.0}  {:>13.0}  {:>12.2}  {:>12.1}  {}",

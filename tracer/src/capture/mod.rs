@@ -9,6 +9,7 @@
 //!   `(tgid, fd)` pairs learnt from connect/accept/bind/close, seeded from /proc at startup.
 
 mod preflight;
+mod probe_points;
 mod procfs;
 mod record;
 mod tls;
@@ -231,9 +232,15 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     verdicts: BpfHashMap<MapData, u64, u8>,
     tls: tls::TlsProbes,
+    /// Processes that ran a new program, since the last [`Capture::probe_new_programs`].
+    execs: Vec<u32>,
     /// Owns the programs (and so their attachments) and the remaining maps.
     ebpf: Ebpf,
 }
+
+/// Programs started between two drains, searched at most (the rest are searched when they
+/// connect).
+const MAX_EXECS: usize = 4096;
 
 impl Capture {
     /// Checks the system, loads and attaches the programs. Must run inside a tokio runtime.
@@ -266,7 +273,16 @@ impl Capture {
 
         attach_programs(&mut ebpf, mode)?;
         let tls = if cfg.tls {
-            tls::TlsProbes::load(&mut ebpf)
+            let probes = tls::TlsProbes::load(&mut ebpf);
+            if probes.enabled() {
+                attach(
+                    &mut ebpf,
+                    "sched_process_exec",
+                    "sched",
+                    &["sched_process_exec".into()],
+                )?;
+            }
+            probes
         } else {
             tls::TlsProbes::default()
         };
@@ -295,6 +311,7 @@ impl Capture {
             counters,
             verdicts,
             tls,
+            execs: Vec::new(),
             ebpf,
         })
     }
@@ -314,14 +331,32 @@ impl Capture {
     /// Passes every record now in the ring buffer to `f`; returns how many there were.
     /// Records the parser rejects are passed as errors (they would mean a kernel/daemon
     /// version mismatch), so the caller counts them.
+    /// Programs that traced processes started run are kept for [`Self::probe_new_programs`]
+    /// rather than passed on.
     pub fn drain(&mut self, mut f: impl FnMut(Result<RingRecord<'_>, RingRecordError>)) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
-            f(RingRecord::parse(&item));
+            match RingRecord::parse(&item) {
+                Ok(RingRecord::Exec(tgid)) => {
+                    if self.execs.len() < MAX_EXECS {
+                        self.execs.push(tgid);
+                    }
+                }
+                rec => f(rec),
+            }
             n += 1;
         }
         n
+    }
+
+    /// Probes the TLS libraries of the programs traced processes started since the last call
+    /// (a Go program carries its own crypto/tls): searched before they connect, they are read
+    /// from their first TLS call.
+    pub fn probe_new_programs(&mut self) {
+        for tgid in std::mem::take(&mut self.execs) {
+            self.tls.probe_program(&mut self.ebpf, tgid);
+        }
     }
 
     /// Current kernel counters, summed over CPUs.

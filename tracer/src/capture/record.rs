@@ -15,6 +15,8 @@ pub enum RingRecord<'a> {
     /// The connection (as it was: its old id) turned out to be TLS; its plaintext follows
     /// under a new id.
     Tls(ConnEvent),
+    /// A traced process (this tgid) ran a new program.
+    Exec(u32),
 }
 
 #[derive(Debug)]
@@ -62,6 +64,9 @@ impl<'a> RingRecord<'a> {
             Some(kind::OPEN) => Ok(Self::Open(read_pod(bytes)?)),
             Some(kind::CLOSE) => Ok(Self::Close(read_pod(bytes)?)),
             Some(kind::TLS) => Ok(Self::Tls(read_pod(bytes)?)),
+            Some(kind::EXEC) => Ok(Self::Exec(
+                (read_pod::<ConnEvent>(bytes)?.pid_tgid >> 32) as u32,
+            )),
             Some(other) => Err(RingRecordError::UnknownKind(other)),
             None => Err(RingRecordError::Short(0)),
         }

@@ -4,11 +4,11 @@
 //! A process is searched when the tracer starts (if it has a connection on a broker port) and
 //! when one of its Kafka connections first carries bytes (at most every few seconds, for a
 //! library loaded later). Its mappings (`/proc/PID/maps`) are searched for any object that
-//! defines OpenSSL's `SSL_write`, `SSL_write_ex`, `SSL_read`, `SSL_read_ex` and `SSL_set_fd`:
-//! the system's `libssl`, a fork with the same symbols, or a copy linked into another object
-//! (the confluent-kafka wheel's `librdkafka` carries its own, as local symbols). Each object is
-//! parsed once, by device and inode, opened through `/proc/PID/root` (or `map_files` for a
-//! deleted file) so containers work, and probed for every process that maps it: a process
+//! holds a TLS library the tracer reads (`probe_points`: OpenSSL, in the system's `libssl`, a
+//! fork with the same symbols, or a copy linked into another object such as the `librdkafka`
+//! the confluent-kafka wheel carries; Go's crypto/tls in a Go program). Each object is parsed
+//! once, by device and inode, opened through `/proc/PID/root` (or `map_files` for a deleted
+//! file) so containers work, and probed for every process that maps it: a process
 //! started later is read from its first call, with no race against the tracer. The kernel
 //! notes the processes with a traced connection (at its first syscall, before any TLS call on
 //! it); the probes return at once in any other process (the cost there is the breakpoint trap,
@@ -20,6 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::probe_points;
+use crate::counters::Counter;
 use anyhow::Context as _;
 use aya::{
     Ebpf,
@@ -29,30 +31,6 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-
-use crate::counters::Counter;
-
-/// The probes of an OpenSSL-like library, by program: the symbols each is attached to. The
-/// return programs serve both directions (the entry stashed which).
-const OPENSSL: [(&str, &[&str]); 7] = [
-    ("ssl_write", &["SSL_write"]),
-    ("ssl_write_ex", &["SSL_write_ex"]),
-    ("ssl_read", &["SSL_read"]),
-    ("ssl_read_ex", &["SSL_read_ex"]),
-    ("ssl_ret", &["SSL_write", "SSL_read"]),
-    ("ssl_ex_ret", &["SSL_write_ex", "SSL_read_ex"]),
-    ("ssl_set_fd", &["SSL_set_fd"]),
-];
-
-/// The OpenSSL functions looked for in an object.
-const SYMBOLS: [&str; 5] = [
-    "SSL_write",
-    "SSL_write_ex",
-    "SSL_read",
-    "SSL_read_ex",
-    "SSL_set_fd",
-];
 
 /// A process is searched again for TLS libraries (one it loaded later) at most this often.
 const RESCAN: Duration = Duration::from_secs(10);
@@ -63,21 +41,6 @@ const MAX_SEARCHED: usize = 16384;
 
 /// A mapped object, as `/proc/PID/maps` names it: device and inode.
 type ObjectId = (String, u64);
-
-/// File offsets of the TLS functions one object defines.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct TlsFunctions {
-    offsets: Vec<(&'static str, u64)>,
-}
-
-impl TlsFunctions {
-    fn offset(&self, symbol: &str) -> Option<u64> {
-        self.offsets
-            .iter()
-            .find(|(s, _)| *s == symbol)
-            .map(|(_, o)| *o)
-    }
-}
 
 /// What an object is to the probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,9 +86,25 @@ impl TlsProbes {
         probes
     }
 
+    /// Whether the programs loaded (TLS is read).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Searches process `tgid` for TLS libraries and probes those not probed yet, unless it
     /// was searched less than [`RESCAN`] ago. Returns whether it maps a probed library.
     pub fn probe(&mut self, ebpf: &mut Ebpf, tgid: u32) -> bool {
+        self.search(ebpf, tgid, true)
+    }
+
+    /// Searches a process that just started a program: only the program and the loader are
+    /// mapped yet, so the search is not remembered (the libraries it loads are found when it
+    /// connects).
+    pub fn probe_program(&mut self, ebpf: &mut Ebpf, tgid: u32) {
+        self.search(ebpf, tgid, false);
+    }
+
+    fn search(&mut self, ebpf: &mut Ebpf, tgid: u32, remember: bool) -> bool {
         if !self.enabled {
             return false;
         }
@@ -159,6 +138,9 @@ impl TlsProbes {
             };
             probed |= state == Object::Probed;
         }
+        if !remember {
+            return probed;
+        }
         if self.searched.len() >= MAX_SEARCHED {
             self.searched.clear();
         }
@@ -177,27 +159,23 @@ impl TlsProbes {
     /// probes them.
     fn add(&mut self, ebpf: &mut Ebpf, tgid: u32, m: &Mapping) -> Object {
         let path = m.open_path(tgid);
-        let functions = match tls_functions(&path) {
+        let found = match probe_points::find(&path) {
             Ok(Some(f)) => f,
             Ok(None) => return Object::Plain,
             Err(e) => {
                 self.unreadable_objects += 1;
-                tracing::debug!(pid = tgid, object = %m.path, "not searched for TLS functions: {e:#}");
+                tracing::warn!(pid = tgid, object = %m.path, "TLS through this object is not read: {e:#}");
                 return Object::Plain;
             }
         };
-        for (program, symbols) in OPENSSL {
-            let offsets: Vec<u64> = symbols.iter().filter_map(|s| functions.offset(s)).collect();
-            if offsets.is_empty() {
-                continue;
-            }
-            if let Err(e) = attach(ebpf, program, &offsets, &path) {
+        for (program, offsets) in &found.points {
+            if let Err(e) = attach(ebpf, program, offsets, &path) {
                 self.attach_failures += 1;
-                tracing::warn!(object = %m.path, "TLS probe {program} not attached, TLS through this library is not read: {e:#}");
+                tracing::warn!(object = %m.path, "TLS probe {program} not attached, TLS through this object is not read: {e:#}");
                 return Object::Failed;
             }
         }
-        tracing::info!(pid = tgid, object = %m.path, "reading TLS plaintext through this library");
+        tracing::info!(pid = tgid, object = %m.path, library = ?found.library, "reading TLS plaintext through this object");
         Object::Probed
     }
 
@@ -236,7 +214,7 @@ pub fn note_processes(ebpf: &mut Ebpf, tgids: &[u32]) -> anyhow::Result<()> {
 }
 
 fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    for (name, _) in OPENSSL {
+    for name in probe_points::PROGRAMS {
         let p: &mut UProbe = ebpf
             .program_mut(name)
             .with_context(|| format!("eBPF object has no program {name}"))?
@@ -320,42 +298,6 @@ fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
-/// The file offsets of the OpenSSL functions an ELF object defines (in its dynamic or its full
-/// symbol table), or `None` when it defines neither `SSL_write` nor `SSL_read`.
-fn tls_functions(path: &Path) -> anyhow::Result<Option<TlsFunctions>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: a read-only private mapping; a file changed under it can only give wrong
-    // symbols, which is no worse than a stale library.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("mapping {}", path.display()))?;
-    let Ok(elf) = object::File::parse(&*map) else {
-        return Ok(None);
-    };
-    let mut offsets = Vec::new();
-    for wanted in SYMBOLS {
-        let sym = elf
-            .dynamic_symbols()
-            .chain(elf.symbols())
-            .find(|s| s.is_definition() && s.name() == Ok(wanted));
-        let Some(sym) = sym else { continue };
-        let Some(section) = sym
-            .section_index()
-            .and_then(|i| elf.section_by_index(i).ok())
-        else {
-            continue;
-        };
-        let Some((file_offset, _)) = section.file_range() else {
-            continue;
-        };
-        let Some(off) = sym.address().checked_sub(section.address()) else {
-            continue;
-        };
-        offsets.push((wanted, file_offset + off));
-    }
-    let has = |s| offsets.iter().any(|(n, _)| *n == s);
-    Ok((has("SSL_write") || has("SSL_read")).then_some(TlsFunctions { offsets }))
-}
-
 /// Field 22 of `/proc/PID/stat` (after the parenthesised name, which may hold spaces).
 fn start_time(tgid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
@@ -396,27 +338,6 @@ mod tests {
             m[1].open_path(42),
             PathBuf::from("/proc/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3")
         );
-    }
-
-    /// The system's libssl (exported symbols).
-    #[test]
-    fn openssl_functions_are_found_in_libssl() {
-        let lib = [
-            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
-            "/lib/x86_64-linux-gnu/libssl.so.3",
-        ]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("Debian's libssl3 (a dependency of the test machine's apt)");
-        let f = tls_functions(lib)
-            .unwrap()
-            .expect("libssl defines SSL_write");
-        let names: Vec<&str> = f.offsets.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, SYMBOLS);
-        assert!(f.offsets.iter().all(|(_, o)| *o > 0));
-        // A library that only imports them (libcurl, the Python ssl module) has none.
-        assert_eq!(tls_functions(Path::new("/proc/self/exe")).unwrap(), None);
     }
 
     #[test]
