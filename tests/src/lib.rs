@@ -155,7 +155,8 @@ pub fn venv() -> std::path::PathBuf {
 
 /// The command of a test client: `args` are `OP LIB ...` as tests/kafka/client.py takes them,
 /// and LIB picks the program: `confluent` (librdkafka) and `kafka-python` run client.py in the
-/// virtualenv, `franz` and `sarama` the Go clients (tests/go), `java` the Java clients
+/// virtualenv, `franz` and `sarama` the Go clients (tests/go; `franz-stripped` from a binary
+/// built without a symbol table), `java` the Java clients
 /// (tests/java: kafka-clients and kafka-streams), so a test swaps libraries and keeps its
 /// assertions.
 fn client_command(args: &[&str]) -> std::process::Command {
@@ -164,6 +165,12 @@ fn client_command(args: &[&str]) -> std::process::Command {
         Some("franz" | "sarama") => {
             let mut cmd = std::process::Command::new(installed("KAFKA_TRACER_GO_CLIENT"));
             cmd.args(args);
+            cmd
+        }
+        // The same franz-go client, from a binary without a symbol table.
+        Some("franz-stripped") => {
+            let mut cmd = std::process::Command::new(installed("KAFKA_TRACER_GO_CLIENT_STRIPPED"));
+            cmd.arg(args[0]).arg("franz").args(&args[2..]);
             cmd
         }
         Some("java") => {

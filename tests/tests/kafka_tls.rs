@@ -31,19 +31,21 @@ fn security(protocol: &str, certs: &Certs, mechanism: Option<&str>) -> Vec<(&'st
     env
 }
 
-/// The Go client's first run under a tracer, its records not asserted on: the tracer probes a
-/// program it has never seen when it starts (its exec), which takes tens of milliseconds, and
-/// a Go client can make its first TLS calls sooner. Every later run is read from its first
-/// call (the probes stay on the program's file).
-fn go_first_run(broker: &Broker, env: &[(&str, &str)], bootstrap: &str) {
-    broker.create_topic("tls-first-run", 1).unwrap();
+/// A client library's first run under a tracer, its records not asserted on: the tracer
+/// probes a library it has never seen when the program starts (a Go program's exec) or makes
+/// its first connection (a library loaded by a Python process), which takes milliseconds to
+/// tens of milliseconds, and a fast client can make its first TLS calls sooner. Every later
+/// run is read from its first call (the probes stay on the library's file).
+fn first_run(broker: &Broker, env: &[(&str, &str)], bootstrap: &str, lib: &str) {
+    let topic = format!("tls-first-run-{lib}");
+    broker.create_topic(&topic, 1).unwrap();
     client_env(
         env,
         &[
             "produce",
-            "franz",
+            lib,
             bootstrap,
-            "tls-first-run",
+            &topic,
             "1",
             "none",
             "--partition",
@@ -53,8 +55,9 @@ fn go_first_run(broker: &Broker, env: &[(&str, &str)], bootstrap: &str) {
     .unwrap();
 }
 
-/// librdkafka, kafka-python, franz-go and sarama over TLS: every record produced is in a send
-/// span carrying the producer's trace context, every record consumed in a poll span under it.
+/// librdkafka, kafka-python, franz-go and sarama (and franz-go from a stripped binary, read
+/// through Go's function table) over TLS: every record produced is in a send span carrying the
+/// producer's trace context, every record consumed in a poll span under it.
 #[test]
 fn tls_clients_are_traced_through_their_tls_library() {
     let certs = Certs::make("kafka-tls").unwrap();
@@ -70,9 +73,18 @@ fn tls_clients_are_traced_through_their_tls_library() {
     );
     let env = security("SSL", &certs, None);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    go_first_run(&broker, &env, &bootstrap);
+    let libs = [
+        "confluent",
+        "kafka-python",
+        "franz",
+        "sarama",
+        "franz-stripped",
+    ];
+    for lib in libs {
+        first_run(&broker, &env, &bootstrap, lib);
+    }
     let mut runs = Vec::new();
-    for lib in ["confluent", "kafka-python", "franz", "sarama"] {
+    for lib in libs {
         let topic = format!("tls-{lib}");
         broker.create_topic(&topic, 1).unwrap();
         let produced = records(
@@ -182,7 +194,14 @@ fn sasl_is_traced_and_no_credential_leaves_the_tracer() {
     ];
     let ssl_env = security("SASL_SSL", &certs, Some("PLAIN"));
     let ssl_env: Vec<(&str, &str)> = ssl_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    go_first_run(&broker, &ssl_env, &format!("127.0.0.1:{}", ports.sasl_ssl));
+    for lib in ["confluent", "kafka-python", "franz"] {
+        first_run(
+            &broker,
+            &ssl_env,
+            &format!("127.0.0.1:{}", ports.sasl_ssl),
+            lib,
+        );
+    }
     let mut runs = Vec::new();
     for (protocol, port, mechanism, lib) in cases {
         let topic = format!(

@@ -32,18 +32,20 @@ pub struct Paths {
     pub libs: PathBuf,
     /// The compiled Java clients (`JavaClient`).
     pub java_clients: PathBuf,
-    /// The Go clients' binary.
+    /// The Go clients' binary, and the same built stripped (no symbol table).
     pub go_client: PathBuf,
+    pub go_client_stripped: PathBuf,
     /// Jaeger v2, where the tests find exported traces again.
     pub jaeger: PathBuf,
 }
 
 impl Paths {
-    fn vars(&self) -> [(&'static str, &Path); 4] {
+    fn vars(&self) -> [(&'static str, &Path); 5] {
         [
             ("KAFKA_TRACER_KAFKA_LIBS", &self.libs),
             ("KAFKA_TRACER_JAVA_CLIENTS", &self.java_clients),
             ("KAFKA_TRACER_GO_CLIENT", &self.go_client),
+            ("KAFKA_TRACER_GO_CLIENT_STRIPPED", &self.go_client_stripped),
             ("KAFKA_TRACER_JAEGER", &self.jaeger),
         ]
     }
@@ -67,12 +69,20 @@ pub fn install(root: &Path) -> anyhow::Result<Paths> {
     let java_dir = root.join("tests/java");
     let libs = jars(&java_dir, &cache)?;
     let java_clients = java_clients(&java_dir, &libs, &cache)?;
-    let go_client = go_client(&root.join("tests/go"), &cache)?;
+    let go_dir = root.join("tests/go");
+    let go_client = go_build(&go_dir, &cache.join("bin/goclient"), &[])?;
+    // The same clients without a symbol table, as stripped release builds ship.
+    let go_client_stripped = go_build(
+        &go_dir,
+        &cache.join("bin/goclient-stripped"),
+        &["-ldflags=-s -w"],
+    )?;
     let jaeger = jaeger(&root.join("tests/jaeger"), &cache)?;
     Ok(Paths {
         libs,
         java_clients,
         go_client,
+        go_client_stripped,
         jaeger,
     })
 }
@@ -152,19 +162,20 @@ fn java_clients(java_dir: &Path, libs: &Path, cache: &Path) -> anyhow::Result<Pa
     Ok(dir)
 }
 
-/// The Go clients built into `cache/bin/goclient`; `go build` keeps its own cache, so this is
-/// quick when nothing changed.
-fn go_client(go_dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
+/// The Go clients built into `bin` with extra `flags`; `go build` keeps its own cache, so this
+/// is quick when nothing changed.
+fn go_build(go_dir: &Path, bin: &Path, flags: &[&str]) -> anyhow::Result<PathBuf> {
     let version = output(Command::new("go").arg("version")).map_err(|_| {
         anyhow::anyhow!(
             "Go is not installed: the Go clients (franz-go, sarama) need Go 1.26 or later from https://go.dev/dl (Debian's golang package is too old)"
         )
     })?;
-    let bin = cache.join("bin/goclient");
     let status = Command::new("go")
         .current_dir(go_dir)
-        .args(["build", "-mod=readonly", "-o"])
-        .arg(&bin)
+        .args(["build", "-mod=readonly"])
+        .args(flags)
+        .arg("-o")
+        .arg(bin)
         .arg(".")
         .status()
         .context("starting go build")?;
@@ -175,7 +186,7 @@ fn go_client(go_dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
             version.trim()
         );
     }
-    Ok(bin)
+    Ok(bin.to_path_buf())
 }
 
 /// Jaeger, built from the module `tests/jaeger` pins into `cache/bin/jaeger-<hash>`, once.

@@ -5,7 +5,8 @@
 //! - Go's `crypto/tls` (1.18 on: the register ABI, and a build-info layout that says so): the
 //!   entries of `(*Conn).Write` and `(*Conn).Read` and each of their return instructions,
 //!   found by decoding the functions' machine code (x86-64): Go moves goroutine stacks, which
-//!   breaks the return address a uretprobe plants.
+//!   breaks the return address a uretprobe plants. A stripped program is read through Go's own
+//!   function table (`.gopclntab`), which the runtime needs and stripping keeps.
 //!
 //! The object is mapped, not read: only the pages of its symbol tables and of the two Go
 //! functions are touched.
@@ -155,6 +156,14 @@ fn go(
     let Some(buildinfo) = elf.section_by_name(".go.buildinfo") else {
         return Ok(None);
     };
+    // A stripped program has no symbol table; Go's own function table (.gopclntab) remains.
+    let stripped;
+    let functions = if functions.get(GO[0].0).is_none() && functions.get(GO[1].0).is_none() {
+        stripped = Functions(gopclntab(elf, &GO.map(|(n, _)| n)).unwrap_or_default());
+        &stripped
+    } else {
+        functions
+    };
     if functions.get(GO[0].0).is_none() && functions.get(GO[1].0).is_none() {
         return Ok(None);
     }
@@ -188,6 +197,53 @@ fn go(
         library: Library::GoTls,
         points,
     }))
+}
+
+/// The `wanted` functions in Go's function table (`.gopclntab`, Go 1.18 on), as (file offset,
+/// size): for programs whose symbol table was stripped. The table's header gives the number
+/// of functions and where the names and the `functab` (entry offset from the start of `.text`,
+/// and the offset of each function's `_func`, whose second word indexes its name) lie; a
+/// function ends where the next begins.
+fn gopclntab(
+    elf: &object::File<'_>,
+    wanted: &[&'static str],
+) -> Option<std::collections::HashMap<&'static str, (u64, u64)>> {
+    let tab = elf.section_by_name(".gopclntab")?.data().ok()?;
+    let text = elf.section_by_name(".text")?;
+    let (text_file_offset, _) = text.file_range()?;
+    let u32_at = |at: usize| Some(u32::from_le_bytes(tab.get(at..at + 4)?.try_into().ok()?));
+    let word = |at: usize| Some(u64::from_le_bytes(tab.get(at..at + 8)?.try_into().ok()?));
+    // Go 1.18-1.19 and 1.20 on; pointers of 8 bytes.
+    let magic = u32_at(0)?;
+    if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || *tab.get(7)? != 8 {
+        return None;
+    }
+    let nfunc = usize::try_from(word(8)?).ok()?;
+    let funcnames = usize::try_from(word(32)?).ok()?;
+    let pcln = usize::try_from(word(64)?).ok()?;
+    let mut found = std::collections::HashMap::new();
+    for i in 0..nfunc.min(tab.len() / 8) {
+        let entry_at = pcln.checked_add(i.checked_mul(8)?)?;
+        let (entry, funcoff) = (u32_at(entry_at)?, u32_at(entry_at + 4)?);
+        let next = u32_at(entry_at + 8)?;
+        let name_off = u32_at(pcln.checked_add(funcoff as usize)?.checked_add(4)?)?;
+        let name_at = funcnames.checked_add(name_off as usize)?;
+        let name = tab.get(name_at..)?;
+        let name = &name[..name.iter().position(|&b| b == 0)?];
+        if let Some(w) = wanted.iter().find(|w| w.as_bytes() == name) {
+            found.insert(
+                *w,
+                (
+                    text_file_offset + u64::from(entry),
+                    u64::from(next.saturating_sub(entry)),
+                ),
+            );
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+    }
+    Some(found)
 }
 
 /// Offsets of the return instructions in x86-64 machine code, decoded instruction by
