@@ -12,7 +12,7 @@ use std::{
 
 use tests::{SendCall, messages, payload, read_to_end_alternating, send_all};
 use tracer::{
-    capture::{Capture, CaptureConfig, CaptureMode, KernelCounters, RingRecord},
+    capture::{Capture, CaptureConfig, CaptureMode, CopyPath, KernelCounters, RingRecord},
     pipeline::{Pipeline, PipelineConfig},
     reassembly::Stream,
 };
@@ -122,16 +122,20 @@ fn has_port(t: &ConnTuple, port: u16) -> bool {
 
 /// A child process (tcp-peer) talks to a server thread of this process over loopback; both
 /// sides' streams, rebuilt from the records, must equal what was sent, byte for byte.
-async fn byte_exact(mode: CaptureMode, bind: &str) {
+async fn byte_exact(mode: CaptureMode, bind: &str, copy_path: CopyPath) {
     let listener = TcpListener::bind(bind).unwrap();
     let addr = listener.local_addr().unwrap();
     let port = addr.port();
     let mut capture = Capture::start(&CaptureConfig {
         mode,
+        copy_path,
         ..config(port)
     })
     .expect("capture starts");
     assert_eq!(capture.mode(), mode);
+    if copy_path != CopyPath::Auto {
+        assert_eq!(capture.copy_path(), copy_path);
+    }
 
     let server = serve_peer(listener);
     let out = Command::new(env!("CARGO_BIN_EXE_tcp-peer"))
@@ -246,17 +250,95 @@ async fn byte_exact(mode: CaptureMode, bind: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sock_mode_rebuilds_ipv4_streams_byte_exact() {
-    byte_exact(CaptureMode::Sock, "127.0.0.1:0").await;
+    byte_exact(CaptureMode::Sock, "127.0.0.1:0", CopyPath::Auto).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sock_mode_rebuilds_ipv6_streams_byte_exact() {
-    byte_exact(CaptureMode::Sock, "[::1]:0").await;
+    byte_exact(CaptureMode::Sock, "[::1]:0", CopyPath::Auto).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fd_mode_rebuilds_streams_byte_exact() {
-    byte_exact(CaptureMode::Fd, "127.0.0.1:0").await;
+    byte_exact(CaptureMode::Fd, "127.0.0.1:0", CopyPath::Auto).await;
+}
+
+/// The copy kernels without `bpf_loop` get (bounded loops and tail calls), forced here: the
+/// 1 MiB sendmsg takes several programs of the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bounded_copy_rebuilds_streams_byte_exact_in_sock_mode() {
+    byte_exact(CaptureMode::Sock, "127.0.0.1:0", CopyPath::Bounded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bounded_copy_rebuilds_streams_byte_exact_in_fd_mode() {
+    byte_exact(CaptureMode::Fd, "127.0.0.1:0", CopyPath::Bounded).await;
+}
+
+/// A bounded copy ends with the kernel's tail-call limit (33 calls after the first program,
+/// 32 before Linux 5.17): a syscall larger than the chain can copy is delivered as an exact
+/// prefix and the rest is counted as truncated, a gap of that size in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bounded_copy_counts_what_its_chain_cannot_reach() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut capture = Capture::start(&CaptureConfig {
+        copy_path: CopyPath::Bounded,
+        max_bytes_per_syscall: 64 << 20,
+        ring_buffer_bytes: 64 << 20,
+        ..config(port)
+    })
+    .unwrap();
+    const TOTAL: usize = 24 << 20;
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0; TOTAL];
+        use std::io::Read as _;
+        s.read_exact(&mut buf).unwrap();
+    });
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let data = payload(11, TOTAL);
+    send_all(client.as_raw_fd(), SendCall::Write, &data).unwrap();
+    server.join().unwrap();
+    drop(client);
+    let mut seen = Seen::default();
+    seen.until(&mut capture, Duration::from_secs(10), |s| {
+        s.closes.len() >= 2
+    })
+    .await;
+    let me = std::process::id() as u64;
+    let writes: Vec<_> = seen
+        .data
+        .iter()
+        .filter(|(h, _)| {
+            h.direction == Direction::Egress as u8
+                && h.pid_tgid >> 32 == me
+                && h.syscall == Syscall::Write as u8
+        })
+        .collect();
+    let first = writes.first().expect("the write was copied").0;
+    // One write syscall of the whole payload (a blocking write on loopback returns when all
+    // is sent), copied from its start.
+    assert_eq!(first.syscall_len as usize, TOTAL);
+    let copied: Vec<u8> = writes
+        .iter()
+        .filter(|(h, _)| h.stream_offset == first.stream_offset)
+        .flat_map(|(_, b)| b.iter().copied())
+        .collect();
+    assert!(
+        copied.len() >= 16 << 20 && copied.len() < TOTAL,
+        "the chain copies at least 16 MiB and not all of 24: {}",
+        copied.len()
+    );
+    assert!(copied == data[..copied.len()], "the copied prefix is exact");
+    let k = capture.counters().unwrap();
+    assert!(
+        k.truncated_bytes >= (TOTAL - copied.len()) as u64,
+        "the rest is counted: {k:?}"
+    );
+    let streams = seen.streams();
+    let r = &streams[&(first.conn_id, Direction::Egress)];
+    assert_eq!(r.stream.lost_bytes, (TOTAL - copied.len()) as u64);
 }
 
 /// One connection on a port in the filter and one outside it, same process, same moment.

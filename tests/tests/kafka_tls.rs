@@ -60,7 +60,35 @@ fn first_run(broker: &Broker, env: &[(&str, &str)], bootstrap: &str, lib: &str) 
 /// producer's trace context, every record consumed in a poll span under it.
 #[test]
 fn tls_clients_are_traced_through_their_tls_library() {
-    let certs = Certs::make("kafka-tls").unwrap();
+    let log = tls_clients_traced(
+        "loop",
+        &[
+            "confluent",
+            "kafka-python",
+            "franz",
+            "sarama",
+            "franz-stripped",
+        ],
+    );
+    assert!(logged(&log, "tls_connections") >= 9, "{log}");
+    assert!(
+        logged(&log, "tls_probed_objects") >= 3,
+        "libssl, librdkafka, the Go client: {log}"
+    );
+}
+
+/// The same through the copy path of kernels without `bpf_loop` (forced here): the uprobes'
+/// bounded walks and their tail calls, for OpenSSL (librdkafka) and Go's crypto/tls.
+#[test]
+fn tls_clients_are_traced_with_the_bounded_copy() {
+    let log = tls_clients_traced("bounded", &["confluent", "franz"]);
+    assert!(log.contains("copy=Bounded"), "{log}");
+}
+
+/// Produces and consumes five records over TLS with each of `libs`, the tracer copying on
+/// `copy_path`; checks every record is in linked spans, and returns the tracer's log.
+fn tls_clients_traced(copy_path: &str, libs: &[&str]) -> String {
+    let certs = Certs::make(&format!("kafka-tls-{copy_path}")).unwrap();
     let broker = Broker::apache_secure(&certs).unwrap();
     let ports = broker.secure.unwrap();
     let bootstrap = format!("127.0.0.1:{}", ports.ssl);
@@ -68,24 +96,20 @@ fn tls_clients_are_traced_through_their_tls_library() {
     let endpoint = receiver.http_endpoint();
     let tracer = Tracer::start_with(
         ports.ssl,
-        "kafka-tls",
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+        &format!("kafka-tls-{copy_path}"),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("KAFKA_TRACER_COPY_PATH", copy_path),
+        ],
     );
     let env = security("SSL", &certs, None);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let libs = [
-        "confluent",
-        "kafka-python",
-        "franz",
-        "sarama",
-        "franz-stripped",
-    ];
     for lib in libs {
         first_run(&broker, &env, &bootstrap, lib);
     }
     let mut runs = Vec::new();
     for lib in libs {
-        let topic = format!("tls-{lib}");
+        let topic = format!("tls-{copy_path}-{lib}");
         broker.create_topic(&topic, 1).unwrap();
         let produced = records(
             &client_env(
@@ -127,7 +151,7 @@ fn tls_clients_are_traced_through_their_tls_library() {
     let (_, log) = tracer.stop_with_log();
     for (lib, topic, produced, consumed) in &runs {
         let seen = Seen::of(&receiver, topic);
-        seen.summary(&format!("TLS {lib}"), produced);
+        seen.summary(&format!("TLS {lib} ({copy_path} copy)"), produced);
         assert_eq!(produced.len(), 5, "{lib}");
         assert_eq!(consumed.len(), 5, "{lib}");
         assert_eq!(
@@ -142,18 +166,14 @@ fn tls_clients_are_traced_through_their_tls_library() {
         );
     }
     summary(&format!(
-        "e2e TLS: tls_connections={} kernel_tls_calls={} kernel_tls_untied_calls={} kernel_tls_ciphertext_bytes={}",
+        "e2e TLS ({copy_path} copy): tls_connections={} kernel_tls_calls={} kernel_tls_untied_calls={} kernel_tls_ciphertext_bytes={}",
         logged(&log, "tls_connections"),
         logged(&log, "kernel_tls_calls"),
         logged(&log, "kernel_tls_untied_calls"),
         logged(&log, "kernel_tls_ciphertext_bytes"),
     ));
-    assert!(logged(&log, "tls_connections") >= 9, "{log}");
-    assert!(
-        logged(&log, "tls_probed_objects") >= 3,
-        "libssl, librdkafka, the Go client: {log}"
-    );
     assert_eq!(logged(&log, "tls_undecoded_connections"), 0, "{log}");
+    log
 }
 
 /// SASL PLAIN and SCRAM-SHA-512, over TLS and without, through librdkafka, kafka-python and the

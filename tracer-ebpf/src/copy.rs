@@ -1,14 +1,56 @@
 //! Syscall exit: how many bytes moved decides the range of the connection's stream reserved, and
-//! the user buffers (plain, iovec, msghdr, mmsghdr) are copied with `bpf_loop` into ring-buffer
-//! records of at most `CHUNK_SIZE` bytes; whatever cannot be delivered is counted. TLS library
-//! calls (`tls`) copy their plaintext through the same path.
+//! the user buffers (plain, iovec, msghdr, mmsghdr) are copied into ring-buffer records of at
+//! most `CHUNK_SIZE` bytes; whatever cannot be delivered is counted. TLS library calls (`tls`,
+//! `gotls`) copy their plaintext through the same path.
+//!
+//! The copy is one walk (`walk_step`) over a state kept in the per-CPU scratch, run one of two
+//! ways, chosen at load time (the records, positions and counters are the same either way):
+//! - with `bpf_loop` (Linux 5.17 on): one helper call runs every step;
+//! - without it (5.10 to 5.16): `BOUNDED_STEPS` steps in a bounded loop, then a tail call to
+//!   `copy_more_*`, which runs as many and calls itself again, up to the kernel's 33 tail calls
+//!   per chain; what is left after that is counted as truncated.
 
 use super::*;
+
+/// How a copy walk runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Walker {
+    /// `bpf_loop`.
+    Loop,
+    /// Bounded loops continued by tail calls to the continuation in this map (a program of
+    /// the caller's type).
+    Bounded(&'static ProgramArray),
+}
+
+/// The continuation of bounded walks started by tracepoints, set by the loader. One map per
+/// program type: a program array takes the type of the first program that uses it and refuses
+/// programs of any other.
+#[map]
+pub(crate) static COPY_MORE_TP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The same for uprobes (TLS calls' plaintext).
+#[map]
+pub(crate) static COPY_MORE_PROBE: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Walk steps one program runs in bounded mode: 64 steps of up to a chunk each, 34 programs
+/// in a chain (the first and 33 tail calls), cover more than 16 MiB (the default cap).
+const BOUNDED_STEPS: u32 = 64;
 
 /// One program for every `sys_exit_*` tracepoint (all share `ret@16`); the stash says which
 /// syscall it was.
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    exit(&ctx, Walker::Loop)
+}
+
+/// The same, for kernels without `bpf_loop`.
+#[tracepoint]
+pub fn sys_exit_bounded(ctx: TracePointContext) -> u32 {
+    exit(&ctx, Walker::Bounded(&COPY_MORE_TP))
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext, walker: Walker) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(args) = (unsafe { ARGS.get(&id) }).copied() else {
         return 0;
@@ -16,11 +58,51 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let _ = ARGS.remove(&id);
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
     if args.syscall >= Syscall::Connect as u8 {
-        exit_setup(&ctx, &args, ret);
+        exit_setup(ctx, &args, ret);
     } else if args.conn_key != 0 && ret > 0 {
-        exit_data(&args, ret as u64, false);
+        exit_data(ctx, &args, ret as u64, false, walker);
     }
     0
+}
+
+/// The continuation of a bounded walk started by a tracepoint program.
+#[tracepoint]
+pub fn copy_more_tp(ctx: TracePointContext) -> u32 {
+    more(&ctx, &COPY_MORE_TP);
+    0
+}
+
+/// The continuation of a bounded walk started by a uprobe (a TLS call's plaintext).
+#[aya_ebpf::macros::uprobe]
+pub fn copy_more_probe(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+    more(&ctx, &COPY_MORE_PROBE);
+    0
+}
+
+/// Runs more steps of the walk in the scratch, and hands on again when they do not finish it.
+#[inline(always)]
+fn more<C: aya_ebpf::EbpfContext>(ctx: &C, next: &ProgramArray) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    if !bounded_steps() {
+        // SAFETY: the continuation takes the same context; on success this never returns.
+        let _ = unsafe { next.tail_call(ctx, 0) };
+    }
+    // Done, or the chain's last program: what is left counts as truncated.
+    finish_walk(s);
+}
+
+/// [`BOUNDED_STEPS`] steps of the walk; whether it finished.
+#[inline(always)]
+fn bounded_steps() -> bool {
+    for i in 0..BOUNDED_STEPS {
+        // SAFETY: the step only touches the per-CPU scratch.
+        if unsafe { walk_step(i, core::ptr::null_mut()) } != 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// State of the copy walk over a syscall's buffers, shared with the `bpf_loop` callback.
@@ -44,12 +126,22 @@ pub(crate) struct Walk {
     chunk_start: u64,
     /// Set when the ring buffer is full: the rest of the syscall is counted, not copied.
     failed: u64,
+    /// The bytes are a TLS call's plaintext (no TLS record to look for at their start).
+    plaintext: u64,
 }
 
 /// Copies what a syscall moved, or (`plaintext`) what a TLS library call handed over or
 /// returned, on the connection's stream. A TLS connection's syscalls carry ciphertext: counted,
-/// not copied.
-pub(crate) fn exit_data(args: &SyscallArgs, ret: u64, plaintext: bool) {
+/// not copied. Inlined into each program: a tail call must be made from a function that
+/// returns an integer (the program itself), not from a subprogram returning nothing.
+#[inline(always)]
+pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    args: &SyscallArgs,
+    ret: u64,
+    plaintext: bool,
+    walker: Walker,
+) {
     let Some(conn) = CONNS.get_ptr_mut(&args.conn_key) else {
         return;
     };
@@ -59,7 +151,7 @@ pub(crate) fn exit_data(args: &SyscallArgs, ret: u64, plaintext: bool) {
     // SAFETY: map value pointers, valid for this program run; the scratch is per-CPU and
     // nothing else runs on this CPU until the program ends.
     let conn = unsafe { &mut *conn };
-    let total = start_walk(s, args, ret);
+    let total = start_walk(s, args, ret, walker);
     if !plaintext && conn.flags & (flags::TLS | flags::TLS_CIPHERTEXT) != 0 {
         count(counter::TLS_CIPHERTEXT_BYTES, total);
         return;
@@ -119,38 +211,60 @@ pub(crate) fn exit_data(args: &SyscallArgs, ret: u64, plaintext: bool) {
     hdr.tuple = conn.tuple;
 
     w.cap_left = captured;
-    // SAFETY: the callback only touches the per-CPU scratch.
-    unsafe {
-        bpf_loop(
-            MAX_WALK_STEPS,
-            walk_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    w.plaintext = plaintext as u64;
+    match walker {
+        Walker::Loop => {
+            // SAFETY: the callback only touches the per-CPU scratch.
+            unsafe {
+                bpf_loop(
+                    MAX_WALK_STEPS,
+                    walk_step as *mut c_void,
+                    core::ptr::null_mut(),
+                    0,
+                )
+            };
+        }
+        Walker::Bounded(next) => {
+            if !bounded_steps() {
+                // SAFETY: the continuation takes the same context; on success this never
+                // returns, and it finishes the walk itself.
+                let _ = unsafe { next.tail_call(ctx, 0) };
+            }
+        }
+    }
+    finish_walk(s);
+}
+
+/// After the walk: what it could not copy is counted, and a stream whose first bytes are a
+/// TLS record is marked (the rest of the connection is ciphertext, not copied unless a TLS call
+/// is tied to it; the daemon reads the same record and tells the user when none is).
+#[inline(always)]
+fn finish_walk(s: *mut Scratch) {
+    // SAFETY: per-CPU scratch; the first record's bytes are still at the start of `data`.
+    let (w, hdr, d) = unsafe { (&(*s).walk, &(*s).hdr, &(*s).data) };
     if w.failed == 0 && w.cap_left > 0 {
         // The walk ran out of steps or of iovecs before `captured` bytes: report, never hide.
         count(counter::TRUNCATED_BYTES, w.cap_left);
     }
-    // The first bytes of a stream, all in the scratch buffer, are a TLS record: the rest of
-    // the connection is ciphertext, not copied unless a TLS call is tied to it (the daemon
-    // reads the same record and tells the user when none is).
-    if !plaintext && stream_offset == 0 && captured <= CHUNK_SIZE as u64 {
-        // SAFETY: per-CPU scratch; the first record's bytes are still at the start of `data`.
-        let d = unsafe { &(*s).data };
-        let len = u16::from_be_bytes([d[3], d[4]]);
-        if captured >= 5
-            && tracer_common::tls_record(d[0], d[1], d[2], len, conn.flags & flags::MIDSTREAM != 0)
-        {
-            conn.flags |= flags::TLS_CIPHERTEXT;
-        }
+    let captured = hdr.captured_len as u64;
+    if w.plaintext != 0 || hdr.stream_offset != 0 || captured > CHUNK_SIZE as u64 || captured < 5 {
+        return;
+    }
+    let Some(conn) = CONNS.get_ptr_mut(&hdr.conn_key) else {
+        return;
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let conn = unsafe { &mut *conn };
+    let len = u16::from_be_bytes([d[3], d[4]]);
+    if tracer_common::tls_record(d[0], d[1], d[2], len, conn.flags & flags::MIDSTREAM != 0) {
+        conn.flags |= flags::TLS_CIPHERTEXT;
     }
 }
 
 /// Sets the walk up for the syscall's buffers (plain, iovec, msghdr or mmsghdr) and returns the
 /// bytes the syscall moved (for mmsg calls, the sum of the messages' lengths).
 #[inline(always)]
-fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64) -> u64 {
+fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64, walker: Walker) -> u64 {
     // SAFETY: per-CPU scratch, valid for this program run.
     let w = unsafe { &mut (*s).walk };
     *w = Walk {
@@ -165,6 +279,7 @@ fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64) -> u64 {
         fill: 0,
         chunk_start: 0,
         failed: 0,
+        plaintext: 0,
     };
     let syscall = args.syscall;
     let total = if syscall == Syscall::Write as u8
@@ -200,8 +315,17 @@ fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64) -> u64 {
         m.ptr = args.buf;
         m.n = ret;
         m.total = 0;
-        // SAFETY: the callback only touches the per-CPU scratch.
-        unsafe { bpf_loop(MAX_IOV, sum_mmsg as *mut c_void, core::ptr::null_mut(), 0) };
+        if matches!(walker, Walker::Loop) {
+            // SAFETY: the callback only touches the per-CPU scratch.
+            unsafe { bpf_loop(MAX_IOV, sum_mmsg as *mut c_void, core::ptr::null_mut(), 0) };
+        } else {
+            for i in 0..MAX_IOV {
+                // SAFETY: as above.
+                if unsafe { sum_mmsg(i, core::ptr::null_mut()) } != 0 {
+                    break;
+                }
+            }
+        }
         m.total
     };
     if w.iov_left > MAX_IOV as u64 {

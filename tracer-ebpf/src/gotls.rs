@@ -97,9 +97,20 @@ pub fn go_tls_read(ctx: ProbeContext) -> u32 {
 /// At a return instruction of `Write` or `Read`: RAX holds the byte count.
 #[uprobe]
 pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
+    ret(&ctx, copy::Walker::Loop)
+}
+
+/// The same, for kernels without `bpf_loop`.
+#[uprobe]
+pub fn go_tls_ret_bounded(ctx: ProbeContext) -> u32 {
+    ret(&ctx, copy::Walker::Bounded(&copy::COPY_MORE_PROBE))
+}
+
+#[inline(always)]
+fn ret(ctx: &ProbeContext, walker: copy::Walker) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    let r = regs(&ctx);
+    let r = regs(ctx);
     let goroutine = ProcPtr {
         tgid,
         _pad: 0,
@@ -118,6 +129,6 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
         _pad: 0,
         ptr: call.ssl,
     };
-    tls::plaintext(&ctx, tls::tied(&obj), &call, n as u64);
+    tls::plaintext(ctx, tls::tied(&obj), &call, n as u64, walker);
     0
 }

@@ -11,7 +11,8 @@
 //!    `CONNS`.
 //! 3. `sys_exit_<call>` learns how many bytes moved, reserves that range of the connection's
 //!    directional stream (an atomic add on the stream offset, so any loss shows up as a gap), and
-//!    copies the user buffers with `bpf_loop` into records of at most `CHUNK_SIZE` bytes.
+//!    copies the user buffers into records of at most `CHUNK_SIZE` bytes, with `bpf_loop` or,
+//!    on kernels without it, bounded loops and tail calls (`copy`).
 //!
 //! TLS connections are read in the TLS library instead (uprobes: `tls` for OpenSSL, `gotls`
 //! for Go's crypto/tls), their ciphertext not copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.
@@ -36,7 +37,7 @@ use aya_ebpf::{
         },
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;

@@ -16,6 +16,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::ConnEvent;
+
+use crate::copy::Walker;
 use tracer_common::{ProcPtr, TlsCall};
 
 use super::*;
@@ -92,8 +94,19 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 /// register is not part of it.
 #[uretprobe]
 pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
+    ret(&ctx, Walker::Loop)
+}
+
+/// The same, for kernels without `bpf_loop`.
+#[uretprobe]
+pub fn ssl_ret_bounded(ctx: RetProbeContext) -> u32 {
+    ret(&ctx, Walker::Bounded(&copy::COPY_MORE_PROBE))
+}
+
+#[inline(always)]
+fn ret(ctx: &RetProbeContext, walker: Walker) -> u32 {
     let ret = ctx.ret::<u64>() as i32;
-    leave(&ctx, if ret > 0 { ret as u64 } else { 0 }, false);
+    leave(ctx, if ret > 0 { ret as u64 } else { 0 }, false, walker);
     0
 }
 
@@ -101,8 +114,19 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
 /// argument.
 #[uretprobe]
 pub fn ssl_ex_ret(ctx: RetProbeContext) -> u32 {
+    ex_ret(&ctx, Walker::Loop)
+}
+
+/// The same, for kernels without `bpf_loop`.
+#[uretprobe]
+pub fn ssl_ex_ret_bounded(ctx: RetProbeContext) -> u32 {
+    ex_ret(&ctx, Walker::Bounded(&copy::COPY_MORE_PROBE))
+}
+
+#[inline(always)]
+fn ex_ret(ctx: &RetProbeContext, walker: Walker) -> u32 {
     let ret = ctx.ret::<u64>() as i32;
-    leave(&ctx, if ret == 1 { 1 } else { 0 }, true);
+    leave(ctx, if ret == 1 { 1 } else { 0 }, true, walker);
     0
 }
 
@@ -126,7 +150,8 @@ pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
 
 /// A TLS call returns having moved `n` bytes (for `_ex` calls, `n` is 1 for success and the
 /// count is read from the call's length pointer): its plaintext is copied on its connection.
-fn leave<C: aya_ebpf::EbpfContext>(ctx: &C, n: u64, ex: bool) {
+#[inline(always)]
+fn leave<C: aya_ebpf::EbpfContext>(ctx: &C, n: u64, ex: bool, walker: Walker) {
     let id = bpf_get_current_pid_tgid();
     let Some(call) = (unsafe { TLS_CALLS.get(&id) }).copied() else {
         return;
@@ -146,17 +171,19 @@ fn leave<C: aya_ebpf::EbpfContext>(ctx: &C, n: u64, ex: bool) {
         _pad: 0,
         ptr: call.ssl,
     };
-    plaintext(ctx, connection_of(&obj), &call, n);
+    plaintext(ctx, connection_of(&obj), &call, n, walker);
 }
 
 /// A TLS call `call` on connection `key` moved `n` bytes of plaintext: they are copied on the
 /// connection's stream (which becomes a TLS connection if it was not one yet). Without a
 /// connection they are counted.
+#[inline(always)]
 pub(crate) fn plaintext<C: aya_ebpf::EbpfContext>(
     ctx: &C,
     key: Option<u64>,
     call: &TlsCall,
     n: u64,
+    walker: Walker,
 ) {
     let Some(key) = key else {
         count(counter::TLS_UNTIED_CALLS, 1);
@@ -173,6 +200,7 @@ pub(crate) fn plaintext<C: aya_ebpf::EbpfContext>(
     count(counter::TLS_CALLS, 1);
     let egress = call.direction == Direction::Egress as u8;
     copy::exit_data(
+        ctx,
         &SyscallArgs {
             conn_key: key,
             buf: call.buf,
@@ -189,6 +217,7 @@ pub(crate) fn plaintext<C: aya_ebpf::EbpfContext>(
         },
         n,
         true,
+        walker,
     );
 }
 

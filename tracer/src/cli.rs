@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{ArgAction, Parser};
 
 use crate::{
-    capture::{CaptureConfig, CaptureMode},
+    capture::{CaptureConfig, CaptureMode, CopyPath},
     export::{
         ConsoleFormat, Exporter, ResourceConfig, Sampler, ServiceRule, SettingFile, TlsFiles,
         TracesConfig,
@@ -72,6 +72,12 @@ pub struct Args {
     /// `fd` works on any kernel with syscall tracepoints, `auto` picks sock when it can.
     #[arg(long, env = "KAFKA_TRACER_CAPTURE_MODE", value_enum, default_value_t = CaptureMode::Auto)]
     pub capture_mode: CaptureMode,
+
+    /// How the kernel copies the bytes: `loop` (the bpf_loop helper, Linux 5.17 on), `bounded`
+    /// (bounded loops and tail calls, any kernel with BPF ring buffers), or `auto` (loop where
+    /// the kernel has it).
+    #[arg(long, env = "KAFKA_TRACER_COPY_PATH", value_enum, default_value_t = CopyPath::Auto)]
+    pub copy_path: CopyPath,
 
     /// Read the plaintext of TLS connections from the TLS library (OpenSSL and the libraries
     /// with its symbols) of the processes that talk to Kafka, with uprobes.
@@ -313,6 +319,7 @@ impl Args {
             ring_buffer_bytes: self.ring_buffer_bytes,
             exclude_self: true,
             tls: self.tls,
+            copy_path: self.copy_path,
         })
     }
 }

@@ -47,7 +47,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             r = capture.readable() => {
                 r?;
                 capture.drain(|rec| pipeline.on_record(rec));
-                capture.probe_new_programs();
+                // A new program's resource is read at once: a short-lived client may be gone
+                // by the time the daemon, busy, reaches its first exchange.
+                let execs = capture.take_execs();
+                for &tgid in &execs {
+                    traces.resources.program_started(tgid);
+                }
+                capture.probe_programs(&execs);
                 for tgid in pipeline.take_new_processes() {
                     traces.resources.prefetch(tgid);
                     if capture.probe_tls(tgid) {

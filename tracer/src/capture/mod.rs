@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    programs::{ProgramFd, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
 use tracer_common::{Config, ConnState, counter, flags, mode, track};
@@ -42,6 +42,17 @@ pub enum CaptureMode {
     Sock,
     /// Track connections by (process, file descriptor): any kernel with syscall tracepoints.
     Fd,
+}
+
+/// How the kernel copies a syscall's bytes (see `tracer-ebpf/src/copy.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CopyPath {
+    /// `bpf_loop` when the kernel has it (5.17 on, or a backport), else bounded.
+    Auto,
+    /// One `bpf_loop` call per syscall.
+    Loop,
+    /// Bounded loops continued by tail calls: any kernel with BPF ring buffers (5.10 on).
+    Bounded,
 }
 
 /// What to capture. The daemon builds this from its flags; tests build it directly.
@@ -70,6 +81,7 @@ pub struct CaptureConfig {
     pub exclude_self: bool,
     /// Read TLS plaintext from the TLS libraries of processes that talk to Kafka (uprobes).
     pub tls: bool,
+    pub copy_path: CopyPath,
 }
 
 impl Default for CaptureConfig {
@@ -86,6 +98,7 @@ impl Default for CaptureConfig {
             ring_buffer_bytes: 16 << 20,
             exclude_self: true,
             tls: true,
+            copy_path: CopyPath::Auto,
         }
     }
 }
@@ -228,11 +241,13 @@ pub fn monotonic_ns() -> u64 {
 /// A loaded and attached capture. Dropping it detaches every program and frees every map.
 pub struct Capture {
     mode: CaptureMode,
+    /// `Loop` or `Bounded`, never `Auto`.
+    copy_path: CopyPath,
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     verdicts: BpfHashMap<MapData, u64, u8>,
     tls: tls::TlsProbes,
-    /// Processes that ran a new program, since the last [`Capture::probe_new_programs`].
+    /// Processes that ran a new program, since the last [`Capture::take_execs`].
     execs: Vec<u32>,
     /// Owns the programs (and so their attachments) and the remaining maps.
     ebpf: Ebpf,
@@ -271,9 +286,10 @@ impl Capture {
             seed_fd_connections(&mut ebpf, cfg, &config)?;
         }
 
-        attach_programs(&mut ebpf, mode)?;
+        let copy_path = load_copy(&mut ebpf, cfg.copy_path)?;
+        attach_programs(&mut ebpf, mode, copy_path)?;
         let tls = if cfg.tls {
-            let probes = tls::TlsProbes::load(&mut ebpf);
+            let probes = tls::TlsProbes::load(&mut ebpf, copy_path == CopyPath::Bounded);
             if probes.enabled() {
                 attach(
                     &mut ebpf,
@@ -300,6 +316,7 @@ impl Capture {
         let verdicts = BpfHashMap::try_from(take(&mut ebpf, "VERDICTS")?)?;
         tracing::info!(
             mode = ?mode,
+            copy = ?copy_path,
             ports = ?cfg.ports,
             detect_kafka = config.detect != 0,
             ring_buffer_bytes = cfg.ring_buffer_bytes,
@@ -307,6 +324,7 @@ impl Capture {
         );
         Ok(Self {
             mode,
+            copy_path,
             ring,
             counters,
             verdicts,
@@ -321,6 +339,11 @@ impl Capture {
         self.mode
     }
 
+    /// The copy path in effect (never `Auto`).
+    pub fn copy_path(&self) -> CopyPath {
+        self.copy_path
+    }
+
     /// Waits until the ring buffer has records.
     pub async fn readable(&mut self) -> anyhow::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
@@ -331,7 +354,7 @@ impl Capture {
     /// Passes every record now in the ring buffer to `f`; returns how many there were.
     /// Records the parser rejects are passed as errors (they would mean a kernel/daemon
     /// version mismatch), so the caller counts them.
-    /// Programs that traced processes started run are kept for [`Self::probe_new_programs`]
+    /// Programs that traced processes started run are kept for [`Self::take_execs`]
     /// rather than passed on.
     pub fn drain(&mut self, mut f: impl FnMut(Result<RingRecord<'_>, RingRecordError>)) -> usize {
         let ring = self.ring.get_mut();
@@ -350,11 +373,15 @@ impl Capture {
         n
     }
 
-    /// Probes the TLS libraries of the programs traced processes started since the last call
-    /// (a Go program carries its own crypto/tls): searched before they connect, they are read
-    /// from their first TLS call.
-    pub fn probe_new_programs(&mut self) {
-        for tgid in std::mem::take(&mut self.execs) {
+    /// Processes that started a new program since the last call (with TLS reading on).
+    pub fn take_execs(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.execs)
+    }
+
+    /// Probes the TLS libraries of the programs `execs` started (a Go program carries its own
+    /// crypto/tls): searched before they connect, they are read from their first TLS call.
+    pub fn probe_programs(&mut self, execs: &[u32]) {
+        for &tgid in execs {
             self.tls.probe_program(&mut self.ebpf, tgid);
         }
     }
@@ -423,25 +450,68 @@ impl Capture {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, program: &str, category: &str, points: &[String]) -> anyhow::Result<()> {
+/// Loads tracepoint program `program` unless it is loaded.
+fn load_tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> anyhow::Result<&'a mut TracePoint> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .with_context(|| format!("eBPF object has no program {program}"))?
         .try_into()?;
-    if let Err(e) = prog.load() {
-        // bpf_loop is helper 181; kernels before 5.17 (without a backport) reject it.
-        let log = format!("{e:?}");
-        if log.contains("bpf_loop") || log.contains("#181") {
-            anyhow::bail!(
-                "this kernel lacks the bpf_loop helper (Linux 5.17+, or a distribution kernel \
-                 that backports it), which kafka-tracer uses to copy reads and writes of any \
-                 size: use a newer kernel (Ubuntu 22.04: the HWE kernel)"
-            );
-        }
-        return Err(anyhow::Error::new(e).context(format!(
-            "the kernel refused eBPF program {program} (see the verifier log above)"
-        )));
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "the kernel refused eBPF program {program} (see the verifier log above)"
+            ))
+        })?;
     }
+    Ok(prog)
+}
+
+/// Loads the syscall-exit copy of `asked` (with `Auto`: `bpf_loop`'s, else the bounded one,
+/// when the kernel refuses `bpf_loop`, helper 181) and the bounded walk's continuations; the
+/// path in effect.
+fn load_copy(ebpf: &mut Ebpf, asked: CopyPath) -> anyhow::Result<CopyPath> {
+    let path = match asked {
+        CopyPath::Bounded => CopyPath::Bounded,
+        CopyPath::Loop | CopyPath::Auto => match load_tracepoint(ebpf, "sys_exit") {
+            Ok(_) => CopyPath::Loop,
+            Err(e)
+                if format!("{e:?}").contains("bpf_loop") || format!("{e:?}").contains("#181") =>
+            {
+                if asked == CopyPath::Loop {
+                    return Err(e.context(
+                        "this kernel lacks the bpf_loop helper (Linux 5.17+, or a backport): \
+                         use --copy-path bounded (or auto)",
+                    ));
+                }
+                tracing::info!(
+                    "this kernel has no bpf_loop: copying with bounded loops and tail calls"
+                );
+                CopyPath::Bounded
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    if path == CopyPath::Bounded {
+        load_tracepoint(ebpf, "sys_exit_bounded")?;
+        let more = load_tracepoint(ebpf, "copy_more_tp")?.fd()?.try_clone()?;
+        set_continuation(ebpf, "COPY_MORE_TP", &more)?;
+    }
+    Ok(path)
+}
+
+/// Puts `program` in the program array `map` as the continuation of bounded copy walks.
+fn set_continuation(ebpf: &mut Ebpf, map: &str, program: &ProgramFd) -> anyhow::Result<()> {
+    let mut slots: ProgramArray<_> = ProgramArray::try_from(
+        ebpf.map_mut(map)
+            .with_context(|| format!("eBPF object has no map {map}"))?,
+    )?;
+    slots
+        .set(0, program, 0)
+        .with_context(|| format!("filling {map}"))
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, category: &str, points: &[String]) -> anyhow::Result<()> {
+    let prog = load_tracepoint(ebpf, program)?;
     for p in points {
         prog.attach(category, p)
             .with_context(|| format!("attaching {program} to tracepoint {category}:{p}"))?;
@@ -529,7 +599,7 @@ const FD_ENTRIES: [(&str, &[&str]); 4] = [
 
 /// Attaches the programs of `mode`: exits and socket ties first, entries last (an entry stashed
 /// before its exit is attached would only linger in the LRU stash).
-fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode) -> anyhow::Result<()> {
+fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode, copy: CopyPath) -> anyhow::Result<()> {
     let mut exits: Vec<String> = DATA_SYSCALLS
         .iter()
         .map(|s| format!("sys_exit_{s}"))
@@ -537,7 +607,12 @@ fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode) -> anyhow::Result<()> {
     if mode == CaptureMode::Fd {
         exits.extend(SETUP_SYSCALLS.iter().map(|s| format!("sys_exit_{s}")));
     }
-    attach(ebpf, "sys_exit", "syscalls", &exits)?;
+    let exit = if copy == CopyPath::Bounded {
+        "sys_exit_bounded"
+    } else {
+        "sys_exit"
+    };
+    attach(ebpf, exit, "syscalls", &exits)?;
     if mode == CaptureMode::Sock {
         for (c, t) in SOCK_TRACEPOINTS {
             attach(ebpf, t, c, &[t.to_string()])?;

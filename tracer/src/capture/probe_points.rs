@@ -36,7 +36,7 @@ const GO: [(&str, &str); 2] = [
 ];
 const GO_RETURN: &str = "go_tls_ret";
 
-/// Every TLS probe program, to load them once.
+/// Every TLS probe program, to load them once (the return programs as [`program`] names them).
 pub const PROGRAMS: [&str; 10] = [
     "ssl_write",
     "ssl_write_ex",
@@ -49,6 +49,17 @@ pub const PROGRAMS: [&str; 10] = [
     "go_tls_read",
     GO_RETURN,
 ];
+
+/// The program that serves probe point `base` on this kernel: the return programs, which copy
+/// the plaintext, have a variant for kernels without `bpf_loop` (`bounded`).
+pub fn program(base: &'static str, bounded: bool) -> &'static str {
+    match (base, bounded) {
+        ("ssl_ret", true) => "ssl_ret_bounded",
+        ("ssl_ex_ret", true) => "ssl_ex_ret_bounded",
+        (GO_RETURN, true) => "go_tls_ret_bounded",
+        (other, _) => other,
+    }
+}
 
 /// The TLS library an object holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -70,14 +70,19 @@ pub struct TlsProbes {
     unreadable_objects: u64,
     /// False when the kernel refused the programs: nothing is probed (said once at start).
     enabled: bool,
+    /// The kernel has no `bpf_loop`: the return programs' bounded variants copy.
+    bounded: bool,
 }
 
 impl TlsProbes {
     /// Loads the programs; without them (a kernel without uprobes) TLS stays unread, and the
     /// log says so once.
-    pub fn load(ebpf: &mut Ebpf) -> Self {
-        let mut probes = Self::default();
-        match load_programs(ebpf) {
+    pub fn load(ebpf: &mut Ebpf, bounded: bool) -> Self {
+        let mut probes = Self {
+            bounded,
+            ..Self::default()
+        };
+        match load_programs(ebpf, bounded) {
             Ok(()) => probes.enabled = true,
             Err(e) => tracing::warn!(
                 "TLS plaintext will not be read: {e:#} (uprobes need CONFIG_UPROBES and perf events)"
@@ -169,6 +174,7 @@ impl TlsProbes {
             }
         };
         for (program, offsets) in &found.points {
+            let program = probe_points::program(program, self.bounded);
             if let Err(e) = attach(ebpf, program, offsets, &path) {
                 self.attach_failures += 1;
                 tracing::warn!(object = %m.path, "TLS probe {program} not attached, TLS through this object is not read: {e:#}");
@@ -213,13 +219,26 @@ pub fn note_processes(ebpf: &mut Ebpf, tgids: &[u32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    for name in probe_points::PROGRAMS {
+fn load_programs(ebpf: &mut Ebpf, bounded: bool) -> anyhow::Result<()> {
+    let load = |ebpf: &mut Ebpf, name: &str| -> anyhow::Result<()> {
         let p: &mut UProbe = ebpf
             .program_mut(name)
             .with_context(|| format!("eBPF object has no program {name}"))?
             .try_into()?;
-        p.load().with_context(|| format!("loading {name}"))?;
+        p.load().with_context(|| format!("loading {name}"))
+    };
+    for name in probe_points::PROGRAMS {
+        load(ebpf, probe_points::program(name, bounded))?;
+    }
+    if bounded {
+        // The continuation of the return programs' bounded walks.
+        load(ebpf, "copy_more_probe")?;
+        let p: &mut UProbe = ebpf
+            .program_mut("copy_more_probe")
+            .context("eBPF object has no program copy_more_probe")?
+            .try_into()?;
+        let fd = p.fd()?.try_clone()?;
+        super::set_continuation(ebpf, "COPY_MORE_PROBE", &fd)?;
     }
     Ok(())
 }
