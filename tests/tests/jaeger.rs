@@ -103,7 +103,16 @@ fn linked_traces_are_found_in_jaeger() {
             "e2e Jaeger over {protocol}: {} spans in the traces of {producer}; send by {send_service}, poll by {poll_service}",
             spans.len()
         ));
-        assert_eq!((send_service, poll_service), (&producer, &consumer));
+        // A client that exited before the daemon (on a loaded machine) read its environment
+        // is named after its thread, and counted; the trace's structure holds either way.
+        let gone = logged(&log, "processes_gone_unnamed");
+        if gone == 0 {
+            assert_eq!((send_service, poll_service), (&producer, &consumer));
+        } else {
+            eprintln!("{gone} clients gone before they were read: {send_service}, {poll_service}");
+            let named = [send_service == &producer, poll_service == &consumer];
+            assert!(named.iter().filter(|n| !**n).count() <= gone as usize);
+        }
         assert_eq!(send["traceId"].as_str(), Some(TRACE), "{send}");
         assert_eq!(send["parentSpanId"].as_str(), Some(PARENT), "{send}");
         assert_eq!(poll["traceId"], send["traceId"], "{poll}");
@@ -118,7 +127,7 @@ fn linked_traces_are_found_in_jaeger() {
         }
         // And by the consumer's service: the same trace.
         let theirs = jaeger
-            .http_traces(&jaeger.service_query(&consumer))
+            .http_traces(&jaeger.service_query(poll_service))
             .unwrap();
         assert!(
             theirs.iter().any(|(_, s)| s["spanId"] == send["spanId"]),

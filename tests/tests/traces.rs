@@ -302,9 +302,25 @@ async fn spans_reach_an_otlp_receiver(protocol: &str, gzip: bool) {
         assert_eq!(c.span.parent_span_id, send[0].span.span_id);
         assert_eq!(c.span.kind, 5);
     }
-    // python3 .../client.py: the service is the script, not the interpreter.
-    assert_eq!(send[0].service, "client", "service.name from the program");
-    assert_eq!(receiver.service("client").len(), spans.len());
+    // python3 .../client.py: the service is the script, not the interpreter; unless a client
+    // exited before the daemon (on a loaded machine) read it, which the daemon counts.
+    let services: Vec<_> = spans.iter().map(|r| r.service.as_str()).collect();
+    let unnamed = logged(&log, "processes_gone_unnamed");
+    let named = receiver.service("client").len();
+    if unnamed == 0 {
+        assert_eq!(
+            named,
+            spans.len(),
+            "service.name from the program: {services:?}"
+        );
+    } else {
+        // Each gone client is named after one of its threads.
+        let mut others: Vec<_> = services.iter().filter(|s| **s != "client").collect();
+        others.sort();
+        others.dedup();
+        eprintln!("{unnamed} clients gone before they were read: {services:?}");
+        assert!(others.len() <= unnamed as usize, "{services:?}\n{log}");
+    }
     assert_eq!(
         send[0].attr("messaging.batch.message_count").as_deref(),
         Some("2")

@@ -152,6 +152,11 @@ impl Traces {
         let (exported, failed, retries) = self.export_outcome();
         let mut all = self.counters.named();
         all.extend([
+            Counter::loss(
+                "processes_gone_unnamed",
+                self.resources.gone(),
+                "processes that exited before the tracer read their resource (spans named after the thread)",
+            ),
             Counter::count(
                 "spans_sampled_out",
                 self.sampled_out,
