@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod certs;
+pub mod guest;
 pub mod jaeger;
 pub mod receiver;
 pub mod seen;

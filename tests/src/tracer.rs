@@ -14,12 +14,14 @@ use std::{
 
 use serde_json::Value;
 
-/// The daemon binary built by `cargo xtask test` (or named by KAFKA_TRACER_BIN).
-fn binary() -> PathBuf {
+/// The daemon binary built by `cargo xtask test` (or named by KAFKA_TRACER_BIN), by a path
+/// without `..` (a qemu guest holds it at that path, without the directories around it).
+pub fn binary() -> PathBuf {
     std::env::var_os("KAFKA_TRACER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/kafka-tracer")
+            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent();
+            workspace.map_or_else(PathBuf::new, |w| w.join("target/release/kafka-tracer"))
         })
 }
 

@@ -344,7 +344,7 @@ async fn the_bounded_copy_counts_what_its_chain_cannot_reach() {
 /// One connection on a port in the filter and one outside it, same process, same moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_outside_the_port_filter_yields_no_payload() {
-    for mode in [CaptureMode::Sock, CaptureMode::Fd] {
+    for mode in modes() {
         let inside = TcpListener::bind("127.0.0.1:0").unwrap();
         let outside = TcpListener::bind("127.0.0.1:0").unwrap();
         let (pin, pout) = (
@@ -652,12 +652,10 @@ async fn bad_ring_size_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_open_before_the_capture_are_traced_mid_stream() {
     use std::io::{Read as _, Write as _};
-    for (mode, bind) in [
-        (CaptureMode::Sock, "127.0.0.1:0"),
-        (CaptureMode::Sock, "[::1]:0"),
-        (CaptureMode::Fd, "127.0.0.1:0"),
-        (CaptureMode::Fd, "[::1]:0"),
-    ] {
+    for (mode, bind) in modes()
+        .into_iter()
+        .flat_map(|m| [(m, "127.0.0.1:0"), (m, "[::1]:0")])
+    {
         let listener = TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
         let port = addr.port();
@@ -723,6 +721,21 @@ async fn connections_open_before_the_capture_are_traced_mid_stream() {
             assert_eq!(server_addr, addr, "{mode:?}: server endpoint");
             assert_eq!(peer.ip(), addr.ip(), "{mode:?}: client address");
         }
+    }
+}
+
+/// The capture modes this kernel offers: fd everywhere, sock where it has the
+/// `sock:sock_*_length` tracepoints.
+fn modes() -> Vec<CaptureMode> {
+    let sock = ["sock_send_length", "sock_recv_length"].iter().all(|t| {
+        std::path::Path::new("/sys/kernel/tracing/events/sock")
+            .join(t)
+            .is_dir()
+    });
+    if sock {
+        vec![CaptureMode::Sock, CaptureMode::Fd]
+    } else {
+        vec![CaptureMode::Fd]
     }
 }
 
@@ -803,4 +816,157 @@ async fn process_and_cgroup_filters_select_whose_traffic_is_captured() {
     assert_eq!(bytes(&b), total, "pid filter: the server's both directions");
     assert!(b.data.iter().all(|(h, _)| h.pid_tgid >> 32 == me as u64));
     assert!(c.data.is_empty(), "pid 1 sent nothing on this port");
+}
+
+/// The running kernel's (major, minor), the oracle for what auto mode and `--check` pick:
+/// `bpf_loop` came in 5.17, the `sock:sock_*_length` tracepoints in 6.3.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// Auto mode and the auto copy path settle on what this kernel offers: sock mode from 6.3,
+/// fd mode before; `bpf_loop` from 5.17, the bounded copy before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_picks_what_the_kernel_offers() {
+    let version = kernel_version();
+    let capture = Capture::start(&CaptureConfig::default()).unwrap();
+    let (mode, copy) = (capture.mode(), capture.copy_path());
+    eprintln!("Linux {version:?}: {mode:?} mode, {copy:?} copy");
+    let expected_mode = if version >= (6, 3) {
+        CaptureMode::Sock
+    } else {
+        CaptureMode::Fd
+    };
+    let expected_copy = if version >= (5, 17) {
+        CopyPath::Loop
+    } else {
+        CopyPath::Bounded
+    };
+    assert_eq!((mode, copy), (expected_mode, expected_copy));
+}
+
+/// `kafka-tracer --check` as root: every line ok or a named fallback (those this kernel's
+/// version implies), the capture loaded and detached, exit 0. Without privileges: the
+/// privileges line is missing with its fix, and exit 1.
+#[test]
+fn the_check_reports_what_this_kernel_offers() {
+    let version = kernel_version();
+    let out = Command::new(tests::tracer::binary())
+        .arg("--check")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}");
+    assert!(out.status.success(), "{report}");
+    let line = |what: &str| verdict(&report, what);
+    let fallback_unless = |ok: bool| if ok { "ok" } else { "fallback" };
+    assert_eq!(line("bpf_loop"), fallback_unless(version >= (5, 17)));
+    assert_eq!(line("connections"), fallback_unless(version >= (6, 3)));
+    for what in [
+        "kernel",
+        "privileges",
+        "ring buffer",
+        "tracefs",
+        "syscall tracepoints",
+    ] {
+        assert_eq!(line(what), "ok", "{what}: {report}");
+    }
+    assert_eq!(line("load and detach"), "ok");
+    assert!(report.contains("all gone after detach"), "{report}");
+
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["--inh-caps", "-all", "--bounding-set", "-all", "--"])
+        .arg(tests::tracer::binary())
+        .arg("--check")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(verdict(&report, "privileges"), "MISSING", "{report}");
+    assert!(report.contains("CAP_BPF and CAP_PERFMON"), "{report}");
+    assert!(!report.contains("load and detach"), "not tried: {report}");
+}
+
+/// The verdict word (ok, fallback, MISSING) of `report`'s line about `what`.
+fn verdict(report: &str, what: &str) -> String {
+    report
+        .lines()
+        .find_map(|l| {
+            let (word, rest) = l.trim().split_once(' ')?;
+            rest.trim_start()
+                .starts_with(what)
+                .then(|| word.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {what} line: {report}"))
+}
+
+/// This binary's tests again, on the older kernels users' nodes run (Debian's 5.10 and 6.1
+/// cloud kernels under qemu, both at once): each passes there except the sock-mode ones (those
+/// kernels lack its tracepoints), so auto mode, fd mode, the bounded copy, `--check`, the loss
+/// counters and the detach are checked against real older verifiers and tracepoints.
+#[test]
+fn the_capture_tests_pass_on_older_kernels() {
+    const SKIP: [&str; 2] = ["sock_mode", "older_kernels"];
+    let me = std::env::current_exe().unwrap();
+    let list = Command::new(&me)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test") && !SKIP.iter().any(|s| l.contains(s)))
+        .count();
+    let mut command = vec![me.display().to_string(), "--test-threads=1".into()];
+    for s in SKIP {
+        command.extend(["--skip".into(), s.into()]);
+    }
+    let files = [
+        me.clone(),
+        env!("CARGO_BIN_EXE_tcp-peer").into(),
+        tests::tracer::binary(),
+        "/bin/sh".into(),
+        "/usr/bin/setpriv".into(),
+    ];
+    let guests: Vec<_> = tests::guest::kernels()
+        .into_iter()
+        .map(|kernel| {
+            let (command, files) = (command.clone(), files.clone());
+            std::thread::spawn(move || {
+                let files: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
+                let run = tests::guest::run(
+                    &kernel,
+                    env!("CARGO_BIN_EXE_guest-init").as_ref(),
+                    &files,
+                    &[command],
+                    Duration::from_secs(1200),
+                );
+                (kernel.line, run)
+            })
+        })
+        .collect();
+    for guest in guests {
+        let (line, run) = guest.join().unwrap();
+        let run = run.unwrap_or_else(|e| panic!("the {line} guest: {e:#}"));
+        let result = run
+            .console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("test result: "))
+            .unwrap_or_else(|| panic!("no test result from the {line} guest:\n{}", run.console));
+        tests::summary(&format!(
+            "e2e kernel {line} under qemu: capture tests {result} (guest wall time {:.0} s)",
+            run.elapsed.as_secs_f64()
+        ));
+        assert_eq!(run.exits, [0], "the {line} guest:\n{}", run.console);
+        assert!(
+            result.starts_with(&format!("ok. {expected} passed; 0 failed")),
+            "{expected} tests expected to pass on {line}: {result}\n{}",
+            run.console
+        );
+    }
 }

@@ -476,6 +476,12 @@ unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
     if n > CHUNK_SIZE as u64 {
         n = CHUNK_SIZE as u64;
     }
+    // Older verifiers (6.1, 5.10) lose the bounds of a length LLVM clamps with selects; the
+    // check on a value the optimiser cannot see through stays in the code they read.
+    let n = opaque(n);
+    if n > CHUNK_SIZE as u64 {
+        return 1;
+    }
     let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
     // SAFETY: at < CHUNK_SIZE and n <= CHUNK_SIZE, inside the 2 * CHUNK_SIZE data array.
     let rc = unsafe {
@@ -504,4 +510,15 @@ unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
         }
     }
     0
+}
+
+/// `v`, hidden from the optimiser (libbpf's `barrier_var`): a bound checked on the result is
+/// checked in the program the verifier reads, not folded into earlier clamps.
+#[inline(always)]
+fn opaque(mut v: u64) -> u64 {
+    // SAFETY: one register move onto itself, which only claims to change `v`.
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
 }

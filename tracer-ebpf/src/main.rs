@@ -21,6 +21,7 @@
 // The bpf target has no `AtomicU64`; the intrinsic lowers to BPF's atomic fetch-add.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 
 use core::{
     ffi::c_void,

@@ -27,6 +27,11 @@ use crate::{
     long_about = None
 )]
 pub struct Args {
+    /// Print what this kernel offers the tracer (each capability, its fallback or fix), load and
+    /// detach the capture once, and exit: 0 when the tracer can run here, 1 when not.
+    #[arg(long)]
+    pub check: bool,
+
     /// Kafka broker ports: connections with one of these local or remote ports are captured.
     #[arg(
         long,

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.check {
+        return runtime.block_on(async { check(&args) });
+    }
     match runtime.block_on(daemon::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -54,5 +57,28 @@ fn main() -> ExitCode {
             eprintln!("kafka-tracer: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--check`: the report on standard output, and whether the tracer can run as the exit code.
+fn check(args: &Args) -> ExitCode {
+    let cfg = match args.capture_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kafka-tracer: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = tracer::capture::check::report(&cfg);
+    println!("kafka-tracer --check:");
+    for finding in &report {
+        println!("{finding}");
+    }
+    if tracer::capture::check::can_run(&report) {
+        println!("kafka-tracer can run on this node");
+        ExitCode::SUCCESS
+    } else {
+        println!("kafka-tracer cannot run on this node: fix the MISSING lines above");
+        ExitCode::FAILURE
     }
 }

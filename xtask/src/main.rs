@@ -5,6 +5,7 @@ mod clients;
 mod command;
 mod fuzz;
 mod image;
+mod kernels;
 mod manifest;
 mod setup;
 mod test;
@@ -83,7 +84,8 @@ enum Cmd {
     },
     /// Run a benchmark: `decode` (default: decoding throughput against kafka-protocol and the
     /// bare decompressor) or `overhead` (a real client's throughput without and with the
-    /// tracer, its CPU and memory).
+    /// tracer, its CPU and memory) or `copy` (the kernel's two copy paths, bpf_loop and
+    /// bounded, against each other on this kernel).
     Bench {
         #[arg(default_value = "decode")]
         which: String,
@@ -118,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if tests {
                 setup::test_env(&root)?;
                 clients::install(&root)?.print();
+                println!("export {}={}", kernels::VAR, kernels::install()?.display());
             }
             Ok(())
         }
@@ -185,7 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &["bench", "--package", "tracer", "--bench", "decode"],
                 ),
                 "overhead" => tests_binary(&root, "overhead", &args),
-                other => bail!("unknown benchmark {other:?}: use decode or overhead"),
+                "copy" => tests_binary(&root, "copy-cost", &args),
+                other => bail!("unknown benchmark {other:?}: use decode, overhead or copy"),
             }
         }
         Cmd::Test { args } => test::run(&root, &args),

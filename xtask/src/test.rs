@@ -6,13 +6,14 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, clients, fuzz, image, manifest, setup, toolchain};
+use crate::{cargo, clients, fuzz, image, kernels, manifest, setup, toolchain};
 
 /// Runs it all; `args` go to `cargo test` (a test name filter, say).
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     setup::all(root)?;
     setup::test_env(root)?;
     let clients = clients::install(root)?;
+    let kernels = kernels::install()?;
     cargo(root, &["fmt", "--all", "--", "--check"])
         .context("formatting differs: run `cargo fmt --all`")?;
     manifest::run(root, true)?;
@@ -36,6 +37,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&summary);
     let mut test = setup::as_root("cargo".as_ref());
     clients.export(&mut test);
+    test.env(kernels::VAR, &kernels);
     test.env("RUSTUP_TOOLCHAIN", toolchain::USERSPACE)
         .current_dir(root)
         .args(["test", "--release"])

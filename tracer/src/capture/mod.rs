@@ -8,6 +8,7 @@
 //! - **fd** (older kernels: Ubuntu 22.04's 5.15, RHEL 9, Amazon Linux 2023's 6.1): connections are
 //!   `(tgid, fd)` pairs learnt from connect/accept/bind/close, seeded from /proc at startup.
 
+pub mod check;
 mod preflight;
 mod probe_points;
 mod procfs;
@@ -238,6 +239,16 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// One of the capture's programs in the kernel.
+#[derive(Clone, Debug)]
+pub struct LoadedProgram {
+    pub name: String,
+    /// The kernel's id for it (never reused while the kernel runs).
+    pub id: u32,
+    pub run_time: std::time::Duration,
+    pub run_count: u64,
+}
+
 /// A loaded and attached capture. Dropping it detaches every program and frees every map.
 pub struct Capture {
     mode: CaptureMode,
@@ -267,6 +278,7 @@ impl Capture {
             );
         }
         preflight::check_privileges()?;
+        preflight::require_ring_buffer()?;
         let mode = pick_mode(cfg.mode)?;
         let config = kernel_config(cfg, mode)?;
         let mut ebpf = EbpfLoader::new()
@@ -342,6 +354,23 @@ impl Capture {
     /// The copy path in effect (never `Auto`).
     pub fn copy_path(&self) -> CopyPath {
         self.copy_path
+    }
+
+    /// The programs loaded into the kernel, with the time they ran when BPF statistics are on
+    /// (`kernel.bpf_stats_enabled`): what `--check` sees go away, what the benchmark weighs.
+    pub fn programs(&self) -> Vec<LoadedProgram> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(LoadedProgram {
+                    name: name.to_string(),
+                    id: info.id(),
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
     }
 
     /// Waits until the ring buffer has records.
@@ -466,33 +495,33 @@ fn load_tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> anyhow::Result<&'a 
     Ok(prog)
 }
 
-/// Loads the syscall-exit copy of `asked` (with `Auto`: `bpf_loop`'s, else the bounded one,
-/// when the kernel refuses `bpf_loop`, helper 181) and the bounded walk's continuations; the
-/// path in effect.
+/// Loads the syscall-exit copy of `asked` (with `Auto`: `bpf_loop`'s when the kernel offers
+/// that helper, else the bounded one) and the bounded walk's continuations; the path in effect.
 fn load_copy(ebpf: &mut Ebpf, asked: CopyPath) -> anyhow::Result<CopyPath> {
     let path = match asked {
-        CopyPath::Bounded => CopyPath::Bounded,
-        CopyPath::Loop | CopyPath::Auto => match load_tracepoint(ebpf, "sys_exit") {
-            Ok(_) => CopyPath::Loop,
-            Err(e)
-                if format!("{e:?}").contains("bpf_loop") || format!("{e:?}").contains("#181") =>
-            {
-                if asked == CopyPath::Loop {
-                    return Err(e.context(
-                        "this kernel lacks the bpf_loop helper (Linux 5.17+, or a backport): \
-                         use --copy-path bounded (or auto)",
-                    ));
-                }
-                tracing::info!(
-                    "this kernel has no bpf_loop: copying with bounded loops and tail calls"
-                );
-                CopyPath::Bounded
-            }
-            Err(e) => return Err(e),
-        },
+        CopyPath::Auto if preflight::has_bpf_loop() => CopyPath::Loop,
+        CopyPath::Auto => {
+            tracing::info!(
+                "this kernel has no bpf_loop: copying with bounded loops and tail calls"
+            );
+            CopyPath::Bounded
+        }
+        CopyPath::Loop if !preflight::has_bpf_loop() => bail!(
+            "this kernel ({}) lacks the bpf_loop helper (Linux 5.17+, or a backport): use \
+             --copy-path bounded (or auto)",
+            preflight::kernel_release()
+        ),
+        p => p,
     };
+    load_tracepoint(
+        ebpf,
+        if path == CopyPath::Loop {
+            "sys_exit"
+        } else {
+            "sys_exit_bounded"
+        },
+    )?;
     if path == CopyPath::Bounded {
-        load_tracepoint(ebpf, "sys_exit_bounded")?;
         let more = load_tracepoint(ebpf, "copy_more_tp")?.fd()?.try_clone()?;
         set_continuation(ebpf, "COPY_MORE_TP", &more)?;
     }

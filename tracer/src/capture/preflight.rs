@@ -102,6 +102,44 @@ pub fn require_tracepoints(tracefs: &Path, points: &[(&str, &str)]) -> anyhow::R
     Ok(())
 }
 
+/// The oldest kernel the tracer runs on: the BPF ring buffer came in 5.8.
+pub const MIN_KERNEL: &str = "5.8";
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|_| "(unknown release)".into())
+}
+
+/// Fails with the kernel's release and the minimum when there is no BPF ring buffer.
+pub fn require_ring_buffer() -> anyhow::Result<()> {
+    match aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
+        Ok(true) => Ok(()),
+        Ok(false) => bail!(
+            "this kernel ({}) has no BPF ring buffer, which kafka-tracer copies its records \
+             through: it needs Linux {MIN_KERNEL} or later",
+            kernel_release()
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context("probing the kernel for BPF ring buffers")),
+    }
+}
+
+/// Whether tracepoint programs may call `bpf_loop` (helper 181: Linux 5.17, or a backport).
+pub fn has_bpf_loop() -> bool {
+    aya::sys::is_helper_supported(
+        aya::programs::ProgramType::TracePoint,
+        aya::sys::BpfHelper::BPF_FUNC_loop,
+    )
+    .unwrap_or(false)
+}
+
+/// Whether uprobes can be attached (the TLS libraries are read through them).
+pub fn has_uprobes(tracefs: &Path) -> bool {
+    tracefs.join("uprobe_events").exists()
+        || Path::new("/sys/bus/event_source/devices/uprobe").exists()
+}
+
 /// The running kernel's BTF, needed for `struct sock_common` offsets in sock mode.
 pub fn kernel_btf() -> anyhow::Result<Vec<u8>> {
     fs::read(btf::VMLINUX_BTF).with_context(|| {

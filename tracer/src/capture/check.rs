@@ -1,0 +1,210 @@
+//! `kafka-tracer --check`: what this node's kernel offers the tracer, capability by capability,
+//! with the fix for anything missing, and then the proof: the capture loaded, attached and
+//! detached again with nothing left in the kernel. A DaemonSet can run it as an init container;
+//! the README's kernel requirements are these lines.
+
+use std::fmt;
+
+use super::{
+    Capture, CaptureConfig, CaptureMode, CopyPath, SOCK_TRACEPOINTS, pick_mode, preflight,
+};
+
+/// How a capability stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Present.
+    Ok,
+    /// Missing, with a fallback that keeps the tracer working (it says which).
+    Fallback,
+    /// Missing: the tracer cannot run.
+    Missing,
+}
+
+/// One line of the report.
+#[derive(Debug)]
+pub struct Finding {
+    pub what: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = match self.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Fallback => "fallback",
+            Verdict::Missing => "MISSING",
+        };
+        write!(f, "  {v:<9} {:<20} {}", self.what, self.detail)
+    }
+}
+
+/// The report: every capability, then the capture's own load and detach with `cfg` (the
+/// daemon's settings: a forced mode or copy path is loaded as asked). Must run inside a tokio
+/// runtime (the capture registers its ring buffer).
+pub fn report(cfg: &CaptureConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |what, verdict, detail: String| {
+        out.push(Finding {
+            what,
+            verdict,
+            detail,
+        })
+    };
+    add(
+        "kernel",
+        Verdict::Ok,
+        format!(
+            "Linux {} (kafka-tracer needs {} or later)",
+            preflight::kernel_release(),
+            preflight::MIN_KERNEL
+        ),
+    );
+    match preflight::check_privileges() {
+        Ok(()) => add(
+            "privileges",
+            Verdict::Ok,
+            "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)".into(),
+        ),
+        Err(e) => add("privileges", Verdict::Missing, format!("{e:#}")),
+    }
+    match preflight::require_ring_buffer() {
+        Ok(()) => add("ring buffer", Verdict::Ok, "BPF ring buffer maps".into()),
+        Err(e) => add("ring buffer", Verdict::Missing, format!("{e:#}")),
+    }
+    let tracefs = match preflight::ensure_tracefs() {
+        Ok(t) => {
+            add("tracefs", Verdict::Ok, t.display().to_string());
+            Some(t)
+        }
+        Err(e) => {
+            add("tracefs", Verdict::Missing, format!("{e:#}"));
+            None
+        }
+    };
+    if preflight::has_bpf_loop() {
+        add(
+            "bpf_loop",
+            Verdict::Ok,
+            "helper 181 present: a syscall's copy is one bpf_loop".into(),
+        );
+    } else {
+        add(
+            "bpf_loop",
+            Verdict::Fallback,
+            "absent (Linux 5.17+): the copy runs in bounded loops continued by tail calls".into(),
+        );
+    }
+    let btf = preflight::kernel_btf().map(drop);
+    if let Some(tracefs) = &tracefs {
+        let missing: Vec<String> = SOCK_TRACEPOINTS
+            .iter()
+            .filter(|(c, t)| !preflight::has_tracepoint(tracefs, c, t))
+            .map(|(c, t)| format!("{c}:{t}"))
+            .collect();
+        if missing.is_empty() && btf.is_ok() {
+            add(
+                "connections",
+                Verdict::Ok,
+                "sock mode: syscalls tied to their socket".into(),
+            );
+        } else {
+            let why = if missing.is_empty() {
+                "no kernel BTF".to_string()
+            } else {
+                format!("no {} (Linux 6.3+)", missing.join(", "))
+            };
+            add(
+                "connections",
+                Verdict::Fallback,
+                format!("{why}: fd mode, connections tracked by process and file descriptor"),
+            );
+        }
+        match pick_mode(CaptureMode::Fd) {
+            Ok(_) => add(
+                "syscall tracepoints",
+                Verdict::Ok,
+                "socket reads, writes and set-up".into(),
+            ),
+            Err(e) => add("syscall tracepoints", Verdict::Missing, format!("{e:#}")),
+        }
+        if preflight::has_uprobes(tracefs) {
+            add(
+                "uprobes",
+                Verdict::Ok,
+                "TLS plaintext read from OpenSSL and Go crypto/tls".into(),
+            );
+        } else {
+            add(
+                "uprobes",
+                Verdict::Fallback,
+                "absent (CONFIG_UPROBE_EVENTS): TLS connections are counted, not read".into(),
+            );
+        }
+    }
+    match &btf {
+        Ok(()) => add("BTF", Verdict::Ok, crate::btf::VMLINUX_BTF.into()),
+        Err(e) => add("BTF", Verdict::Fallback, format!("{e:#}")),
+    }
+    if out.iter().all(|f| f.verdict != Verdict::Missing) {
+        out.push(load_and_detach(cfg));
+    }
+    out
+}
+
+/// Loads and attaches the capture as the daemon would, drops it, and checks that none of its
+/// programs is left in the kernel.
+fn load_and_detach(cfg: &CaptureConfig) -> Finding {
+    let finding = |verdict, detail| Finding {
+        what: "load and detach",
+        verdict,
+        detail,
+    };
+    let capture = match Capture::start(cfg) {
+        Ok(c) => c,
+        Err(e) => return finding(Verdict::Missing, format!("{e:#}")),
+    };
+    let mode = format!("{:?}", capture.mode()).to_lowercase();
+    let copy = match capture.copy_path() {
+        CopyPath::Loop => "bpf_loop",
+        _ => "bounded",
+    };
+    let ids: Vec<u32> = capture.programs().iter().map(|p| p.id).collect();
+    drop(capture);
+    // Listing programs needs CAP_SYS_ADMIN; without it the detach is not verified.
+    let left = || -> Result<Vec<u32>, aya::programs::ProgramError> {
+        let mut left = Vec::new();
+        for p in aya::programs::loaded_programs() {
+            let id = p?.id();
+            if ids.contains(&id) {
+                left.push(id);
+            }
+        }
+        Ok(left)
+    };
+    // The kernel frees programs after an RCU grace period: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while left().is_ok_and(|l| !l.is_empty()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let loaded = format!(
+        "{} programs loaded in {mode} mode with the {copy} copy",
+        ids.len()
+    );
+    match left() {
+        Ok(l) if l.is_empty() => finding(Verdict::Ok, format!("{loaded}, all gone after detach")),
+        Ok(l) => finding(
+            Verdict::Missing,
+            format!("{loaded}; programs {l:?} outlived the capture: report this as a bug"),
+        ),
+        Err(_) => finding(
+            Verdict::Ok,
+            format!("{loaded} and detached (not verified: listing programs needs CAP_SYS_ADMIN)"),
+        ),
+    }
+}
+
+/// Whether the tracer can run, by the report.
+pub fn can_run(report: &[Finding]) -> bool {
+    report.iter().all(|f| f.verdict != Verdict::Missing)
+}
