@@ -100,6 +100,11 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
 }
 
 impl Broker {
+    /// The broker's process id (the benchmark weighs its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A tansu broker (in-memory log).
     pub fn start() -> anyhow::Result<Self> {
         let port = free_port()?;

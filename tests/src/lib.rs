@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod certs;
+pub mod cpu_limit;
 pub mod guest;
 pub mod jaeger;
 pub mod receiver;
@@ -347,4 +348,15 @@ impl Interrupts {
         // SAFETY: the set is initialised; sigwait writes the signal number.
         unsafe { libc::sigwait(&self.0, &mut signal) };
     }
+}
+
+/// The number after `name` on this program's command line, else `default` (the benchmarks'
+/// options).
+pub fn numeric_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -17,15 +17,6 @@ use std::{
 
 use tracer::capture::{Capture, CaptureConfig, CopyPath};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// One run's outcome.
 struct Run {
     /// Traffic throughput, MiB/s.
@@ -110,9 +101,9 @@ fn run(path: Option<CopyPath>, total: u64, write: usize) -> anyhow::Result<Run> 
 }
 
 fn main() -> ExitCode {
-    let runs = arg("--runs", 3).max(1);
-    let total = arg("--mib", 256) << 20;
-    let write = arg("--write", 65536).clamp(1, 16 << 20) as usize;
+    let runs = tests::numeric_arg("--runs", 3).max(1);
+    let total = tests::numeric_arg("--mib", 256) << 20;
+    let write = tests::numeric_arg("--write", 65536).clamp(1, 16 << 20) as usize;
     // Held for the whole benchmark: programs' run time is counted while it is open.
     let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => fd,

@@ -7,6 +7,10 @@
 //! consumed against records in send and poll spans, with every loss counter of the tracer, so a
 //! record without a span is either explained by a counter or reported as unexplained.
 //!
+//! Next to the wall-clock ratios, which a noisy 2-core machine spreads widely, it prints each
+//! party's CPU time per million records (client and broker from /proc and rusage, the daemon
+//! from /proc, the eBPF programs from `kernel.bpf_stats_enabled`), which is steadier.
+//!
 //!   overhead [--runs N] [--records N] [--size BYTES] [--tls]
 
 use std::{process::ExitCode, time::Duration};
@@ -24,7 +28,12 @@ struct Run {
     traced: bool,
     produce_rps: f64,
     consume_rps: f64,
+    /// CPU seconds of the daemon, of the kernel's eBPF programs (all of this machine's, with
+    /// `kernel.bpf_stats_enabled`), of the client and of the broker, during the client's run.
     tracer_cpu_s: f64,
+    ebpf_s: f64,
+    client_cpu_s: f64,
+    broker_cpu_s: f64,
     tracer_peak_rss_kib: u64,
     /// Records in the send and poll spans received, against records produced and consumed.
     send_records: u64,
@@ -54,15 +63,6 @@ const LOSS_COUNTERS: [&str; 14] = [
     "spans_export_failed",
 ];
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// User plus system CPU seconds of a process so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -75,6 +75,23 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / tick
+}
+
+/// User plus system CPU seconds of this process's waited-for children so far.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// eBPF run time of every program loaded now, in seconds (counted while BPF statistics are on).
+fn ebpf_seconds() -> f64 {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.run_time().as_secs_f64())
+        .sum()
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -159,6 +176,11 @@ fn one(
         )
     });
     let cpu_before = tracer.as_ref().map_or(0.0, |t| cpu_seconds(t.child.id()));
+    let (ebpf_before, client_before, broker_before) = (
+        ebpf_seconds(),
+        children_cpu_seconds(),
+        cpu_seconds(broker.pid()),
+    );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out: Value = serde_json::from_str(&client_env(
         &env,
@@ -173,6 +195,12 @@ fn one(
             &size.to_string(),
         ],
     )?)?;
+    // The client is the only child reaped meanwhile.
+    let (ebpf_s, client_cpu_s, broker_cpu_s) = (
+        ebpf_seconds() - ebpf_before,
+        children_cpu_seconds() - client_before,
+        cpu_seconds(broker.pid()) - broker_before,
+    );
     let (mut cpu, mut rss, mut losses) = (0.0, 0, Vec::new());
     if let Some(t) = tracer {
         // Let it finish what the ring buffer still holds before measuring.
@@ -200,6 +228,9 @@ fn one(
         produce_rps: num("produced") / num("produce_s"),
         consume_rps: num("consumed") / num("consume_s"),
         tracer_cpu_s: cpu,
+        ebpf_s,
+        client_cpu_s,
+        broker_cpu_s,
         tracer_peak_rss_kib: rss,
         send_records: sum(&format!("send {topic}")),
         poll_records: sum(&format!("poll {topic}")),
@@ -214,12 +245,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of `v` with its spread, as text: `median (min-max)`.
+fn spread(v: Vec<f64>) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    format!("{:.0} ({lo:.0}-{hi:.0})", median(v))
+}
+
 fn main() -> ExitCode {
     let (runs, n, size) = (
-        arg("--runs", 3),
-        arg("--records", 200_000),
-        arg("--size", 1024),
+        tests::numeric_arg("--runs", 7),
+        tests::numeric_arg("--records", 200_000),
+        tests::numeric_arg("--size", 1024),
     );
+    // Held for the whole benchmark: the eBPF programs' run time is counted while it is open.
+    let _stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("overhead: error: enabling BPF run-time statistics (root needed): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let tls = std::env::args().any(|a| a == "--tls");
     let target = match Target::new(tls) {
@@ -301,6 +348,39 @@ fn main() -> ExitCode {
         .map(|r| missing(r))
         .sum();
     let rate = median(traced.iter().map(|r| r.produce_rps).collect());
+    let of = |traced: bool, f: fn(&Run) -> f64| -> Vec<f64> {
+        all.iter().filter(|r| r.traced == traced).map(f).collect()
+    };
+    println!("\nthroughput, median (min-max) records/s:");
+    for (name, f) in [
+        ("produce", (|r: &Run| r.produce_rps) as fn(&Run) -> f64),
+        ("consume", |r: &Run| r.consume_rps),
+    ] {
+        println!(
+            "  {name}  untraced {}  traced {}",
+            spread(of(false, f)),
+            spread(of(true, f))
+        );
+    }
+    // CPU per million records (each produced and consumed once): steadier than wall clock.
+    let per_m = |f: fn(&Run) -> f64, traced: bool| {
+        median(
+            all.iter()
+                .filter(|r| r.traced == traced)
+                .map(|r| f(r) / ((r.produced + r.consumed) as f64 / 2e6))
+                .collect(),
+        )
+    };
+    println!("CPU seconds per million records produced and consumed, medians (untraced / traced):");
+    println!(
+        "  client {:.2} / {:.2}  broker {:.2} / {:.2}  tracer daemon - / {:.2}  eBPF - / {:.2}",
+        per_m(|r| r.client_cpu_s, false),
+        per_m(|r| r.client_cpu_s, true),
+        per_m(|r| r.broker_cpu_s, false),
+        per_m(|r| r.broker_cpu_s, true),
+        per_m(|r| r.tracer_cpu_s, true),
+        per_m(|r| r.ebpf_s, true),
+    );
     println!("\nmedians, traced / untraced:");
     println!("  produce throughput ratio  {produce:.3}  (goal >= 0.98)");
     println!("  consume throughput ratio  {consume:.3}  (goal >= 0.98)");
