@@ -216,6 +216,28 @@ impl Framer {
         while !bytes.is_empty() {
             if self.size.is_none() && self.buf.is_empty() {
                 self.first_ns = first_ns;
+                // A whole frame inside this piece is decoded where it lies, never copied.
+                if let Some(size) = whole_frame(bytes, self.max_frame) {
+                    self.last_ns = last_ns;
+                    self.counters.frames += 1;
+                    let accepted = emit(Frame {
+                        body: &bytes[4..4 + size],
+                        size,
+                        complete: true,
+                        first_ns,
+                        last_ns,
+                        after_resync: self.after_resync,
+                    });
+                    bytes = &bytes[4 + size..];
+                    if !accepted && self.after_resync {
+                        // A wrong guess: its body counts as skipped, and the search resumes.
+                        self.counters.resync_skipped_bytes += size as u64;
+                        self.unsync();
+                        return Some(bytes.to_vec());
+                    }
+                    self.after_resync = false;
+                    continue;
+                }
             }
             self.last_ns = last_ns;
             let Some(size) = self.size else {
@@ -365,10 +387,36 @@ impl Framer {
     }
 }
 
+/// The body size of the frame at the start of `bytes` when all of it is there, its size
+/// prefix believable and the body within `cap`.
+fn whole_frame(bytes: &[u8], cap: usize) -> Option<usize> {
+    let prefix: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    let size = usize::try_from(i32::from_be_bytes(prefix)).ok()?;
+    ((4..=MAX_FRAME_SIZE.min(cap)).contains(&size) && bytes.len() - 4 >= size).then_some(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::reassembly::Stream;
+
+    /// Frames that arrive whole in one piece come out as when they arrive byte by byte, without
+    /// passing through the buffer.
+    #[test]
+    fn whole_frames_are_framed_in_place() {
+        let stream = frame(&[b"abcd", &[9; 300], b"wxyz"]);
+        let any = |_: &[u8]| Some(true);
+        let mut whole = Framer::new(1 << 20, true);
+        let at_once = run(&mut whole, &[(0, &stream)], &any);
+        assert_eq!(whole.buffered(), 0, "nothing copied");
+        let mut split = Framer::new(1 << 20, true);
+        let pieces: Vec<(u64, &[u8])> = (0..stream.len())
+            .map(|i| (i as u64, &stream[i..i + 1]))
+            .collect();
+        assert_eq!(at_once, run(&mut split, &pieces, &any));
+        assert_eq!(at_once.len(), 3);
+        assert_eq!(whole.counters, split.counters);
+    }
 
     /// Frames `bytes` with the prefix sizes given, as one stream.
     fn frame(sizes_and_bodies: &[&[u8]]) -> Vec<u8> {
