@@ -36,6 +36,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for tgid in capture.probe_tls_of_connected(&args.capture_config()?.ports)? {
         pipeline.tls_probed(tgid);
     }
+    // Loading parsed the kernel's BTF and the eBPF object; that memory is free now, and the
+    // allocator's high trim threshold (see main.rs) would otherwise keep it resident.
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe { libc::malloc_trim(0) };
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut stats = tokio::time::interval(args.stats_interval.max(Duration::from_secs(1)));

@@ -1,5 +1,5 @@
 //! PID 1 of the qemu guests that run the capture tests on older kernels (see
-//! `tests::guest`): mounts what the tracer reads (proc, sysfs, tracefs, cgroup2, a /tmp),
+//! `tests::guest`): mounts what the tracer reads (proc, sysfs, tracefs, cgroup2),
 //! brings the loopback interface up, runs each command of `/guest-commands` (one per line,
 //! arguments separated by tabs) with its output on the console, prints a marker line with each
 //! exit code, and powers the machine off. Nothing else runs in the guest.
@@ -47,7 +47,9 @@ fn main() {
     mount("tracefs", "/sys/kernel/tracing");
     mount("cgroup2", "/sys/fs/cgroup");
     mount("bpf", "/sys/fs/bpf");
-    mount("tmpfs", "/tmp");
+    // The initramfs is writable already; a tmpfs on /tmp would hide files kept under it (a
+    // checkout in /tmp holds the test binaries there).
+    let _ = std::fs::create_dir_all("/tmp");
     loopback_up();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kt-guest: up, Linux {}", release.trim());
