@@ -171,7 +171,10 @@ def consume_kafka_python(a):
 
 def perf_confluent(a):
     """Produce COUNT records of --size bytes as fast as the client goes, then consume them:
-    the seconds each took."""
+    the seconds each took. With --rate N, produce N records a second while a consumer reads
+    them as they come: a steady load rather than a saturating one."""
+    import threading
+
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     p = Producer({"bootstrap.servers": a.bootstrap, "linger.ms": a.linger_ms,
@@ -179,8 +182,30 @@ def perf_confluent(a):
                   **security_confluent()})
     value = b"x" * a.size
     failed = []
+
+    def consume():
+        c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "tracer-perf",
+                      "enable.auto.commit": False, "client.id": "tracer-perf",
+                      **security_confluent()})
+        c.assign([TopicPartition(a.topic, 0, 0)])
+        got = 0
+        start = time.perf_counter()
+        deadline = time.time() + a.timeout + (a.count / a.rate if a.rate else 0)
+        while got < a.count and time.time() < deadline:
+            got += len(c.consume(1000, 0.5))
+        result["consumed"], result["consume_s"] = got, time.perf_counter() - start
+        c.close()
+
+    result = {}
+    reader = threading.Thread(target=consume) if a.rate else None
+    if reader:
+        reader.start()
     start = time.perf_counter()
     for i in range(a.count):
+        if a.rate:
+            ahead = start + i / a.rate - time.perf_counter()
+            if ahead > 0:
+                p.poll(ahead)
         while True:
             try:
                 p.produce(a.topic, value=value, partition=0,
@@ -191,19 +216,12 @@ def perf_confluent(a):
         p.poll(0)
     p.flush(60)
     produce_s = time.perf_counter() - start
-    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": "tracer-perf",
-                  "enable.auto.commit": False, "client.id": "tracer-perf",
-                  **security_confluent()})
-    c.assign([TopicPartition(a.topic, 0, 0)])
-    got = 0
-    start = time.perf_counter()
-    deadline = time.time() + a.timeout
-    while got < a.count and time.time() < deadline:
-        got += len(c.consume(1000, 0.5))
-    consume_s = time.perf_counter() - start
-    c.close()
-    return {"produced": a.count - len(failed), "consumed": got,
-            "produce_s": produce_s, "consume_s": consume_s}
+    if reader:
+        reader.join()
+    else:
+        consume()
+    return {"produced": a.count - len(failed), "consumed": result["consumed"],
+            "produce_s": produce_s, "consume_s": result["consume_s"]}
 
 
 def create_topic_confluent(a):
@@ -239,6 +257,8 @@ def main():
     ap.add_argument("--linger-ms", type=int, default=5)
     ap.add_argument("--batch-bytes", type=int, default=1000000, help="librdkafka batch.size")
     ap.add_argument("--interval", type=float, default=0, help="seconds between records")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="perf: records a second, consumed as they come (0: flat out, then consume)")
     ap.add_argument("--tolerate-errors", action="store_true",
                     help="report failed deliveries in the output instead of failing (confluent)")
     ap.add_argument("--flush-every", type=int, default=0,

@@ -11,7 +11,11 @@
 //! party's CPU time per million records (client and broker from /proc and rusage, the daemon
 //! from /proc, the eBPF programs from `kernel.bpf_stats_enabled`), which is steadier.
 //!
-//!   overhead [--runs N] [--records N] [--size BYTES] [--tls]
+//! With `--rate N` the client produces N records a second while it consumes them as they come
+//! (a steady load, not a saturating one), and the benchmark prints the tracer's share of a core
+//! at that rate.
+//!
+//!   overhead [--runs N] [--records N] [--size BYTES] [--rate N] [--tls]
 
 use std::{process::ExitCode, time::Duration};
 
@@ -28,6 +32,8 @@ struct Run {
     traced: bool,
     produce_rps: f64,
     consume_rps: f64,
+    /// Wall time of producing (with `--rate`, of the whole steady load).
+    produce_s: f64,
     /// CPU seconds of the daemon, of the kernel's eBPF programs (all of this machine's, with
     /// `kernel.bpf_stats_enabled`), of the client and of the broker, during the client's run.
     tracer_cpu_s: f64,
@@ -152,6 +158,7 @@ fn one(
     traced: bool,
     n: u64,
     size: u64,
+    rate: u64,
 ) -> anyhow::Result<Run> {
     let topic = format!("overhead-{run}-{traced}");
     let own;
@@ -182,17 +189,25 @@ fn one(
         cpu_seconds(broker.pid()),
     );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (bootstrap, n, size, rate) = (
+        format!("127.0.0.1:{port}"),
+        n.to_string(),
+        size.to_string(),
+        rate.to_string(),
+    );
     let out: Value = serde_json::from_str(&client_env(
         &env,
         &[
             "perf",
             "confluent",
-            &format!("127.0.0.1:{port}"),
+            &bootstrap,
             &topic,
-            &n.to_string(),
+            &n,
             "none",
             "--size",
-            &size.to_string(),
+            &size,
+            "--rate",
+            &rate,
         ],
     )?)?;
     // The client is the only child reaped meanwhile.
@@ -226,6 +241,7 @@ fn one(
     Ok(Run {
         traced,
         produce_rps: num("produced") / num("produce_s"),
+        produce_s: num("produce_s"),
         consume_rps: num("consumed") / num("consume_s"),
         tracer_cpu_s: cpu,
         ebpf_s,
@@ -259,6 +275,7 @@ fn main() -> ExitCode {
         tests::numeric_arg("--records", 200_000),
         tests::numeric_arg("--size", 1024),
     );
+    let steady = tests::numeric_arg("--rate", 0);
     // Held for the whole benchmark: the eBPF programs' run time is counted while it is open.
     let _stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => fd,
@@ -292,7 +309,7 @@ fn main() -> ExitCode {
             [true, false]
         };
         for traced in order {
-            match one(&rt, &target, r, traced, n, size) {
+            match one(&rt, &target, r, traced, n, size, steady) {
                 Ok(run) => {
                     println!(
                         "{r:>3}  {:>6}  {:>13.0}  {:>13.0}  {:>12.2}  {:>12.1}  {}",
@@ -381,6 +398,18 @@ fn main() -> ExitCode {
         per_m(|r| r.tracer_cpu_s, true),
         per_m(|r| r.ebpf_s, true),
     );
+    if steady > 0 {
+        // Each record produced and consumed at `steady`: the tracer's share of a core meanwhile.
+        let share = |f: fn(&Run) -> f64| {
+            100.0 * median(traced.iter().map(|r| f(r) / r.produce_s).collect())
+        };
+        let (daemon, ebpf) = (share(|r| r.tracer_cpu_s), share(|r| r.ebpf_s));
+        println!(
+            "at {steady} records/s each way: tracer daemon {daemon:.2}% of one core, eBPF {ebpf:.2}% ({:.2}% and {:.2}% per 10k records/s; goal <= 0.1% per 10k records/s)",
+            daemon / (steady as f64 / 10_000.0),
+            ebpf / (steady as f64 / 10_000.0),
+        );
+    }
     println!("\nmedians, traced / untraced:");
     println!("  produce throughput ratio  {produce:.3}  (goal >= 0.98)");
     println!("  consume throughput ratio  {consume:.3}  (goal >= 0.98)");
