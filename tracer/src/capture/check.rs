@@ -18,6 +18,8 @@ pub enum Verdict {
     Fallback,
     /// Missing: the tracer cannot run.
     Missing,
+    /// Not probed (the kernel answers probes only to a privileged process).
+    Skipped,
 }
 
 /// One line of the report.
@@ -34,8 +36,31 @@ impl fmt::Display for Finding {
             Verdict::Ok => "ok",
             Verdict::Fallback => "fallback",
             Verdict::Missing => "MISSING",
+            Verdict::Skipped => "skipped",
         };
         write!(f, "  {v:<9} {:<20} {}", self.what, self.detail)
+    }
+}
+
+/// The findings so far.
+#[derive(Default)]
+struct Report(Vec<Finding>);
+
+impl Report {
+    fn add(&mut self, what: &'static str, verdict: Verdict, detail: String) {
+        self.0.push(Finding {
+            what,
+            verdict,
+            detail,
+        });
+    }
+
+    /// A check's outcome: its detail when it passed, else its error, as a finding of `otherwise`.
+    fn check(&mut self, what: &'static str, result: anyhow::Result<String>, otherwise: Verdict) {
+        match result {
+            Ok(detail) => self.add(what, Verdict::Ok, detail),
+            Err(e) => self.add(what, otherwise, format!("{e:#}")),
+        }
     }
 }
 
@@ -43,15 +68,8 @@ impl fmt::Display for Finding {
 /// daemon's settings: a forced mode or copy path is loaded as asked). Must run inside a tokio
 /// runtime (the capture registers its ring buffer).
 pub fn report(cfg: &CaptureConfig) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut add = |what, verdict, detail: String| {
-        out.push(Finding {
-            what,
-            verdict,
-            detail,
-        })
-    };
-    add(
+    let mut r = Report::default();
+    r.add(
         "kernel",
         Verdict::Ok,
         format!(
@@ -60,96 +78,105 @@ pub fn report(cfg: &CaptureConfig) -> Vec<Finding> {
             preflight::MIN_KERNEL
         ),
     );
-    match preflight::check_privileges() {
-        Ok(()) => add(
-            "privileges",
-            Verdict::Ok,
-            "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)".into(),
-        ),
-        Err(e) => add("privileges", Verdict::Missing, format!("{e:#}")),
+    if let Err(e) = preflight::check_privileges() {
+        r.add("privileges", Verdict::Missing, format!("{e:#}"));
+        r.add(
+            "kernel features",
+            Verdict::Skipped,
+            "the kernel answers its probes only to a process with those privileges".into(),
+        );
+        return r.0;
     }
-    match preflight::require_ring_buffer() {
-        Ok(()) => add("ring buffer", Verdict::Ok, "BPF ring buffer maps".into()),
-        Err(e) => add("ring buffer", Verdict::Missing, format!("{e:#}")),
-    }
-    let tracefs = match preflight::ensure_tracefs() {
-        Ok(t) => {
-            add("tracefs", Verdict::Ok, t.display().to_string());
-            Some(t)
-        }
-        Err(e) => {
-            add("tracefs", Verdict::Missing, format!("{e:#}"));
-            None
-        }
-    };
+    r.add(
+        "privileges",
+        Verdict::Ok,
+        "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)".into(),
+    );
+    r.check(
+        "ring buffer",
+        preflight::require_ring_buffer().map(|()| "BPF ring buffer maps".into()),
+        Verdict::Missing,
+    );
+    let tracefs = preflight::ensure_tracefs();
+    r.check(
+        "tracefs",
+        tracefs
+            .as_ref()
+            .map(|t| t.display().to_string())
+            .map_err(|e| anyhow::anyhow!("{e:#}")),
+        Verdict::Missing,
+    );
     if preflight::has_bpf_loop() {
-        add(
+        r.add(
             "bpf_loop",
             Verdict::Ok,
             "helper 181 present: a syscall's copy is one bpf_loop".into(),
         );
     } else {
-        add(
+        r.add(
             "bpf_loop",
             Verdict::Fallback,
             "absent (Linux 5.17+): the copy runs in bounded loops continued by tail calls".into(),
         );
     }
     let btf = preflight::kernel_btf().map(drop);
-    if let Some(tracefs) = &tracefs {
-        let missing: Vec<String> = SOCK_TRACEPOINTS
-            .iter()
-            .filter(|(c, t)| !preflight::has_tracepoint(tracefs, c, t))
-            .map(|(c, t)| format!("{c}:{t}"))
-            .collect();
-        if missing.is_empty() && btf.is_ok() {
-            add(
-                "connections",
-                Verdict::Ok,
-                "sock mode: syscalls tied to their socket".into(),
-            );
+    if let Ok(tracefs) = &tracefs {
+        tracepoints(&mut r, tracefs, btf.is_ok());
+    }
+    r.check(
+        "BTF",
+        btf.map(|()| crate::btf::VMLINUX_BTF.into()),
+        Verdict::Fallback,
+    );
+    if can_run(&r.0) {
+        r.0.push(load_and_detach(cfg));
+    }
+    r.0
+}
+
+/// What tracefs shows: the connection mode the kernel allows, the syscall tracepoints, uprobes.
+fn tracepoints(r: &mut Report, tracefs: &std::path::Path, btf: bool) {
+    let missing: Vec<String> = SOCK_TRACEPOINTS
+        .iter()
+        .filter(|(c, t)| !preflight::has_tracepoint(tracefs, c, t))
+        .map(|(c, t)| format!("{c}:{t}"))
+        .collect();
+    if missing.is_empty() && btf {
+        r.add(
+            "connections",
+            Verdict::Ok,
+            "sock mode: syscalls tied to their socket".into(),
+        );
+    } else {
+        let why = if missing.is_empty() {
+            "no kernel BTF".to_string()
         } else {
-            let why = if missing.is_empty() {
-                "no kernel BTF".to_string()
-            } else {
-                format!("no {} (Linux 6.3+)", missing.join(", "))
-            };
-            add(
-                "connections",
-                Verdict::Fallback,
-                format!("{why}: fd mode, connections tracked by process and file descriptor"),
-            );
-        }
-        match pick_mode(CaptureMode::Fd) {
-            Ok(_) => add(
-                "syscall tracepoints",
-                Verdict::Ok,
-                "socket reads, writes and set-up".into(),
-            ),
-            Err(e) => add("syscall tracepoints", Verdict::Missing, format!("{e:#}")),
-        }
-        if preflight::has_uprobes(tracefs) {
-            add(
-                "uprobes",
-                Verdict::Ok,
-                "TLS plaintext read from OpenSSL and Go crypto/tls".into(),
-            );
-        } else {
-            add(
-                "uprobes",
-                Verdict::Fallback,
-                "absent (CONFIG_UPROBE_EVENTS): TLS connections are counted, not read".into(),
-            );
-        }
+            format!("no {} (Linux 6.3+)", missing.join(", "))
+        };
+        r.add(
+            "connections",
+            Verdict::Fallback,
+            format!("{why}: fd mode, connections tracked by process and file descriptor"),
+        );
     }
-    match &btf {
-        Ok(()) => add("BTF", Verdict::Ok, crate::btf::VMLINUX_BTF.into()),
-        Err(e) => add("BTF", Verdict::Fallback, format!("{e:#}")),
+    r.check(
+        "syscall tracepoints",
+        pick_mode(CaptureMode::Fd).map(|_| "socket reads, writes and set-up".into()),
+        Verdict::Missing,
+    );
+    if preflight::has_uprobes(tracefs) {
+        r.add(
+            "uprobes",
+            Verdict::Ok,
+            "TLS plaintext read from OpenSSL and Go crypto/tls".into(),
+        );
+    } else {
+        r.add(
+            "uprobes",
+            Verdict::Fallback,
+            "absent (CONFIG_UPROBE_EVENTS): TLS connections are counted, not read".into(),
+        );
     }
-    if out.iter().all(|f| f.verdict != Verdict::Missing) {
-        out.push(load_and_detach(cfg));
-    }
-    out
 }
 
 /// Loads and attaches the capture as the daemon would, drops it, and checks that none of its
