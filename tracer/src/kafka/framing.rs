@@ -219,17 +219,17 @@ impl Framer {
                 // A whole frame inside this piece is decoded where it lies, never copied.
                 if let Some(size) = whole_frame(bytes, self.max_frame) {
                     self.last_ns = last_ns;
-                    self.counters.frames += 1;
-                    let accepted = emit(Frame {
+                    let frame = Frame {
                         body: &bytes[4..4 + size],
                         size,
                         complete: true,
                         first_ns,
                         last_ns,
                         after_resync: self.after_resync,
-                    });
+                    };
+                    let wrong_guess = deliver(&mut self.counters, frame, emit);
                     bytes = &bytes[4 + size..];
-                    if !accepted && self.after_resync {
+                    if wrong_guess {
                         // A wrong guess: its body counts as skipped, and the search resumes.
                         self.counters.resync_skipped_bytes += size as u64;
                         self.unsync();
@@ -329,19 +329,15 @@ impl Framer {
 
     fn finish(&mut self, emit: &mut dyn FnMut(Frame<'_>) -> bool) {
         let Some(size) = self.size else { return };
-        self.counters.frames += 1;
-        if self.damaged {
-            self.counters.partial_frames += 1;
-        }
-        let accepted = emit(Frame {
+        let frame = Frame {
             body: &self.buf,
             size,
             complete: !self.damaged,
             first_ns: self.first_ns,
             last_ns: self.last_ns,
             after_resync: self.after_resync,
-        });
-        if !accepted && self.after_resync {
+        };
+        if deliver(&mut self.counters, frame, emit) {
             self.unsync();
             return;
         }
@@ -385,6 +381,21 @@ impl Framer {
         }
         None
     }
+}
+
+/// Counts `frame` and hands it to `emit`; whether it was a frame start found by
+/// resynchronising that `emit` rejected (a wrong guess).
+fn deliver(
+    counters: &mut FramerCounters,
+    frame: Frame<'_>,
+    emit: &mut dyn FnMut(Frame<'_>) -> bool,
+) -> bool {
+    counters.frames += 1;
+    if !frame.complete {
+        counters.partial_frames += 1;
+    }
+    let guess = frame.after_resync;
+    !emit(frame) && guess
 }
 
 /// The body size of the frame at the start of `bytes` when all of it is there, its size
