@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::mount_point;
+
 use anyhow::{Context as _, bail};
 
 /// Scheduler period of the quota, microseconds.
@@ -12,18 +14,6 @@ const PERIOD_US: u64 = 100_000;
 
 pub struct CpuLimit {
     dir: PathBuf,
-}
-
-/// Where the filesystem of `fstype` (with `option` among its mount options, when given) is
-/// mounted.
-fn mount_point(fstype: &str, option: Option<&str>) -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&fstype)
-            && option.is_none_or(|o| f.get(3).is_some_and(|opts| opts.split(',').any(|x| x == o))))
-        .then(|| PathBuf::from(f[1]))
-    })
 }
 
 fn write(path: &Path, value: &str) -> anyhow::Result<()> {

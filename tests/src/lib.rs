@@ -360,3 +360,21 @@ pub fn numeric_arg(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The median of `v` (the upper one of an even count); `v` must not be empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Where the filesystem of `fstype` (with `option` among its mount options, when given) is
+/// mounted.
+pub fn mount_point(fstype: &str, option: Option<&str>) -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&fstype)
+            && option.is_none_or(|o| f.get(3).is_some_and(|opts| opts.split(',').any(|x| x == o))))
+        .then(|| std::path::PathBuf::from(f[1]))
+    })
+}

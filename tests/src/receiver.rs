@@ -28,6 +28,13 @@ impl Received {
     pub fn attr(&self, key: &str) -> Option<String> {
         attr(&self.span.attributes, key)
     }
+
+    /// Records the span covers (`messaging.batch.message_count`, else one).
+    pub fn records(&self) -> u64 {
+        self.attr("messaging.batch.message_count")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+    }
 }
 
 fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {

@@ -742,14 +742,7 @@ fn modes() -> Vec<CaptureMode> {
 /// The cgroup v2 hierarchy (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
 /// hybrid ones).
 fn cgroup2_root() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| f[1].into())
-        })
-        .expect("a cgroup2 mount")
+    tests::mount_point("cgroup2", None).expect("a cgroup2 mount")
 }
 
 /// Three captures over the same traffic: one filtered on the client's cgroup, one on the

@@ -58,6 +58,45 @@ fn first_run(broker: &Broker, env: &[(&str, &str)], bootstrap: &str, lib: &str) 
 /// librdkafka, kafka-python, franz-go and sarama (and franz-go from a stripped binary, read
 /// through Go's function table) over TLS: every record produced is in a send span carrying the
 /// producer's trace context, every record consumed in a poll span under it.
+/// (partition, offset) of records, as a client reports them.
+type Offsets = Vec<(i64, i64)>;
+
+/// `lib` producing `count` records to partition 0 of `topic` (with `produce_args` added), then
+/// consuming them: the (partition, offset) of each, as the client reports them.
+fn exchange(
+    env: &[(&str, &str)],
+    lib: &str,
+    bootstrap: &str,
+    topic: &str,
+    count: &str,
+    produce_args: &[&str],
+) -> (Offsets, Offsets) {
+    let mut produce = vec![
+        "produce",
+        lib,
+        bootstrap,
+        topic,
+        count,
+        "none",
+        "--partition",
+        "0",
+    ];
+    produce.extend_from_slice(produce_args);
+    let produced = records(&client_env(env, &produce).unwrap());
+    let consume = [
+        "consume",
+        lib,
+        bootstrap,
+        topic,
+        count,
+        "--partition",
+        "0",
+        "--timeout",
+        "30",
+    ];
+    (produced, records(&client_env(env, &consume).unwrap()))
+}
+
 #[test]
 fn tls_clients_are_traced_through_their_tls_library() {
     let log = tls_clients_traced(
@@ -111,40 +150,13 @@ fn tls_clients_traced(copy_path: &str, libs: &[&str]) -> String {
     for lib in libs {
         let topic = format!("tls-{copy_path}-{lib}");
         broker.create_topic(&topic, 1).unwrap();
-        let produced = records(
-            &client_env(
-                &env,
-                &[
-                    "produce",
-                    lib,
-                    &bootstrap,
-                    &topic,
-                    "5",
-                    "none",
-                    "--traceparent",
-                    TRACEPARENT,
-                    "--partition",
-                    "0",
-                ],
-            )
-            .unwrap(),
-        );
-        let consumed = records(
-            &client_env(
-                &env,
-                &[
-                    "consume",
-                    lib,
-                    &bootstrap,
-                    &topic,
-                    "5",
-                    "--partition",
-                    "0",
-                    "--timeout",
-                    "30",
-                ],
-            )
-            .unwrap(),
+        let (produced, consumed) = exchange(
+            &env,
+            lib,
+            &bootstrap,
+            &topic,
+            "5",
+            &["--traceparent", TRACEPARENT],
         );
         runs.push((lib, topic, produced, consumed));
     }
@@ -233,39 +245,7 @@ fn sasl_is_traced_and_no_credential_leaves_the_tracer() {
         let bootstrap = format!("127.0.0.1:{port}");
         let env = security(protocol, &certs, Some(mechanism));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let produced = records(
-            &client_env(
-                &env,
-                &[
-                    "produce",
-                    lib,
-                    &bootstrap,
-                    &topic,
-                    "4",
-                    "none",
-                    "--partition",
-                    "0",
-                ],
-            )
-            .unwrap(),
-        );
-        let consumed = records(
-            &client_env(
-                &env,
-                &[
-                    "consume",
-                    lib,
-                    &bootstrap,
-                    &topic,
-                    "4",
-                    "--partition",
-                    "0",
-                    "--timeout",
-                    "30",
-                ],
-            )
-            .unwrap(),
-        );
+        let (produced, consumed) = exchange(&env, lib, &bootstrap, &topic, "4", &[]);
         runs.push((
             format!("{protocol} {mechanism} {lib}"),
             topic,

@@ -31,13 +31,6 @@ const LOSS_COUNTERS: [&str; 12] = [
     "spans_queue_dropped",
 ];
 
-/// Records a span covers.
-fn records(s: &Received) -> u64 {
-    s.attr("messaging.batch.message_count")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
-}
-
 fn num(s: &Received, k: &str) -> Option<i64> {
     s.attr(k)?.parse().ok()
 }
@@ -114,8 +107,8 @@ fn a_starved_tracer_counts_what_it_loses_and_catches_up() {
         .filter(|r| r.span.name == "poll starved")
         .collect();
     let (sent, polled) = (
-        send.iter().map(|s| records(s)).sum::<u64>(),
-        poll.iter().map(|s| records(s)).sum::<u64>(),
+        send.iter().map(|s| s.records()).sum::<u64>(),
+        poll.iter().map(|s| s.records()).sum::<u64>(),
     );
     // A linked poll span hangs under the send span of its own records.
     let mut linked = 0;

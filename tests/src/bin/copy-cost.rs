@@ -136,10 +136,6 @@ fn main() -> ExitCode {
         }
     }
     drop(stats);
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let mut summary = Vec::new();
     println!(
         "copy cost on Linux {} ({runs} runs of {} MiB in {write}-byte writes, medians):",
@@ -149,10 +145,9 @@ fn main() -> ExitCode {
         total >> 20
     );
     for ((name, _), runs) in paths.iter().zip(&results) {
-        let mib_s = median(&mut runs.iter().map(|r| r.mib_s).collect());
-        let ns_per_mib = median(
-            &mut runs
-                .iter()
+        let mib_s = tests::median(runs.iter().map(|r| r.mib_s).collect());
+        let ns_per_mib = tests::median(
+            runs.iter()
                 .map(|r| r.kernel.as_nanos() as f64 / (r.copied.max(1) as f64 / 1048576.0))
                 .collect(),
         );

@@ -23,7 +23,7 @@ use serde_json::Value;
 use tests::{
     Broker,
     certs::Certs,
-    client_env,
+    client_env, median,
     receiver::Receiver,
     tracer::{Tracer, logged, proc_status},
 };
@@ -104,13 +104,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
     proc_status(pid, "VmHWM")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// Records a span covers.
-fn records(s: &tests::receiver::Received) -> u64 {
-    s.attr("messaging.batch.message_count")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
 }
 
 /// The broker a run talks to: a tansu broker of its own, or (TLS) Apache Kafka's SSL listener,
@@ -234,7 +227,7 @@ fn one(
         spans
             .iter()
             .filter(|s| s.span.name == name)
-            .map(records)
+            .map(|s| s.records())
             .sum()
     };
     let num = |k: &str| out[k].as_f64().unwrap_or(0.0);
@@ -254,11 +247,6 @@ fn one(
         consumed: num("consumed") as u64,
         losses,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The median of `v` with its spread, as text: `median (min-max)`.
