@@ -242,11 +242,9 @@ pub fn monotonic_ns() -> u64 {
 /// One of the capture's programs in the kernel.
 #[derive(Clone, Debug)]
 pub struct LoadedProgram {
-    pub name: String,
     /// The kernel's id for it (never reused while the kernel runs).
     pub id: u32,
     pub run_time: std::time::Duration,
-    pub run_count: u64,
 }
 
 /// A loaded and attached capture. Dropping it detaches every program and frees every map.
@@ -361,13 +359,11 @@ impl Capture {
     pub fn programs(&self) -> Vec<LoadedProgram> {
         self.ebpf
             .programs()
-            .filter_map(|(name, p)| {
+            .filter_map(|(_, p)| {
                 let info = p.info().ok()?;
                 Some(LoadedProgram {
-                    name: name.to_string(),
                     id: info.id(),
                     run_time: info.run_time(),
-                    run_count: info.run_count(),
                 })
             })
             .collect()
