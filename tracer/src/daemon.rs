@@ -26,6 +26,11 @@ use crate::{
 
 /// Runs the tracer until interrupted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything slow: a stop that comes while the capture loads is kept until the loop
+    // below takes it (a process started with SIGINT ignored, as a background job is, would
+    // otherwise lose it).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut traces = Traces::new(args.traces_config()?)?;
     let metrics = Arc::new(Exposition::new(args.metrics_max_series));
     let mut capture = Capture::start(&args.capture_config()?)?;
@@ -40,8 +45,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // allocator's high trim threshold (see main.rs) would otherwise keep it resident.
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut stats = tokio::time::interval(args.stats_interval.max(Duration::from_secs(1)));
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut logged: Vec<Counter> = Vec::new();
