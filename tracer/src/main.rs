@@ -50,7 +50,15 @@ fn main() -> ExitCode {
     if args.check {
         return runtime.block_on(async { check(&args) });
     }
-    match runtime.block_on(daemon::run(args)) {
+    // The loop runs as a task on a worker, not on this thread: the worker that polls the ring
+    // buffer's readiness (and the timers) runs it next, where a loop on this thread would be
+    // woken by a second context switch per wake-up.
+    let daemon = runtime.block_on(async {
+        tokio::spawn(daemon::run(args))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the daemon's task failed: {e}")))
+    });
+    match daemon {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the cause and, from the failing check, the fix. No backtrace.
