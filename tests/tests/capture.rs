@@ -464,6 +464,61 @@ async fn a_full_ring_buffer_loses_bytes_only_with_a_count() {
     }
 }
 
+/// A steady trickle of small writes wakes the reader far less often than once per record, and
+/// no record is left behind: the reader here only waits on `readable` (no polling of its own),
+/// so a record that woke nobody and was never re-read would hang it until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_between_wake_ups_arrive_without_a_wake_up_each() {
+    const WRITES: usize = 100;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut capture = Capture::start(&config(port)).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        use std::io::Read as _;
+        s.read_to_end(&mut got).unwrap();
+        got.len()
+    });
+    let client = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_nodelay(true).unwrap();
+        for i in 0..WRITES {
+            use std::io::Write as _;
+            c.write_all(&[i as u8]).unwrap();
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    let mut seen = Seen::default();
+    let mut wake_ups = 0;
+    let end = Instant::now() + Duration::from_secs(10);
+    while seen.closes.len() < 2 {
+        let left = end.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, capture.readable())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "records left unread: {} closes and {} data records seen",
+                    seen.closes.len(),
+                    seen.data.len()
+                )
+            })
+            .unwrap();
+        wake_ups += 1;
+        seen.take(&mut capture);
+    }
+    client.join().unwrap();
+    assert_eq!(server.join().unwrap(), WRITES);
+    let streams = seen.streams();
+    let delivered: usize = streams.values().map(|r| r.bytes.len()).sum();
+    assert_eq!(delivered, 2 * WRITES, "both ends' bytes, none lost");
+    assert!(
+        wake_ups * 3 < seen.data.len(),
+        "{wake_ups} wake-ups for {} records",
+        seen.data.len()
+    );
+}
+
 /// A syscall above --max-bytes-per-syscall is cut, flagged, counted, and leaves a gap of the
 /// cut size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,12 @@
 /// per-CPU staging buffer is twice this (see tracer-ebpf), and per-CPU map values are capped at
 /// 32 KiB by the kernel.
 pub const CHUNK_SIZE: usize = 8 * 1024;
+
+/// A record wakes the daemon only if it was last woken this long ago, or the ring buffer holds
+/// more than `Config::wake_bytes`; the daemon looks again this long after every read that found
+/// records, so a record that woke nobody waits at most this long. At a steady load that is
+/// about a hundred wake-ups a second instead of one per record, and an idle daemon sleeps.
+pub const WAKE_INTERVAL_NS: u64 = 10_000_000;
 /// Messages of one `sendmmsg`/`recvmmsg` that are copied; the rest are reported as truncated.
 pub const MAX_MMSG: u32 = 16;
 /// iovecs of one message that are walked (the kernel's own limit, UIO_MAXIOV).
@@ -312,6 +318,9 @@ pub struct Config {
     pub sniff_bytes: u32,
     /// Cap on bytes copied from one syscall; the rest is counted as truncated.
     pub max_bytes_per_syscall: u32,
+    /// Unread bytes in the ring buffer past which every record wakes the daemon (see
+    /// [`WAKE_INTERVAL_NS`]).
+    pub wake_bytes: u32,
     pub sock: SockOffsets,
 }
 

@@ -408,7 +408,7 @@ fn flush(s: *mut Scratch, w: &mut Walk) {
             DATA_HEADER_SIZE + len as usize,
         )
     };
-    if EVENTS.output(rec, 0).is_ok() {
+    if EVENTS.output(rec, wake::flags()).is_ok() {
         count(counter::RECORDS, 1);
         count(counter::BYTES, len);
     } else {

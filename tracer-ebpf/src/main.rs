@@ -53,6 +53,7 @@ mod fd;
 mod gotls;
 mod sock;
 mod tls;
+mod wake;
 
 use copy::{MmsgSum, Walk};
 use entry::stash;
@@ -86,6 +87,7 @@ static CONFIG: Config = Config {
     detect: 0,
     sniff_bytes: 0,
     max_bytes_per_syscall: 0,
+    wake_bytes: 0,
     sock: SockOffsets {
         daddr: 0,
         rcv_saddr: 0,
@@ -229,7 +231,7 @@ fn emit_conn_event<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, key: u64, st: &C
                 rx_bytes: st.rx_bytes,
                 tuple: st.tuple,
             });
-            e.submit(0);
+            e.submit(wake::flags());
         }
         None => {
             count(counter::RINGBUF_FULL_CONN_EVENTS, 1);

@@ -326,7 +326,8 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             rx_bytes: 0,
             tuple: ConnTuple::default(),
         });
-        e.submit(0);
+        // Now: the daemon probes the new program's TLS libraries before its first TLS call.
+        e.submit(wake::NOW);
     } else {
         count(counter::RINGBUF_FULL_CONN_EVENTS, 1);
     }

@@ -258,6 +258,9 @@ pub struct Capture {
     tls: tls::TlsProbes,
     /// Processes that ran a new program, since the last [`Capture::take_execs`].
     execs: Vec<u32>,
+    /// When to read the ring buffer again without a wake-up: set by every drain that found
+    /// records, cleared when it passes (see [`tracer_common::WAKE_INTERVAL_NS`]).
+    recheck: Option<tokio::time::Instant>,
     /// Owns the programs (and so their attachments) and the remaining maps.
     ebpf: Ebpf,
 }
@@ -265,6 +268,14 @@ pub struct Capture {
 /// Programs started between two drains, searched at most (the rest are searched when they
 /// connect).
 const MAX_EXECS: usize = 4096;
+
+/// Records wake the daemon at once past this fraction of the ring buffer unread: well before
+/// it fills, even at the rates a saturated client reaches within the wake-up interval.
+const WAKE_FRACTION: u32 = 4;
+
+/// How long after a drain that found records the ring buffer is read again.
+const RECHECK: std::time::Duration =
+    std::time::Duration::from_nanos(tracer_common::WAKE_INTERVAL_NS);
 
 impl Capture {
     /// Checks the system, loads and attaches the programs. Must run inside a tokio runtime.
@@ -340,6 +351,7 @@ impl Capture {
             verdicts,
             tls,
             execs: Vec::new(),
+            recheck: None,
             ebpf,
         })
     }
@@ -369,10 +381,17 @@ impl Capture {
             .collect()
     }
 
-    /// Waits until the ring buffer has records.
+    /// Waits until the ring buffer may have records: a wake-up from the kernel, or the re-read
+    /// due after a drain that found some (records written since woke nobody).
     pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        guard.clear_ready();
+        let Some(at) = self.recheck else {
+            self.ring.readable_mut().await?.clear_ready();
+            return Ok(());
+        };
+        tokio::select! {
+            guard = self.ring.readable_mut() => guard?.clear_ready(),
+            () = tokio::time::sleep_until(at) => self.recheck = None,
+        }
         Ok(())
     }
 
@@ -394,6 +413,9 @@ impl Capture {
                 rec => f(rec),
             }
             n += 1;
+        }
+        if n > 0 {
+            self.recheck = Some(tokio::time::Instant::now() + RECHECK);
         }
         n
     }
@@ -607,6 +629,7 @@ fn kernel_config(cfg: &CaptureConfig, mode: CaptureMode) -> anyhow::Result<Confi
         detect: u32::from(cfg.detect_kafka && !cfg.ports.is_empty()),
         sniff_bytes: cfg.sniff_bytes,
         max_bytes_per_syscall: cfg.max_bytes_per_syscall,
+        wake_bytes: cfg.ring_buffer_bytes / WAKE_FRACTION,
         sock,
     })
 }
