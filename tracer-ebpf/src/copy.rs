@@ -465,6 +465,12 @@ unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
         return 1;
     }
 
+    // A whole chunk left in this segment, nothing staged, and more than a chunk to copy (so
+    // the first chunk of a syscall of at most one chunk, which `finish_walk` reads, is staged).
+    if w.fill == 0 && w.seg_rem >= CHUNK_SIZE as u64 && w.cap_left > CHUNK_SIZE as u64 {
+        direct_chunk(s, w);
+        return i64::from(w.failed != 0);
+    }
     let mut n = w.seg_rem;
     let room = CHUNK_SIZE as u64 - (w.fill & (CHUNK_SIZE as u64 - 1));
     if n > room {
@@ -510,6 +516,57 @@ unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
         }
     }
     0
+}
+
+/// A ring-buffer record of a whole chunk.
+#[repr(C)]
+struct ChunkRecord {
+    hdr: DataHeader,
+    data: [u8; CHUNK_SIZE],
+}
+
+/// Copies a whole chunk of the current segment straight into its ring-buffer record, with no
+/// staging in the scratch: the bytes are copied once in the kernel instead of twice (most of a
+/// large syscall's bytes take this way). Counted as [`flush`] counts a record.
+#[inline(always)]
+fn direct_chunk(s: *mut Scratch, w: &mut Walk) {
+    const N: u64 = CHUNK_SIZE as u64;
+    match EVENTS.reserve::<ChunkRecord>(0) {
+        Some(mut rec) => {
+            let r = rec.as_mut_ptr();
+            // SAFETY: `r` is the reserved record, `s` the per-CPU scratch; the read is of
+            // exactly the record's data array.
+            let rc = unsafe {
+                (*r).hdr = (*s).hdr;
+                (*r).hdr.chunk_offset = w.chunk_start as u32;
+                (*r).hdr.chunk_len = N as u32;
+                probe_read_user_raw(
+                    (&raw mut (*r).data) as *mut c_void,
+                    N as u32,
+                    w.base as *const c_void,
+                )
+            };
+            if rc == 0 {
+                rec.submit(wake::flags());
+                count(counter::RECORDS, 1);
+                count(counter::BYTES, N);
+            } else {
+                // Unreadable user memory: a gap of the chunk, as in the staged copy.
+                rec.discard(0);
+                count(counter::READ_FAILURE_BYTES, N);
+            }
+        }
+        None => {
+            count(counter::RINGBUF_FULL_RECORDS, 1);
+            count(counter::RINGBUF_FULL_BYTES, w.cap_left);
+            w.failed = 1;
+        }
+    }
+    w.base += N;
+    w.seg_rem -= N;
+    w.msg_rem = w.msg_rem.saturating_sub(N);
+    w.cap_left -= N;
+    w.chunk_start += N;
 }
 
 /// `v`, hidden from the optimiser (libbpf's `barrier_var`): a bound checked on the result is
