@@ -96,7 +96,7 @@ impl Default for CaptureConfig {
             pids: Vec::new(),
             cgroup_ids: Vec::new(),
             max_bytes_per_syscall: 16 << 20,
-            ring_buffer_bytes: 16 << 20,
+            ring_buffer_bytes: 8 << 20,
             exclude_self: true,
             tls: true,
             copy_path: CopyPath::Auto,
