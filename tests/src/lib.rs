@@ -350,15 +350,60 @@ impl Interrupts {
     }
 }
 
-/// The number after `name` on this program's command line, else `default` (the benchmarks'
-/// options).
-pub fn numeric_arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// A benchmark's command line: options that take a number, and flags. `--help` prints the
+/// usage; anything else unknown, or an option without a number, is one error line and exit 2,
+/// never a run with defaults the user did not ask for.
+pub struct BenchArgs {
+    args: Vec<String>,
+}
+
+impl BenchArgs {
+    /// Reads this program's arguments against `usage`, which names every option (`--x N`)
+    /// and flag (`--y`) it takes.
+    pub fn parse(program: &str, usage: &str, numbers: &[&str], flags: &[&str]) -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let fail = |why: String| -> ! {
+            eprintln!("{program}: error: {why}\nusage: {program} {usage}");
+            std::process::exit(2)
+        };
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            if a == "--help" || a == "-h" {
+                println!("usage: {program} {usage}");
+                std::process::exit(0);
+            } else if numbers.contains(&a) {
+                if args
+                    .get(i + 1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_none()
+                {
+                    fail(format!("{a} takes a number"));
+                }
+                i += 2;
+            } else if flags.contains(&a) {
+                i += 1;
+            } else {
+                fail(format!("unknown argument {a:?}"));
+            }
+        }
+        Self { args }
+    }
+
+    /// The number after `name`, else `default`.
+    pub fn number(&self, name: &str, default: u64) -> u64 {
+        self.args
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Whether flag `name` was given.
+    pub fn flag(&self, name: &str) -> bool {
+        self.args.iter().any(|a| a == name)
+    }
 }
 
 /// The median of `v` (the upper one of an even count); `v` must not be empty.

@@ -101,9 +101,15 @@ fn run(path: Option<CopyPath>, total: u64, write: usize) -> anyhow::Result<Run> 
 }
 
 fn main() -> ExitCode {
-    let runs = tests::numeric_arg("--runs", 3).max(1);
-    let total = tests::numeric_arg("--mib", 256) << 20;
-    let write = tests::numeric_arg("--write", 65536).clamp(1, 16 << 20) as usize;
+    let args = tests::BenchArgs::parse(
+        "copy-cost",
+        "[--runs N] [--mib N] [--write BYTES]",
+        &["--runs", "--mib", "--write"],
+        &[],
+    );
+    let runs = args.number("--runs", 3).max(1);
+    let total = args.number("--mib", 256) << 20;
+    let write = args.number("--write", 65536).clamp(1, 16 << 20) as usize;
     // Held for the whole benchmark: programs' run time is counted while it is open.
     let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => fd,

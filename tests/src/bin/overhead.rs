@@ -258,12 +258,18 @@ fn spread(v: Vec<f64>) -> String {
 }
 
 fn main() -> ExitCode {
-    let (runs, n, size) = (
-        tests::numeric_arg("--runs", 7),
-        tests::numeric_arg("--records", 200_000),
-        tests::numeric_arg("--size", 1024),
+    let args = tests::BenchArgs::parse(
+        "overhead",
+        "[--runs N] [--records N] [--size BYTES] [--rate N] [--tls]",
+        &["--runs", "--records", "--size", "--rate"],
+        &["--tls"],
     );
-    let steady = tests::numeric_arg("--rate", 0);
+    let (runs, n, size) = (
+        args.number("--runs", 7),
+        args.number("--records", 200_000),
+        args.number("--size", 1024),
+    );
+    let steady = args.number("--rate", 0);
     // Held for the whole benchmark: the eBPF programs' run time is counted while it is open.
     let _stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => fd,
@@ -273,7 +279,7 @@ fn main() -> ExitCode {
         }
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let tls = std::env::args().any(|a| a == "--tls");
+    let tls = args.flag("--tls");
     let target = match Target::new(tls) {
         Ok(t) => t,
         Err(e) => {
