@@ -13,9 +13,15 @@ pub const CHUNK_SIZE: usize = 8 * 1024;
 
 /// A record wakes the daemon only if it was last woken this long ago, or the ring buffer holds
 /// more than `Config::wake_bytes`; the daemon looks again this long after every read that found
-/// records, so a record that woke nobody waits at most this long. At a steady load that is
-/// about a hundred wake-ups a second instead of one per record, and an idle daemon sleeps.
-pub const WAKE_INTERVAL_NS: u64 = 10_000_000;
+/// records, so a record that woke nobody waits at most this long (spans are exported once a
+/// second anyway). At a steady load that is a few dozen wake-ups a second instead of one per
+/// record, and an idle daemon sleeps.
+pub const WAKE_INTERVAL_NS: u64 = 50_000_000;
+
+/// Past `Config::wake_bytes`, records wake the daemon at most this often: each forced wake-up
+/// is an interrupt inside the traced process's syscall, and a daemon behind the mark is usually
+/// awake already. Short enough that the rest of the ring outlasts it at loopback rates.
+pub const MARK_WAKE_SPACING_NS: u64 = 1_000_000;
 /// Messages of one `sendmmsg`/`recvmmsg` that are copied; the rest are reported as truncated.
 pub const MAX_MMSG: u32 = 16;
 /// iovecs of one message that are walked (the kernel's own limit, UIO_MAXIOV).

@@ -1,15 +1,15 @@
 //! When a record wakes the daemon. The ring buffer's default wakes its reader for every record
 //! once the reader has caught up, which at a steady load is nearly every record: the daemon's
 //! cost there was scheduling, not bytes. Here a record wakes it only when the last wake-up is
-//! [`WAKE_INTERVAL_NS`] old, or a tenth of that with the unread bytes past `Config::wake_bytes`;
-//! the daemon reads again that interval after every read that found records, which collects the
-//! rest.
+//! [`WAKE_INTERVAL_NS`] old, or [`MARK_WAKE_SPACING_NS`] old with the unread bytes past
+//! `Config::wake_bytes`; the daemon reads again [`WAKE_INTERVAL_NS`] after every read that found
+//! records, which collects the rest.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     maps::Array,
 };
-use tracer_common::WAKE_INTERVAL_NS;
+use tracer_common::{MARK_WAKE_SPACING_NS, WAKE_INTERVAL_NS};
 
 use super::*;
 
@@ -30,10 +30,8 @@ pub(crate) fn flags() -> u64 {
     // SAFETY: helper without arguments; `last` points into the map's one value.
     let now = unsafe { bpf_ktime_get_ns() };
     let since = now.wrapping_sub(unsafe { *last });
-    // Past the fill mark, at most one wake-up per tenth of the interval: each is an interrupt
-    // inside the traced process's syscall, and a daemon behind the mark is usually awake.
     let due = since >= WAKE_INTERVAL_NS
-        || (since >= WAKE_INTERVAL_NS / 10
+        || (since >= MARK_WAKE_SPACING_NS
             && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config().wake_bytes as u64);
     if due {
         unsafe { *last = now };
