@@ -23,6 +23,7 @@ pub const WAKE_INTERVAL_NS: u64 = 10_000_000;
 /// is an interrupt inside the traced process's syscall, and a daemon behind the mark is usually
 /// awake already. Short enough that the rest of the ring outlasts it at loopback rates.
 pub const MARK_WAKE_SPACING_NS: u64 = 1_000_000;
+
 /// Messages of one `sendmmsg`/`recvmmsg` that are copied; the rest are reported as truncated.
 pub const MAX_MMSG: u32 = 16;
 /// iovecs of one message that are walked (the kernel's own limit, UIO_MAXIOV).
@@ -325,8 +326,8 @@ pub struct Config {
     pub sniff_bytes: u32,
     /// Cap on bytes copied from one syscall; the rest is counted as truncated.
     pub max_bytes_per_syscall: u32,
-    /// Unread bytes in the ring buffer past which every record wakes the daemon (see
-    /// [`WAKE_INTERVAL_NS`]).
+    /// Unread bytes in the ring buffer past which records wake the daemon every
+    /// [`MARK_WAKE_SPACING_NS`] instead of every [`WAKE_INTERVAL_NS`].
     pub wake_bytes: u32,
     pub sock: SockOffsets,
 }

@@ -269,8 +269,9 @@ pub struct Capture {
 /// connect).
 const MAX_EXECS: usize = 4096;
 
-/// Records wake the daemon at once past this fraction of the ring buffer unread: well before
-/// it fills, even at the rates a saturated client reaches within the wake-up interval.
+/// Past this fraction of the ring buffer unread, records wake the daemon every
+/// [`tracer_common::MARK_WAKE_SPACING_NS`]: well before the ring fills, at the rates a
+/// saturated client reaches within the wake-up interval.
 const WAKE_FRACTION: u32 = 4;
 
 /// How long after a drain that found records the ring buffer is read again.
