@@ -95,11 +95,6 @@ impl DataRecord<'_> {
         self.hdr.stream_offset + self.hdr.chunk_offset as u64
     }
 
-    /// Whether this is the last record of its syscall.
-    pub fn ends_syscall(&self) -> bool {
-        self.hdr.chunk_offset as u64 + self.hdr.chunk_len as u64 >= self.hdr.captured_len as u64
-    }
-
     pub fn truncated(&self) -> bool {
         self.hdr.flags & flags::TRUNCATED != 0
     }
@@ -218,7 +213,7 @@ mod tests {
         };
         assert_eq!(d.payload, b"abcd");
         assert_eq!((d.tgid(), d.tid(), d.position()), (42, 43, 104));
-        assert!(d.ends_syscall() && d.truncated() && !d.sniffing());
+        assert!(d.truncated() && !d.sniffing());
         assert_eq!(
             (d.direction(), d.syscall(), d.comm()),
             (Direction::Ingress, Some(Syscall::Recvmsg), "client")
