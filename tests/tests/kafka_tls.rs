@@ -55,9 +55,6 @@ fn first_run(broker: &Broker, env: &[(&str, &str)], bootstrap: &str, lib: &str) 
     .unwrap();
 }
 
-/// librdkafka, kafka-python, franz-go and sarama (and franz-go from a stripped binary, read
-/// through Go's function table) over TLS: every record produced is in a send span carrying the
-/// producer's trace context, every record consumed in a poll span under it.
 /// (partition, offset) of records, as a client reports them.
 type Offsets = Vec<(i64, i64)>;
 
@@ -97,6 +94,9 @@ fn exchange(
     (produced, records(&client_env(env, &consume).unwrap()))
 }
 
+/// librdkafka, kafka-python, franz-go and sarama (and franz-go from a stripped binary, read
+/// through Go's function table) over TLS: every record produced is in a send span carrying the
+/// producer's trace context, every record consumed in a poll span under it.
 #[test]
 fn tls_clients_are_traced_through_their_tls_library() {
     let log = tls_clients_traced(
