@@ -39,20 +39,31 @@ fn security(protocol: &str, certs: &Certs, mechanism: Option<&str>) -> Vec<(&'st
 fn first_run(broker: &Broker, env: &[(&str, &str)], bootstrap: &str, lib: &str) {
     let topic = format!("tls-first-run-{lib}");
     broker.create_topic(&topic, 1).unwrap();
-    client_env(
-        env,
-        &[
-            "produce",
-            lib,
-            bootstrap,
-            &topic,
-            "1",
-            "none",
-            "--partition",
-            "0",
-        ],
-    )
-    .unwrap();
+    produce(env, lib, bootstrap, &topic, "1", &[]);
+}
+
+/// `lib` producing `count` uncompressed records to partition 0 of `topic`, with `extra`
+/// arguments added; the client's output.
+fn produce(
+    env: &[(&str, &str)],
+    lib: &str,
+    bootstrap: &str,
+    topic: &str,
+    count: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "produce",
+        lib,
+        bootstrap,
+        topic,
+        count,
+        "none",
+        "--partition",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    client_env(env, &args).unwrap()
 }
 
 /// (partition, offset) of records, as a client reports them.
@@ -68,18 +79,7 @@ fn exchange(
     count: &str,
     produce_args: &[&str],
 ) -> (Offsets, Offsets) {
-    let mut produce = vec![
-        "produce",
-        lib,
-        bootstrap,
-        topic,
-        count,
-        "none",
-        "--partition",
-        "0",
-    ];
-    produce.extend_from_slice(produce_args);
-    let produced = records(&client_env(env, &produce).unwrap());
+    let produced = records(&produce(env, lib, bootstrap, topic, count, produce_args));
     let consume = [
         "consume",
         lib,
