@@ -114,8 +114,14 @@ impl<K: Key, V: Default> Family<K, V> {
     /// The series of `k` for a counter or histogram: the overflow series once the family is
     /// full. Overflow keys keep only fixed-set labels, so they add a few series at most.
     pub fn add(&mut self, k: K) -> &mut V {
+        self.add_many(k, 1)
+    }
+
+    /// [`Self::add`] for `observations` about to be made at once (one lookup for a whole
+    /// batch's records); all of them count as overflowed when the series is the overflow one.
+    pub fn add_many(&mut self, k: K, observations: u64) -> &mut V {
         let k = if self.full_without(&k) {
-            self.overflowed += 1;
+            self.overflowed += observations;
             k.overflow()
         } else {
             k
@@ -244,6 +250,11 @@ mod tests {
         // An existing series still counts as itself.
         *f.add(("produced", "a".into(), 1)) += 1;
         assert_eq!(f.get(&("produced", "a".into(), 1)), Some(&2));
+        // Observations made at once count one by one past the bound, and not before it.
+        *f.add_many(("produced", "g".into(), 1), 4) += 4;
+        *f.add_many(("produced", "a".into(), 1), 4) += 4;
+        assert_eq!(f.overflowed, 7);
+        assert_eq!(f.get(&("produced", OVERFLOW.into(), i32::MIN)), Some(&6));
 
         let mut g: Family<(Arc<str>,), i64> = Family::new(&["topic"], 1);
         assert!(g.set(("a".into(),)).is_some());

@@ -216,11 +216,19 @@ impl Metrics {
                 *hw = p.high_watermark;
             }
         }
-        for r in p.records.records.iter().filter(kept) {
-            let age = (received_ms - r.timestamp) as f64 / 1e3;
-            if age >= 0.0 {
-                self.e2e.add((topic.clone(),)).observe(&E2E_BUCKETS, age);
-            }
+        let ages = || {
+            p.records
+                .records
+                .iter()
+                .filter(kept)
+                .map(|r| (received_ms - r.timestamp) as f64 / 1e3)
+                .filter(|age| *age >= 0.0)
+        };
+        let n = ages().count() as u64;
+        if n > 0 {
+            // One series lookup per partition, not per record.
+            let h = self.e2e.add_many((topic,), n);
+            ages().for_each(|age| h.observe(&E2E_BUCKETS, age));
         }
     }
 
