@@ -10,6 +10,10 @@ use super::records::{
     Batch, BatchHeader, Batches, Compression, Decompressor, Record, RecordError, Records,
 };
 
+/// The smallest encoded record: a one-byte length, then attributes, timestamp delta, offset
+/// delta, key length, value length and header count of one byte each.
+const MIN_RECORD_BYTES: usize = 7;
+
 /// What to keep from records.
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {
@@ -97,9 +101,13 @@ pub struct PartitionRecords {
 }
 
 impl PartitionRecords {
-    /// The records of batch `batch`, in order.
+    /// The records of batch `batch`, in order. Records are pushed batch by batch, so they are
+    /// sorted by batch: two binary searches, not a pass over the partition's records per batch
+    /// (which made a fetch of many small batches quadratic).
     pub fn of_batch(&self, batch: u32) -> impl Iterator<Item = &RecordInfo> {
-        self.records.iter().filter(move |r| r.batch == batch)
+        let start = self.records.partition_point(|r| r.batch < batch);
+        let end = self.records.partition_point(|r| r.batch <= batch);
+        self.records[start..end].iter()
     }
 
     /// Reads a RECORDS field.
@@ -153,6 +161,11 @@ impl PartitionRecords {
             Ok(data) => data,
             Err(e) => return self.undecodable(e),
         };
+        // Room for the batch's records at once (a record takes at least MIN_RECORD_BYTES, so
+        // a count the bytes cannot hold reserves no more than the bytes allow).
+        let fits = data.len() / MIN_RECORD_BYTES;
+        self.records
+            .reserve((h.record_count.max(0) as usize).min(fits));
         for record in Records::new(data, h.record_count) {
             match record {
                 Ok(r) => self.push_record(index, h, &r, opts),
@@ -241,5 +254,33 @@ impl PartitionRecords {
     /// Number of user records (control batches excluded).
     pub fn record_count(&self) -> usize {
         self.records.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::records::tests::{TestRecord, encode_batch};
+
+    #[test]
+    fn each_batch_gives_its_own_records() {
+        let mut field = encode_batch(10, Compression::None, &[(b"", b"a", &[]), (b"", b"b", &[])]);
+        field.extend(encode_batch(12, Compression::Zstd, &[(b"", b"c", &[])]));
+        field.extend(encode_batch(13, Compression::None, &[]));
+        let d: TestRecord<'_> = (b"", b"d", &[]);
+        field.extend(encode_batch(13, Compression::None, &[d; 3]));
+        let p = PartitionRecords::collect(
+            &field,
+            &mut Decompressor::new(1 << 20),
+            &DecodeOptions::default(),
+        );
+        assert_eq!(p.batches.len(), 4);
+        let offsets =
+            |b: u32| -> Vec<i64> { p.of_batch(b).map(|r| p.absolute_offset(r, None)).collect() };
+        assert_eq!(offsets(0), [10, 11]);
+        assert_eq!(offsets(1), [12]);
+        assert_eq!(offsets(2), [] as [i64; 0]);
+        assert_eq!(offsets(3), [13, 14, 15]);
+        assert_eq!(offsets(4), [] as [i64; 0]);
     }
 }
