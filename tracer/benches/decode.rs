@@ -2,6 +2,10 @@
 //! response streams, uncompressed and zstd, through the tracer's path (framing, header, body,
 //! every record and its headers) next to a full `kafka-protocol` decode of the same bytes, and
 //! the zstd path next to the bare zstd decompressor. Prints ratios measured in this one run.
+//!
+//! Times on a shared machine vary by a fifth from run to run; `--once` decodes each stream once,
+//! for an instruction count that does not: `valgrind --tool=callgrind
+//! --toggle-collect='*Framer*push*' <bench binary> --once` counts the tracer's path alone.
 
 use std::time::{Duration, Instant};
 
@@ -248,15 +252,21 @@ fn raw_zstd(
 }
 
 /// Best time of several runs of `f`, each repeated for about `budget`.
+/// Best time per run of `f` over three rounds of `budget` each; with a zero budget (`--once`),
+/// one run, so that an instruction count (callgrind) is the same from one run to the next.
 fn time(budget: Duration, mut f: impl FnMut() -> usize) -> (Duration, usize) {
     let mut best = Duration::MAX;
     let mut out = 0;
-    for _ in 0..3 {
+    let rounds = if budget.is_zero() { 1 } else { 3 };
+    for _ in 0..rounds {
         let start = Instant::now();
         let mut reps = 0u32;
-        while start.elapsed() < budget {
+        loop {
             out = std::hint::black_box(f());
             reps += 1;
+            if start.elapsed() >= budget {
+                break;
+            }
         }
         best = best.min(start.elapsed() / reps);
     }
@@ -264,7 +274,10 @@ fn time(budget: Duration, mut f: impl FnMut() -> usize) -> (Duration, usize) {
 }
 
 fn main() {
-    let budget = Duration::from_millis(if std::env::args().any(|a| a == "--quick") {
+    let flag = |f: &str| std::env::args().any(|a| a == f);
+    let budget = Duration::from_millis(if flag("--once") {
+        0
+    } else if flag("--quick") {
         100
     } else {
         700
