@@ -228,6 +228,35 @@ mod tests {
     }
 
     #[test]
+    fn varints_of_every_length_round_trip() {
+        fn leb(mut u: u64, out: &mut Vec<u8>) {
+            while u >= 0x80 {
+                out.push(u as u8 | 0x80);
+                u >>= 7;
+            }
+            out.push(u as u8);
+        }
+        let signed = (-300i64..300).chain([i32::MIN as i64, i32::MAX as i64, i64::MIN, i64::MAX]);
+        for v in signed {
+            let mut b = Vec::new();
+            leb(((v << 1) ^ (v >> 63)) as u64, &mut b);
+            let mut r = Reader::new(&b);
+            assert_eq!(r.varlong(), Ok(v), "{b:?}");
+            assert_eq!(r.remaining(), 0);
+            if let Ok(v32) = i32::try_from(v) {
+                assert_eq!(Reader::new(&b).varint(), Ok(v32), "{b:?}");
+            }
+        }
+        for u in (0u32..300).chain([16_383, 16_384, u32::MAX]) {
+            let mut b = Vec::new();
+            leb(u as u64, &mut b);
+            let mut r = Reader::new(&b);
+            assert_eq!(r.uvarint(), Ok(u), "{b:?}");
+            assert_eq!(r.remaining(), 0);
+        }
+    }
+
+    #[test]
     fn overlong_varints_are_errors() {
         assert_eq!(Reader::new(&[0xff; 6]).uvarint(), Err(WireError::Varint(0)));
         assert_eq!(
