@@ -107,7 +107,7 @@ impl PartitionRecords {
     pub fn of_batch(&self, batch: u32) -> impl Iterator<Item = &RecordInfo> {
         let start = self.records.partition_point(|r| r.batch < batch);
         let end = self.records.partition_point(|r| r.batch <= batch);
-        self.records[start..end].iter()
+        self.records.get(start..end).unwrap_or_default().iter()
     }
 
     /// Reads a RECORDS field.
