@@ -29,7 +29,19 @@ struct Seen {
 impl Seen {
     fn take(&mut self, capture: &mut Capture) {
         capture.drain(|r| match r.expect("well-formed record") {
-            RingRecord::Data(d) => self.data.push((d.hdr, d.payload.to_vec())),
+            RingRecord::Data(d) => {
+                // A request stream's records are runs (the selective copy's format); traffic
+                // that is not Kafka is never skipped, so its runs join into the payload.
+                let mut bytes = Vec::new();
+                for run in d.runs() {
+                    let run = run.expect("well-formed runs");
+                    assert_eq!(run.skipped, 0, "bytes that are not Kafka are never skipped");
+                    bytes.extend_from_slice(run.bytes);
+                }
+                let mut hdr = d.hdr;
+                hdr.chunk_len = bytes.len() as u32;
+                self.data.push((hdr, bytes));
+            }
             RingRecord::Open(e) => self.opens.push(e),
             RingRecord::Close(e) => self.closes.push(e),
             RingRecord::Tls(e) => panic!("no TLS connection in these tests: {e:?}"),

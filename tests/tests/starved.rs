@@ -16,13 +16,14 @@ use tests::{
 };
 
 /// Every counter that can account for a record without a span (as the overhead benchmark's).
-const LOSS_COUNTERS: [&str; 12] = [
+const LOSS_COUNTERS: [&str; 13] = [
     "kernel_ringbuf_full_records",
     "kernel_ringbuf_full_bytes",
     "kernel_truncated_bytes",
     "kernel_read_failure_bytes",
     "buffer_full_bytes",
     "resync_skipped_bytes",
+    "misplaced_skips",
     "partial_frames",
     "undecodable_requests",
     "undecodable_responses",

@@ -4,6 +4,8 @@
 //! records, map keys and values, the read-only `CONFIG` global), so a field added here changes
 //! both sides at once. Integers are in host byte order unless a name says otherwise.
 #![no_std]
+// The skim rule's index barrier (`skim::opaque`) is an asm statement on the bpf target.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 /// Payload bytes carried by one ring-buffer data record at most. A syscall that moved more is split
 /// into several records, each naming its offset, so userspace rebuilds the exact stream. The
@@ -148,6 +150,10 @@ pub mod flags {
     /// The connection's first bytes were a TLS handshake and no TLS library call has been tied
     /// to it yet: its ciphertext is not copied (counted instead).
     pub const TLS_CIPHERTEXT: u8 = 16;
+    /// The payload is runs (see [`skim`](crate::skim)): each the bytes skipped before it on
+    /// purpose (`u32`, little-endian), the bytes copied (`u16`) and those bytes. The record
+    /// covers the stream from `chunk_offset` for the sum of both.
+    pub const RUNS: u8 = 32;
 }
 
 /// TCP connection endpoints, seen from the traced process. IPv4 addresses use the first four
@@ -247,7 +253,10 @@ pub struct ConnState {
     /// Sock mode: the `(tgid, fd)` of the connection is in `FD_SOCKS` (for TLS libraries that
     /// name their connection by fd).
     pub fd_noted: u8,
-    pub _pad: [u8; 5],
+    /// 1 + the [`Direction`] of the connection's requests when they are walked for the
+    /// selective copy ([`skim`]), else 0.
+    pub skim: u8,
+    pub _pad: [u8; 4],
 }
 
 /// `ConnState::track` and `VERDICTS` values.
@@ -329,6 +338,9 @@ pub struct Config {
     /// Unread bytes in the ring buffer past which records wake the daemon every
     /// [`MARK_WAKE_SPACING_NS`] instead of every [`WAKE_INTERVAL_NS`].
     pub wake_bytes: u32,
+    /// Non-zero: client connections' produce requests are walked and their record values
+    /// skipped ([`skim`]); zero copies every byte.
+    pub skim: u32,
     pub sock: SockOffsets,
 }
 
@@ -349,6 +361,20 @@ impl Config {
         } else {
             None
         }
+    }
+}
+
+/// Which direction of a connection carries Kafka requests, from which end's port is a broker
+/// port: the client's end sends them, the broker's end receives them. The one rule for the
+/// kernel's walk and the daemon's pairing.
+#[inline(always)]
+pub fn request_direction(t: &ConnTuple, listed: impl Fn(u16) -> bool) -> Option<Direction> {
+    if listed(t.rport) {
+        Some(Direction::Egress)
+    } else if listed(t.lport) {
+        Some(Direction::Ingress)
+    } else {
+        None
     }
 }
 
@@ -389,7 +415,13 @@ pub mod counter {
     pub const TLS_CIPHERTEXT_BYTES: u32 = 15;
     /// TLS call entries that could not be stashed (`TLS_CALLS` map full).
     pub const TLS_ARGS_FULL: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// Bytes not copied on purpose: record values the selective copy skipped ([`skim`]).
+    pub const SKIPPED_BYTES: u32 = 17;
+    /// Produce requests the walk could not follow, copied whole from where it stopped.
+    pub const SKIM_UNPARSED_FRAMES: u32 = 18;
+    /// Streams whose walk lost the framing (or a byte of the stream): copied whole from then.
+    pub const SKIM_STOPPED_STREAMS: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 /// A TLS library call between its entry and its return (`TLS_CALLS`, keyed by pid_tgid).
@@ -435,6 +467,8 @@ pub struct SyscallArgs {
     pub direction: u8,
     pub _pad: [u8; 2],
 }
+
+pub mod skim;
 
 #[cfg(feature = "user")]
 mod pod {

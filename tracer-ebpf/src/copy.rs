@@ -9,6 +9,11 @@
 //! - without it (5.10 to 5.16): `BOUNDED_STEPS` steps in a bounded loop, then a tail call to
 //!   `copy_more_*`, which runs as many and calls itself again, up to the kernel's 33 tail calls
 //!   per chain; what is left after that is counted as truncated.
+//!
+//! On a walked request stream (`skim`, `bpf_loop` path only) each step asks the selective
+//! copy's rule first, and the records are runs of copied bytes after skipped ones.
+
+use tracer_common::skim::RUN_HEADER;
 
 use super::*;
 
@@ -90,7 +95,7 @@ fn more<C: aya_ebpf::EbpfContext>(ctx: &C, next: &ProgramArray) {
         let _ = unsafe { next.tail_call(ctx, 0) };
     }
     // Done, or the chain's last program: what is left counts as truncated.
-    finish_walk(s);
+    finish_walk(s, false);
 }
 
 /// [`BOUNDED_STEPS`] steps of the walk; whether it finished.
@@ -98,7 +103,7 @@ fn more<C: aya_ebpf::EbpfContext>(ctx: &C, next: &ProgramArray) {
 fn bounded_steps() -> bool {
     for i in 0..BOUNDED_STEPS {
         // SAFETY: the step only touches the per-CPU scratch.
-        if unsafe { walk_step(i, core::ptr::null_mut()) } != 0 {
+        if unsafe { walk_step::<false>(i, core::ptr::null_mut()) } != 0 {
             return true;
         }
     }
@@ -109,26 +114,38 @@ fn bounded_steps() -> bool {
 #[repr(C)]
 pub(crate) struct Walk {
     /// Current contiguous user segment and its bytes left to copy.
-    base: u64,
-    seg_rem: u64,
+    pub(crate) base: u64,
+    pub(crate) seg_rem: u64,
     /// Next iovec to read and how many are left in the current message.
-    iov_ptr: u64,
-    iov_left: u64,
+    pub(crate) iov_ptr: u64,
+    pub(crate) iov_left: u64,
     /// Next mmsghdr to read and how many are left.
-    msg_ptr: u64,
-    msg_left: u64,
+    pub(crate) msg_ptr: u64,
+    pub(crate) msg_left: u64,
     /// Bytes left in the current message (the syscall's return value for single-message calls).
-    msg_rem: u64,
+    pub(crate) msg_rem: u64,
     /// Bytes left to copy under the cap.
-    cap_left: u64,
+    pub(crate) cap_left: u64,
     /// Bytes staged in the scratch buffer, and the syscall offset of the first of them.
-    fill: u64,
-    chunk_start: u64,
+    pub(crate) fill: u64,
+    pub(crate) chunk_start: u64,
     /// Set when the ring buffer is full: the rest of the syscall is counted, not copied.
-    failed: u64,
+    pub(crate) failed: u64,
     /// The bytes are a TLS call's plaintext (no TLS record to look for at their start).
-    plaintext: u64,
+    pub(crate) plaintext: u64,
+    /// Stream bytes the staged record covers (copied, and skipped in runs).
+    pub(crate) covered: u64,
+    /// The stream is walked (`skim`): records are runs, and bytes may be skipped.
+    pub(crate) skim_on: u64,
+    /// Runs: where the open run's length is in the staged bytes (`NO_RUN`: none open), its
+    /// length, and the bytes skipped since it.
+    pub(crate) run_at: u64,
+    pub(crate) run_len: u64,
+    pub(crate) skipped: u64,
 }
+
+/// `Walk::run_at` when no run is open.
+pub(crate) const NO_RUN: u64 = u64::MAX;
 
 /// Copies what a syscall moved, or (`plaintext`) what a TLS library call handed over or
 /// returned, on the connection's stream. A TLS connection's syscalls carry ciphertext: counted,
@@ -212,13 +229,16 @@ pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
 
     w.cap_left = captured;
     w.plaintext = plaintext as u64;
+    if matches!(walker, Walker::Loop) && !plaintext && conn.skim == args.direction + 1 {
+        skim::begin(s, args.conn_key, captured < total);
+    }
     match walker {
         Walker::Loop => {
             // SAFETY: the callback only touches the per-CPU scratch.
             unsafe {
                 bpf_loop(
                     MAX_WALK_STEPS,
-                    walk_step as *mut c_void,
+                    walk_step::<true> as *mut c_void,
                     core::ptr::null_mut(),
                     0,
                 )
@@ -232,31 +252,38 @@ pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
             }
         }
     }
-    finish_walk(s);
+    finish_walk(s, matches!(walker, Walker::Loop));
 }
 
 /// After the walk: what it could not copy is counted, and a stream whose first bytes are a
 /// TLS record is marked (the rest of the connection is ciphertext, not copied unless a TLS call
 /// is tied to it; the daemon reads the same record and tells the user when none is).
+/// `loop_path`: the walk ran with `bpf_loop`, the only path with the selective copy.
 #[inline(always)]
-fn finish_walk(s: *mut Scratch) {
+fn finish_walk(s: *mut Scratch, loop_path: bool) {
     // SAFETY: per-CPU scratch; the first record's bytes are still at the start of `data`.
     let (w, hdr, d) = unsafe { (&(*s).walk, &(*s).hdr, &(*s).data) };
     if w.failed == 0 && w.cap_left > 0 {
         // The walk ran out of steps or of iovecs before `captured` bytes: report, never hide.
         count(counter::TRUNCATED_BYTES, w.cap_left);
     }
+    if loop_path && w.skim_on != 0 {
+        skim::end(s, w.failed != 0 || w.cap_left > 0);
+    }
     let captured = hdr.captured_len as u64;
     if w.plaintext != 0 || hdr.stream_offset != 0 || captured > CHUNK_SIZE as u64 || captured < 5 {
         return;
     }
+    // Runs start with a run header; the first run holds the stream's first bytes.
+    let o = if w.skim_on != 0 { RUN_HEADER } else { 0 };
     let Some(conn) = CONNS.get_ptr_mut(&hdr.conn_key) else {
         return;
     };
     // SAFETY: map value pointer, valid for this program run.
     let conn = unsafe { &mut *conn };
-    let len = u16::from_be_bytes([d[3], d[4]]);
-    if tracer_common::tls_record(d[0], d[1], d[2], len, conn.flags & flags::MIDSTREAM != 0) {
+    let len = u16::from_be_bytes([d[o + 3], d[o + 4]]);
+    let midstream = conn.flags & flags::MIDSTREAM != 0;
+    if tracer_common::tls_record(d[o], d[o + 1], d[o + 2], len, midstream) {
         conn.flags |= flags::TLS_CIPHERTEXT;
     }
 }
@@ -267,20 +294,12 @@ fn finish_walk(s: *mut Scratch) {
 fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64, walker: Walker) -> u64 {
     // SAFETY: per-CPU scratch, valid for this program run.
     let w = unsafe { &mut (*s).walk };
-    *w = Walk {
-        base: 0,
-        seg_rem: 0,
-        iov_ptr: 0,
-        iov_left: 0,
-        msg_ptr: 0,
-        msg_left: 0,
-        msg_rem: ret,
-        cap_left: 0,
-        fill: 0,
-        chunk_start: 0,
-        failed: 0,
-        plaintext: 0,
-    };
+    // Field by field in place: a `Walk` literal would be built on the stack first, and the
+    // bounded path's call chain has no stack to spare.
+    // SAFETY: `w` is the scratch's walk, plain integers for which zero is valid.
+    unsafe { core::ptr::write_bytes(w as *mut Walk, 0, 1) };
+    w.msg_rem = ret;
+    w.run_at = NO_RUN;
     let syscall = args.syscall;
     let total = if syscall == Syscall::Write as u8
         || syscall == Syscall::Read as u8
@@ -389,9 +408,12 @@ unsafe extern "C" fn sum_mmsg(i: u32, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Sends the staged bytes as one data record.
+/// Sends the staged bytes as one data record (runs: after the run of a skip still pending).
 #[inline(always)]
-fn flush(s: *mut Scratch, w: &mut Walk) {
+pub(crate) fn flush(s: *mut Scratch, w: &mut Walk) {
+    if w.skim_on != 0 {
+        skim::close_runs(s, w);
+    }
     let mut len = w.fill;
     if len > CHUNK_SIZE as u64 {
         len = CHUNK_SIZE as u64;
@@ -413,16 +435,20 @@ fn flush(s: *mut Scratch, w: &mut Walk) {
         count(counter::BYTES, len);
     } else {
         count(counter::RINGBUF_FULL_RECORDS, 1);
-        count(counter::RINGBUF_FULL_BYTES, len + w.cap_left);
+        count(counter::RINGBUF_FULL_BYTES, w.covered + w.cap_left);
         w.failed = 1;
     }
-    w.chunk_start += len;
+    w.chunk_start += w.covered;
+    w.covered = 0;
     w.fill = 0;
 }
 
 /// One step of the copy: move to the next mmsg message or iovec, or copy one piece of the
-/// current segment into the scratch buffer (sending it when full). Returns 1 to stop.
-unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
+/// current segment into the scratch buffer (sending it when full). Returns 1 to stop. `SKIM`:
+/// walked streams take the selective copy's steps; only the `bpf_loop` path has them (the
+/// bounded path's 64 inlined steps per program would not fit the verifier's budget with
+/// them, and userspace turns the selective copy off there).
+unsafe extern "C" fn walk_step<const SKIM: bool>(_i: u32, _ctx: *mut c_void) -> i64 {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 1;
     };
@@ -464,6 +490,9 @@ unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
         flush(s, w);
         return 1;
     }
+    if SKIM && w.skim_on != 0 {
+        return skim::step(s, w);
+    }
 
     // A whole chunk left in this segment, nothing staged, and more than a chunk to copy (so
     // the first chunk of a syscall of at most one chunk, which `finish_walk` reads, is staged).
@@ -500,6 +529,7 @@ unsafe extern "C" fn walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
     w.cap_left -= n;
     if rc == 0 {
         w.fill += n;
+        w.covered += n;
     } else {
         // Unreadable user memory: send what is staged and leave a gap of n bytes.
         count(counter::READ_FAILURE_BYTES, n);
@@ -572,7 +602,7 @@ fn direct_chunk(s: *mut Scratch, w: &mut Walk) {
 /// `v`, hidden from the optimiser (libbpf's `barrier_var`): a bound checked on the result is
 /// checked in the program the verifier reads, not folded into earlier clamps.
 #[inline(always)]
-fn opaque(mut v: u64) -> u64 {
+pub(crate) fn opaque(mut v: u64) -> u64 {
     // SAFETY: one register move onto itself, which only claims to change `v`.
     unsafe {
         core::arch::asm!("{0} = {0}", inout(reg) v, options(nomem, nostack, preserves_flags))

@@ -12,7 +12,8 @@
 //! 3. `sys_exit_<call>` learns how many bytes moved, reserves that range of the connection's
 //!    directional stream (an atomic add on the stream offset, so any loss shows up as a gap), and
 //!    copies the user buffers into records of at most `CHUNK_SIZE` bytes, with `bpf_loop` or,
-//!    on kernels without it, bounded loops and tail calls (`copy`).
+//!    on kernels without it, bounded loops and tail calls (`copy`). On a client's request
+//!    stream the `bpf_loop` copy walks each produce request and skips record values (`skim`).
 //!
 //! TLS connections are read in the TLS library instead (uprobes: `tls` for OpenSSL, `gotls`
 //! for Go's crypto/tls), their ciphertext not copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.
@@ -44,13 +45,16 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     CHUNK_SIZE, Config, ConnEvent, ConnState, ConnTuple, DATA_HEADER_SIZE, DataHeader, Direction,
-    MAX_IOV, SockOffsets, Syscall, SyscallArgs, counter, flags, kind, mode, track,
+    MAX_IOV, SockOffsets, Syscall, SyscallArgs, counter, flags, kind, mode,
+    skim::{Skim, WINDOW},
+    track,
 };
 
 mod copy;
 mod entry;
 mod fd;
 mod gotls;
+mod skim;
 mod sock;
 mod tls;
 mod wake;
@@ -65,9 +69,11 @@ const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: u64 = 2;
 const EINPROGRESS: i64 = 115;
 const TCP_ESTABLISHED: i32 = 1;
-/// Upper bound on `bpf_loop` steps for one syscall: one step per chunk, per iovec and per
-/// mmsg message, far above what a capped syscall needs.
-const MAX_WALK_STEPS: u32 = 1 << 16;
+/// Upper bound on `bpf_loop` steps for one syscall: one step per chunk, per iovec, per mmsg
+/// message, and on a walked stream per field and per copied or skipped range (a few per
+/// record of a batch walked, see `skim`): the helper's own limit, which a 16 MiB syscall of
+/// the smallest walked records stays under.
+const MAX_WALK_STEPS: u32 = 1 << 23;
 /// `struct mmsghdr` and `struct user_msghdr` layouts on 64-bit kernels.
 const MMSGHDR_SIZE: u64 = 64;
 const MMSG_LEN_OFFSET: u64 = 56;
@@ -88,6 +94,7 @@ static CONFIG: Config = Config {
     sniff_bytes: 0,
     max_bytes_per_syscall: 0,
     wake_bytes: 0,
+    skim: 0,
     sock: SockOffsets {
         daddr: 0,
         rcv_saddr: 0,
@@ -139,6 +146,14 @@ static VERDICTS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 /// connections learn their local port.
 #[map]
 static LISTENERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+/// Where each walked request stream is (`skim`), by conn key. Separate from `CONNS` so that
+/// only walked connections pay for the state; a connection whose entry the LRU evicted is
+/// copied whole (its walk cannot restart mid-stream).
+#[map]
+static SKIMS: LruHashMap<u64, Skim> = LruHashMap::with_max_entries(16384, 0);
+/// A walk at a stream's start, inserted into `SKIMS` from here: built on the stack it would
+/// take a quarter of the bounded path's stack.
+static SKIM_START: Skim = Skim::from_start();
 
 /// Per-CPU working memory of one `sys_exit`. The walk state lives here rather than on the stack
 /// on purpose: the verifier tracks stack values precisely and would explore every iovec count
@@ -153,6 +168,10 @@ struct Scratch {
     /// Twice the chunk size: the copy destination offset is masked to `CHUNK_SIZE - 1` and the
     /// length bounded by `CHUNK_SIZE`, which the verifier can prove in bounds.
     data: [u8; 2 * CHUNK_SIZE],
+    /// The walked stream's state during the syscall (copied from and back to `SKIMS`), and
+    /// its parse window.
+    skim: Skim,
+    win: [u8; WINDOW],
 }
 
 #[inline(always)]
@@ -252,6 +271,24 @@ fn open_conn<C: aya_ebpf::EbpfContext>(
     fd: i32,
 ) -> bool {
     let sniff = if how == track::SNIFF { flags::SNIFF } else { 0 };
+    // Only a connection seen from its first byte can be walked: its stream starts a frame; and
+    // only one whose ends the port filter tells apart. The two fields are read alone: a copy
+    // of the whole `Config` would take stack this call chain does not have on older kernels.
+    // SAFETY: plain reads of the loader-set read-only data, as `config` does.
+    let (skim_on, filtered) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const CONFIG.skim),
+            core::ptr::read_volatile(&raw const CONFIG.filter_ports),
+        )
+    };
+    let walked = skim_on != 0 && filtered != 0 && how == track::FULL;
+    let skim =
+        match tracer_common::request_direction(&tuple, |p| unsafe { PORTS.get(&p) }.is_some()) {
+            Some(dir) if walked && extra_flags & flags::MIDSTREAM == 0 => {
+                SKIMS.insert(&key, &SKIM_START, 0).is_ok() as u8 * (dir as u8 + 1)
+            }
+            _ => 0,
+        };
     let st = ConnState {
         conn_id: next_conn_id(),
         tx_bytes: 0,
@@ -260,7 +297,8 @@ fn open_conn<C: aya_ebpf::EbpfContext>(
         track: how,
         flags: extra_flags | sniff,
         fd_noted: 0,
-        _pad: [0; 5],
+        skim,
+        _pad: [0; 4],
     };
     if CONNS.insert(&key, &st, 0).is_err() {
         count(counter::CONNS_FULL, 1);
@@ -277,6 +315,9 @@ fn close_conn<C: aya_ebpf::EbpfContext>(ctx: &C, key: u64, fd: i32) {
         emit_conn_event(ctx, kind::CLOSE, key, &st, fd);
         let _ = CONNS.remove(&key);
         let _ = VERDICTS.remove(&key);
+        if st.skim != 0 {
+            let _ = SKIMS.remove(&key);
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use std::{collections::HashMap, net::SocketAddr};
 use tracer_common::{ConnTuple, Direction};
 
 use crate::{
-    capture::{ConnEventExt as _, DataRecord, RingRecord, RingRecordError, comm_str, endpoints},
+    capture::{
+        ConnEventExt as _, DataRecord, RingRecord, RingRecordError, Run, comm_str, endpoints,
+    },
     counters::Counter,
     kafka::{self, Catalog, DecodeOptions, Exchange, FramerCounters, Session, SessionCounters},
     reassembly::{Piece, Reassembler},
@@ -35,13 +37,7 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// The direction requests travel on a connection with `tuple`, when the ports tell.
     fn request_direction(&self, tuple: &ConnTuple) -> Option<Direction> {
-        if self.ports.contains(&tuple.rport) {
-            Some(Direction::Egress)
-        } else if self.ports.contains(&tuple.lport) {
-            Some(Direction::Ingress)
-        } else {
-            None
-        }
+        tracer_common::request_direction(tuple, |p| self.ports.contains(&p))
     }
 }
 
@@ -353,7 +349,21 @@ impl Pipeline {
             );
             return;
         }
-        let Some(mut piece) = self.reassembly.push(d) else {
+        for run in d.runs() {
+            match run {
+                Ok(run) => self.on_run(d, run),
+                Err(e) => {
+                    self.counters.bad_records += 1;
+                    tracing::warn!("unparsable ring-buffer record: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One run of a data record's bytes (a plain record is one).
+    fn on_run(&mut self, d: &DataRecord<'_>, run: Run<'_>) {
+        let Some(mut piece) = self.reassembly.push(d, run) else {
             return;
         };
         if d.sniffing() {
@@ -376,8 +386,9 @@ impl Pipeline {
             // Over the global bound: this piece becomes a gap the framer knows the size of.
             self.counters.buffer_full_bytes += piece.bytes.len() as u64;
             piece = Piece {
-                lost: piece.lost + piece.bytes.len() as u64,
+                lost: piece.lost + piece.skipped + piece.bytes.len() as u64,
                 discontinuity: true,
+                skipped: 0,
                 bytes: &[],
             };
         }

@@ -3,13 +3,15 @@
 //! Every data record names its position in its direction's stream (the kernel advances the
 //! stream offset by every byte a syscall moved, copied or not), so a lost record, a truncated
 //! syscall or a sniff window shows up here as a gap of a known size rather than as silently
-//! joined bytes. The Kafka framing (`kafka::framing`) must resynchronise after a gap.
+//! joined bytes. The Kafka framing (`kafka::framing`) must resynchronise after a gap. Bytes the
+//! kernel skipped on purpose (record values, see `tracer_common::skim`) are not a gap: the
+//! piece after them says how many there were, and the framer keeps its place.
 
 use std::collections::HashMap;
 
 use tracer_common::{ConnTuple, Direction};
 
-use crate::capture::DataRecord;
+use crate::capture::{DataRecord, Run};
 
 /// A contiguous run of bytes, possibly after a discontinuity.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,6 +20,8 @@ pub struct Piece<'a> {
     pub lost: u64,
     /// The stream does not continue from the previous piece: a framer must resynchronise.
     pub discontinuity: bool,
+    /// Bytes the kernel skipped on purpose right before `bytes` (after any lost ones).
+    pub skipped: u64,
     pub bytes: &'a [u8],
 }
 
@@ -30,6 +34,8 @@ pub struct Stream {
     pub bytes: u64,
     /// Bytes known to be missing.
     pub lost_bytes: u64,
+    /// Bytes the kernel skipped on purpose.
+    pub skipped_bytes: u64,
     /// Discontinuities (gaps and overlaps).
     pub discontinuities: u64,
 }
@@ -37,17 +43,26 @@ pub struct Stream {
 impl Stream {
     /// Places `bytes`, which start at stream position `pos`.
     pub fn push<'a>(&mut self, pos: u64, bytes: &'a [u8]) -> Piece<'a> {
-        let discontinuity = pos != self.next;
-        let lost = pos.saturating_sub(self.next);
+        self.push_run(pos, 0, bytes)
+    }
+
+    /// Places `bytes`, which start at stream position `pos` after `skipped` bytes the kernel
+    /// did not copy on purpose.
+    pub fn push_run<'a>(&mut self, pos: u64, skipped: u64, bytes: &'a [u8]) -> Piece<'a> {
+        let from = pos.saturating_sub(skipped);
+        let discontinuity = from != self.next;
+        let lost = from.saturating_sub(self.next);
         if discontinuity {
             self.discontinuities += 1;
             self.lost_bytes += lost;
         }
         self.next = pos + bytes.len() as u64;
         self.bytes += bytes.len() as u64;
+        self.skipped_bytes += skipped;
         Piece {
             lost,
             discontinuity,
+            skipped,
             bytes,
         }
     }
@@ -95,8 +110,8 @@ impl Reassembler {
         }
     }
 
-    /// Places a data record in its stream. `None` when the connection table is full.
-    pub fn push<'a>(&mut self, rec: &DataRecord<'a>) -> Option<Piece<'a>> {
+    /// Places a run of a data record in its stream. `None` when the connection table is full.
+    pub fn push<'a>(&mut self, rec: &DataRecord<'_>, run: Run<'a>) -> Option<Piece<'a>> {
         let full = self.conns.len() >= self.max_connections;
         let conn = match self.conns.entry(rec.hdr.conn_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -115,7 +130,8 @@ impl Reassembler {
         conn.tgid = rec.tgid();
         conn.comm = rec.hdr.comm;
         conn.last_ns = rec.hdr.ts_exit_ns;
-        Some(conn.streams[rec.direction() as usize].push(rec.position(), rec.payload))
+        let stream = &mut conn.streams[rec.direction() as usize];
+        Some(stream.push_run(run.pos, run.skipped, run.bytes))
     }
 
     pub fn get(&self, conn_id: u64) -> Option<&Connection> {
@@ -179,25 +195,42 @@ mod tests {
         DataRecord { hdr, payload }
     }
 
+    /// Places a plain record (one run).
+    fn place<'a>(r: &mut Reassembler, rec: &DataRecord<'a>) -> Option<Piece<'a>> {
+        let run = rec.runs().next()?.ok()?;
+        r.push(rec, run)
+    }
+
     #[test]
     fn table_is_bounded_and_idle_connections_are_evicted() {
         let mut r = Reassembler::new(2);
-        assert!(r.push(&record(1, 100, b"a")).is_some());
-        assert!(r.push(&record(2, 500, b"b")).is_some());
+        assert!(place(&mut r, &record(1, 100, b"a")).is_some());
+        assert!(place(&mut r, &record(2, 500, b"b")).is_some());
         assert!(
-            r.push(&record(3, 600, b"c")).is_none(),
+            place(&mut r, &record(3, 600, b"c")).is_none(),
             "third connection refused"
         );
         assert_eq!(r.refused_records, 1);
         assert_eq!(r.evict_idle(1000, 600), vec![1]);
         assert!(r.get(1).is_none() && r.get(2).is_some());
         assert!(
-            r.push(&record(3, 700, b"c")).is_some(),
+            place(&mut r, &record(3, 700, b"c")).is_some(),
             "room again after eviction"
         );
         let c = r.close(3, 5, 0).unwrap();
         assert_eq!((c.streams[0].bytes, c.streams[0].lost_bytes), (1, 4));
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn skipped_bytes_are_no_gap() {
+        let mut s = Stream::default();
+        s.push(0, b"abc");
+        let p = s.push_run(13, 10, b"de");
+        assert_eq!((p.lost, p.discontinuity, p.skipped), (0, false, 10));
+        let p = s.push_run(20, 3, b"f");
+        assert_eq!((p.lost, p.discontinuity, p.skipped), (2, true, 3));
+        assert_eq!((s.bytes, s.skipped_bytes, s.lost_bytes), (6, 13, 2));
     }
 
     #[test]

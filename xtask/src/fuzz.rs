@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: runs every cargo-fuzz target of fuzz/ with libFuzzer's memory and time
-//! limits, the `session` and `decoders` targets seeded from the recorded real traffic in
+//! limits, the `session`, `decoders` and `skim` targets seeded from the recorded real traffic in
 //! tracer/tests/fixtures (whole connections and their single frames), and every target with
 //! the inputs that once failed it (fuzz/regressions/<target>, committed). Any crash, leak,
 //! allocation over the limit or hang fails the command.
@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 
 use crate::toolchain;
 
-pub const TARGETS: [&str; 3] = ["session", "decoders", "records"];
+pub const TARGETS: [&str; 4] = ["session", "decoders", "records", "skim"];
 
 /// Runs each target for `seconds`.
 pub fn run(root: &Path, seconds: u64, targets: &[String]) -> anyhow::Result<()> {
@@ -97,7 +97,8 @@ fn frames(stream: &[u8]) -> Vec<&[u8]> {
 
 /// Seeds from every recorded connection: for `session`, the connection as 64-byte pieces each
 /// behind a control byte (direction bit, no loss, length class 3); for `decoders`, each request
-/// frame and each response frame behind its request's API key and version.
+/// frame and each response frame behind its request's API key and version; for `skim`, the
+/// requests the client sent, behind a segment seed.
 fn seed_corpora(root: &Path) -> anyhow::Result<()> {
     let fixtures = root.join("tracer/tests/fixtures");
     let cases =
@@ -128,6 +129,7 @@ fn seed_corpora(root: &Path) -> anyhow::Result<()> {
                 streams[usize::from(*dir != 0)].extend_from_slice(data);
             }
             seeds.push(("session", name.clone(), session));
+            seeds.push(("skim", name.clone(), [&[7u8], &streams[0][..]].concat()));
             // Requests name the key and version their responses (same correlation id) answer.
             let mut asked = std::collections::HashMap::new();
             for (i, request) in frames(&streams[0]).into_iter().enumerate() {

@@ -48,11 +48,14 @@ struct Run {
     consumed: u64,
     /// The tracer's counters of anything lost on the way, those above zero.
     losses: Vec<(&'static str, u64)>,
+    /// Bytes the kernel copied to the daemon, and those it skipped on purpose (record values).
+    copied_bytes: u64,
+    skipped_bytes: u64,
 }
 
 /// Every counter that can account for a record without a span: kernel drops and truncation,
 /// framing and decoding failures, sampling, export.
-const LOSS_COUNTERS: [&str; 14] = [
+const LOSS_COUNTERS: [&str; 15] = [
     "kernel_ringbuf_full_records",
     "kernel_ringbuf_full_bytes",
     "kernel_truncated_bytes",
@@ -60,6 +63,7 @@ const LOSS_COUNTERS: [&str; 14] = [
     "buffer_full_bytes",
     "bad_records",
     "resync_skipped_bytes",
+    "misplaced_skips",
     "undecodable_requests",
     "undecodable_responses",
     "undecodable_batches",
@@ -209,13 +213,17 @@ fn one(
         children_cpu_seconds() - client_before,
         cpu_seconds(broker.pid()) - broker_before,
     );
-    let (mut cpu, mut rss, mut losses) = (0.0, 0, Vec::new());
+    let (mut cpu, mut rss, mut losses, mut copied, mut skipped) = (0.0, 0, Vec::new(), 0, 0);
     if let Some(t) = tracer {
         // Let it finish what the ring buffer still holds before measuring.
         std::thread::sleep(Duration::from_secs(1));
         cpu = cpu_seconds(t.child.id()) - cpu_before;
         rss = peak_rss_kib(t.child.id());
         let (_, log) = t.stop_with_log();
+        (copied, skipped) = (
+            logged(&log, "kernel_bytes"),
+            logged(&log, "kernel_skipped_bytes"),
+        );
         losses = LOSS_COUNTERS
             .iter()
             .map(|&c| (c, logged(&log, c)))
@@ -246,6 +254,8 @@ fn one(
         produced: num("produced") as u64,
         consumed: num("consumed") as u64,
         losses,
+        copied_bytes: copied,
+        skipped_bytes: skipped,
     })
 }
 
@@ -391,6 +401,19 @@ fn main() -> ExitCode {
         per_m(|r| r.broker_cpu_s, true),
         per_m(|r| r.tracer_cpu_s, true),
         per_m(|r| r.ebpf_s, true),
+    );
+    let mb_per_m = |f: fn(&Run) -> u64| {
+        median(
+            traced
+                .iter()
+                .map(|r| f(r) as f64 / 1e6 / ((r.produced + r.consumed) as f64 / 2e6))
+                .collect(),
+        )
+    };
+    println!(
+        "kernel to daemon per million records, median: {:.0} MB copied, {:.0} MB of record values skipped (KAFKA_TRACER_FULL_COPY=true copies them)",
+        mb_per_m(|r| r.copied_bytes),
+        mb_per_m(|r| r.skipped_bytes),
     );
     if steady > 0 {
         // Each record produced and consumed at `steady`: the tracer's share of a core meanwhile.

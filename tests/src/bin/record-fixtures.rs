@@ -178,6 +178,8 @@ async fn record(broker: &Broker, case: &Case, out_dir: &Path) -> anyhow::Result<
     let mut capture = Capture::start(&CaptureConfig {
         ports: vec![broker.port],
         detect_kafka: false,
+        // Fixtures hold every byte the clients sent, record values too.
+        full_copy: true,
         ..CaptureConfig::default()
     })?;
     let mut produced = Vec::new();

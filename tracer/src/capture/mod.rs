@@ -29,7 +29,9 @@ use tracer_common::{Config, ConnState, counter, flags, mode, track};
 use crate::counters::Counter;
 
 pub use procfs::{ProcSocket, tcp_sockets};
-pub use record::{ConnEventExt, DataRecord, RingRecord, RingRecordError, comm_str, endpoints};
+pub use record::{
+    ConnEventExt, DataRecord, RingRecord, RingRecordError, Run, Runs, comm_str, endpoints,
+};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -83,6 +85,9 @@ pub struct CaptureConfig {
     /// Read TLS plaintext from the TLS libraries of processes that talk to Kafka (uprobes).
     pub tls: bool,
     pub copy_path: CopyPath,
+    /// Copy every byte, record values too (debugging, the fixture recorder). Otherwise the
+    /// kernel skips the values of uncompressed records in produce requests (known gaps).
+    pub full_copy: bool,
 }
 
 impl Default for CaptureConfig {
@@ -100,6 +105,7 @@ impl Default for CaptureConfig {
             exclude_self: true,
             tls: true,
             copy_path: CopyPath::Auto,
+            full_copy: false,
         }
     }
 }
@@ -138,6 +144,9 @@ pub struct KernelCounters {
     pub tls_untied_bytes: u64,
     pub tls_ciphertext_bytes: u64,
     pub tls_args_full: u64,
+    pub skipped_bytes: u64,
+    pub skim_unparsed_frames: u64,
+    pub skim_stopped_streams: u64,
 }
 
 impl KernelCounters {
@@ -224,6 +233,21 @@ impl KernelCounters {
                 self.tls_args_full,
                 "TLS library calls not traced: call table full",
             ),
+            Counter::count(
+                "kernel_skipped_bytes",
+                self.skipped_bytes,
+                "record values of produce requests not copied on purpose (known gaps, not loss)",
+            ),
+            Counter::count(
+                "kernel_skim_unparsed_frames",
+                self.skim_unparsed_frames,
+                "produce requests the kernel's walk could not follow, copied whole",
+            ),
+            Counter::count(
+                "kernel_skim_stopped_streams",
+                self.skim_stopped_streams,
+                "request streams whose walk lost its place, copied whole from then on",
+            ),
         ]
     }
 }
@@ -290,7 +314,8 @@ impl Capture {
         preflight::check_privileges()?;
         preflight::require_ring_buffer()?;
         let mode = pick_mode(cfg.mode)?;
-        let config = kernel_config(cfg, mode)?;
+        let path = pick_copy_path(cfg.copy_path)?;
+        let config = kernel_config(cfg, mode, path)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
@@ -308,7 +333,7 @@ impl Capture {
             seed_fd_connections(&mut ebpf, cfg, &config)?;
         }
 
-        let copy_path = load_copy(&mut ebpf, cfg.copy_path)?;
+        let copy_path = load_copy(&mut ebpf, path)?;
         attach_programs(&mut ebpf, mode, copy_path)?;
         let tls = if cfg.tls {
             let probes = tls::TlsProbes::load(&mut ebpf, copy_path == CopyPath::Bounded);
@@ -454,6 +479,9 @@ impl Capture {
             tls_untied_bytes: sum(counter::TLS_UNTIED_BYTES)?,
             tls_ciphertext_bytes: sum(counter::TLS_CIPHERTEXT_BYTES)?,
             tls_args_full: sum(counter::TLS_ARGS_FULL)?,
+            skipped_bytes: sum(counter::SKIPPED_BYTES)?,
+            skim_unparsed_frames: sum(counter::SKIM_UNPARSED_FRAMES)?,
+            skim_stopped_streams: sum(counter::SKIM_STOPPED_STREAMS)?,
         })
     }
 
@@ -516,8 +544,9 @@ fn load_tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> anyhow::Result<&'a 
 
 /// Loads the syscall-exit copy of `asked` (with `Auto`: `bpf_loop`'s when the kernel offers
 /// that helper, else the bounded one) and the bounded walk's continuations; the path in effect.
-fn load_copy(ebpf: &mut Ebpf, asked: CopyPath) -> anyhow::Result<CopyPath> {
-    let path = match asked {
+/// The copy path `asked` resolves to on this kernel.
+fn pick_copy_path(asked: CopyPath) -> anyhow::Result<CopyPath> {
+    Ok(match asked {
         CopyPath::Auto if preflight::has_bpf_loop() => CopyPath::Loop,
         CopyPath::Auto => {
             tracing::info!(
@@ -531,7 +560,11 @@ fn load_copy(ebpf: &mut Ebpf, asked: CopyPath) -> anyhow::Result<CopyPath> {
             preflight::kernel_release()
         ),
         p => p,
-    };
+    })
+}
+
+/// Loads the copy programs of `path` (a resolved path, never `Auto`).
+fn load_copy(ebpf: &mut Ebpf, path: CopyPath) -> anyhow::Result<CopyPath> {
     load_tracepoint(
         ebpf,
         if path == CopyPath::Loop {
@@ -604,7 +637,9 @@ fn pick_mode(asked: CaptureMode) -> anyhow::Result<CaptureMode> {
 }
 
 /// The programs' `CONFIG` for `cfg` in `mode` (sock mode reads its field offsets from BTF).
-fn kernel_config(cfg: &CaptureConfig, mode: CaptureMode) -> anyhow::Result<Config> {
+/// The selective copy runs on the `bpf_loop` path only: the bounded path's chain of programs
+/// copies every byte (the walk would not fit the older verifiers' budget).
+fn kernel_config(cfg: &CaptureConfig, mode: CaptureMode, path: CopyPath) -> anyhow::Result<Config> {
     let sock = if mode == CaptureMode::Sock {
         crate::btf::sock_offsets(&preflight::kernel_btf()?)
             .context("reading `struct sock_common` from the kernel's BTF")?
@@ -631,6 +666,7 @@ fn kernel_config(cfg: &CaptureConfig, mode: CaptureMode) -> anyhow::Result<Confi
         sniff_bytes: cfg.sniff_bytes,
         max_bytes_per_syscall: cfg.max_bytes_per_syscall,
         wake_bytes: cfg.ring_buffer_bytes / WAKE_FRACTION,
+        skim: u32::from(!cfg.full_copy && path == CopyPath::Loop),
         sock,
     })
 }

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
     ConnEvent, ConnTuple, DATA_HEADER_SIZE, DataHeader, Direction, Syscall, flags, kind,
+    skim::RUN_HEADER,
 };
 
 /// One record from the ring buffer. Data payloads borrow the ring buffer's memory.
@@ -33,6 +34,8 @@ pub enum RingRecordError {
     UnknownKind(u8),
     #[error("data record announces {announced} payload bytes but carries {carried}")]
     BadLength { announced: u32, carried: usize },
+    #[error("data record's runs end in a cut run ({carried} bytes left)")]
+    BadRuns { carried: usize },
 }
 
 /// Reads a `#[repr(C)]` plain-data value from the start of `bytes`.
@@ -73,7 +76,68 @@ impl<'a> RingRecord<'a> {
     }
 }
 
-impl DataRecord<'_> {
+/// A contiguous run of a data record's stream bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run<'a> {
+    /// Stream position of `bytes`.
+    pub pos: u64,
+    /// Bytes the kernel skipped on purpose right before `bytes`.
+    pub skipped: u64,
+    pub bytes: &'a [u8],
+}
+
+/// The runs of a data record, in stream order; a malformed run ends them with an error.
+#[derive(Debug, Clone)]
+pub struct Runs<'a> {
+    pos: u64,
+    rest: &'a [u8],
+    runs: bool,
+}
+
+impl<'a> Iterator for Runs<'a> {
+    type Item = Result<Run<'a>, RingRecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.runs {
+            // A plain record is one run, which may be empty.
+            self.runs = true;
+            return Some(Ok(Run {
+                pos: self.pos,
+                skipped: 0,
+                bytes: std::mem::take(&mut self.rest),
+            }));
+        }
+        if self.rest.is_empty() {
+            return None;
+        }
+        let Some((head, rest)) = self.rest.split_at_checked(RUN_HEADER) else {
+            return Some(Err(self.malformed()));
+        };
+        let skipped = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
+        let len = u16::from_le_bytes([head[4], head[5]]) as usize;
+        let Some((bytes, rest)) = rest.split_at_checked(len) else {
+            return Some(Err(self.malformed()));
+        };
+        let pos = self.pos + skipped;
+        self.pos = pos + len as u64;
+        self.rest = rest;
+        Some(Ok(Run {
+            pos,
+            skipped,
+            bytes,
+        }))
+    }
+}
+
+impl Runs<'_> {
+    fn malformed(&mut self) -> RingRecordError {
+        let carried = self.rest.len();
+        self.rest = &[];
+        RingRecordError::BadRuns { carried }
+    }
+}
+
+impl<'a> DataRecord<'a> {
     pub fn direction(&self) -> Direction {
         Direction::from_u8(self.hdr.direction).unwrap_or(Direction::Egress)
     }
@@ -113,10 +177,28 @@ impl DataRecord<'_> {
         self.hdr.flags & flags::TLS != 0
     }
 
+    /// The record's bytes as runs of the stream: the whole payload for a plain record, each
+    /// run of a [`flags::RUNS`] record (bytes skipped on purpose, then bytes copied).
+    pub fn runs(&self) -> Runs<'a> {
+        Runs {
+            pos: self.position(),
+            rest: self.payload,
+            runs: self.hdr.flags & flags::RUNS != 0,
+        }
+    }
+
+    /// The record's first copied bytes (its payload, or its first run's).
+    fn leading(&self) -> &'a [u8] {
+        match self.runs().next() {
+            Some(Ok(r)) if r.skipped == 0 => r.bytes,
+            _ => &[],
+        }
+    }
+
     /// The record starts its stream with a TLS record: the connection's bytes are ciphertext
     /// (the kernel copies no more of them).
     pub fn starts_ciphertext(&self) -> bool {
-        let p = self.payload;
+        let p = self.leading();
         self.position() == 0
             && !self.tls()
             && p.len() >= 5
@@ -218,6 +300,57 @@ mod tests {
             (d.direction(), d.syscall(), d.comm()),
             (Direction::Ingress, Some(Syscall::Recvmsg), "client")
         );
+    }
+
+    /// A run: `skipped` (u32), the bytes' length (u16), the bytes.
+    fn run(skipped: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut v = skipped.to_le_bytes().to_vec();
+        v.extend((bytes.len() as u16).to_le_bytes());
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    #[test]
+    fn runs_place_their_bytes_after_what_was_skipped() {
+        let payload = [run(0, b"head"), run(1000, b"tail"), run(7, b"")].concat();
+        let mut h = header(payload.len() as u32);
+        h.flags |= flags::RUNS;
+        let bytes = bytes_of(&h, &payload, 2);
+        let RingRecord::Data(d) = RingRecord::parse(&bytes).unwrap() else {
+            panic!("not data")
+        };
+        let runs: Vec<_> = d.runs().map(Result::unwrap).collect();
+        let at = |pos, skipped, bytes| Run {
+            pos,
+            skipped,
+            bytes,
+        };
+        assert_eq!(
+            runs,
+            [
+                at(104, 0, &b"head"[..]),
+                at(1108, 1000, &b"tail"[..]),
+                at(1119, 7, &b""[..])
+            ]
+        );
+        // A plain record is one run of its payload, even an empty one.
+        let plain = bytes_of(&header(0), b"", 0);
+        let RingRecord::Data(d) = RingRecord::parse(&plain).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(d.runs().count(), 1);
+        // Cut runs end the record with an error, never a panic or a read past it.
+        for cut in 1..payload.len() {
+            let mut h = header(cut as u32);
+            h.flags |= flags::RUNS;
+            let bytes = bytes_of(&h, &payload[..cut], 0);
+            let RingRecord::Data(d) = RingRecord::parse(&bytes).unwrap() else {
+                panic!("not data")
+            };
+            let last = d.runs().last().unwrap();
+            let whole_runs = [0, 10, 20, 26];
+            assert_eq!(last.is_err(), !whole_runs.contains(&cut), "cut at {cut}");
+        }
     }
 
     #[test]

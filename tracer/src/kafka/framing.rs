@@ -38,6 +38,9 @@ pub struct FramerCounters {
     /// Frames the connection's close cut short (a peer that announced a frame and never sent
     /// it): dropped undecoded.
     pub unfinished_frames: u64,
+    /// Skipped ranges (see `tracer_common::skim`) that were not inside a frame being read:
+    /// taken as gaps.
+    pub misplaced_skips: u64,
 }
 
 impl FramerCounters {
@@ -65,6 +68,11 @@ impl FramerCounters {
                 self.unfinished_frames,
                 "frames cut short by the connection's close, dropped undecoded",
             ),
+            Counter::loss(
+                "misplaced_skips",
+                self.misplaced_skips,
+                "ranges the kernel skipped outside a frame being read, taken as gaps",
+            ),
         ]
     }
 
@@ -74,6 +82,7 @@ impl FramerCounters {
         self.resyncs += o.resyncs;
         self.resync_skipped_bytes += o.resync_skipped_bytes;
         self.unfinished_frames += o.unfinished_frames;
+        self.misplaced_skips += o.misplaced_skips;
     }
 }
 
@@ -180,6 +189,9 @@ impl Framer {
     ) {
         if piece.discontinuity {
             self.gap(piece.lost, emit);
+        }
+        if piece.skipped > 0 {
+            self.skipped(piece.skipped, emit);
         }
         let mut owned: Vec<u8>;
         let mut input: &[u8] = piece.bytes;
@@ -292,6 +304,38 @@ impl Framer {
         }
         let want = (len + more).max(cap * 2).min(size.min(self.max_frame));
         self.buf.reserve_exact(want.max(len + more) - len);
+    }
+
+    /// The kernel skipped `n` bytes on purpose (record values): inside a frame they read as
+    /// zeroes, which no decoder looks at, and the framing holds. Anywhere else the kernel's walk
+    /// and the framing disagree: the bytes are a gap.
+    fn skipped(&mut self, n: u64, emit: &mut dyn FnMut(Frame<'_>) -> bool) {
+        let Some(size) = self.size.filter(|_| self.synced) else {
+            self.counters.misplaced_skips += 1;
+            self.gap(n, emit);
+            return;
+        };
+        let left = (size - self.consumed) as u64;
+        if n > left {
+            self.counters.misplaced_skips += 1;
+            self.gap(n, emit);
+            return;
+        }
+        let n = n as usize;
+        let keep = if self.damaged {
+            0
+        } else {
+            n.min(self.max_frame - self.buf.len())
+        };
+        self.grow(keep, size);
+        self.buf.resize(self.buf.len() + keep, 0);
+        if keep < n {
+            self.damaged = true; // over the cap
+        }
+        self.consumed += n;
+        if self.consumed == size {
+            self.finish(emit);
+        }
     }
 
     /// `lost` bytes are missing before the next piece (0: the next piece overlaps).
@@ -499,6 +543,49 @@ mod tests {
             ]
         );
         assert_eq!((f.counters.partial_frames, f.counters.resyncs), (1, 0));
+    }
+
+    /// Bytes the kernel skipped inside a frame read as zeroes, and the framing holds; a skip
+    /// outside a frame is a gap.
+    #[test]
+    fn skipped_bytes_inside_a_frame_read_as_zeroes() {
+        let stream = frame(&[b"0123456789", b"next"]);
+        let mut f = Framer::new(1 << 20, true);
+        let mut s = Stream::default();
+        let mut out = Vec::new();
+        for (pos, skipped, bytes) in [(0, 0, &stream[..6]), (10, 4, &stream[10..])] {
+            let piece = s.push_run(pos, skipped, bytes);
+            f.push(&piece, 1, 2, NEVER, &mut |fr| {
+                out.push((fr.body.to_vec(), fr.complete));
+                true
+            });
+        }
+        assert_eq!(
+            out,
+            vec![
+                ([&b"01"[..], &[0; 4], b"6789"].concat(), true),
+                (b"next".to_vec(), true)
+            ]
+        );
+        assert_eq!((f.counters.misplaced_skips, f.counters.resyncs), (0, 0));
+        // A skip across a frame's end, or between frames, is not the kernel's walk: a gap.
+        for (skip_from, skipped) in [(12, 4), (14, 2)] {
+            let mut f = Framer::new(1 << 20, true);
+            let mut s = Stream::default();
+            for (pos, skipped, bytes) in [
+                (0, 0, &stream[..skip_from]),
+                (
+                    skip_from as u64 + skipped,
+                    skipped,
+                    &stream[skip_from + skipped as usize..],
+                ),
+            ] {
+                let piece = s.push_run(pos, skipped, bytes);
+                f.push(&piece, 1, 2, NEVER, &mut |_| true);
+            }
+            assert_eq!(f.counters.misplaced_skips, 1, "skip at {skip_from}");
+            assert!(f.counters.resyncs + f.counters.partial_frames > 0);
+        }
     }
 
     #[test]

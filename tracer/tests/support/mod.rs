@@ -17,7 +17,10 @@ use tracer::{
     kafka::{DecodeOptions, Exchange, Session, SessionCounters},
     reassembly::Stream,
 };
-use tracer_common::Direction;
+use tracer_common::{
+    Direction,
+    skim::{Part, Skim},
+};
 
 /// The chunks of a recording, in order: each is what one syscall of the recorded client moved
 /// (a direction byte, 0 for what it sent, a little-endian u32 length, the bytes).
@@ -59,6 +62,102 @@ pub fn replay(file: &Path, mut session: Session, counters: &mut SessionCounters)
     }
     session.close(counters, &mut |e| out.push(e));
     out
+}
+
+/// A run of a walked stream: its position, the bytes skipped right before it, its bytes.
+pub type SkimRun = (u64, u64, Vec<u8>);
+
+/// What the kernel's selective copy sends for one syscall that moved `data` from stream
+/// position `pos` of a walked stream, its buffer cut into segments (iovecs) of the lengths
+/// `segment` gives: the runs its `flags::RUNS` records carry (`Skim::walk`, the rule the eBPF
+/// walk in `tracer-ebpf/src/skim.rs` takes step by step).
+/// `gave_up` counts the steps that copied a frame whole or stopped the walk.
+pub fn skim_syscall(
+    sk: &mut Skim,
+    mut pos: u64,
+    data: &[u8],
+    segment: &mut dyn FnMut() -> usize,
+    gave_up: &mut u64,
+) -> Vec<SkimRun> {
+    let mut runs: Vec<SkimRun> = Vec::new();
+    let mut skipped = 0u64;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (seg, after) = rest.split_at(segment().clamp(1, rest.len()));
+        rest = after;
+        *gave_up += sk.walk(pos, seg, &mut |part| match part {
+            Part::Skip(n) => {
+                skipped += n;
+                pos += n;
+            }
+            Part::Copy(bytes) => {
+                match runs.last_mut() {
+                    Some((p, _, b)) if skipped == 0 && *p + b.len() as u64 == pos => {
+                        b.extend_from_slice(bytes)
+                    }
+                    _ => runs.push((pos, skipped, bytes.to_vec())),
+                }
+                skipped = 0;
+                pos += bytes.len() as u64;
+            }
+        });
+    }
+    if skipped > 0 {
+        runs.push((pos, skipped, Vec::new()));
+    }
+    runs
+}
+
+/// What [`replay_skimmed`] found.
+pub struct Walked {
+    pub exchanges: Vec<Exchange>,
+    /// Bytes the walk skipped.
+    pub skipped: u64,
+    /// Steps that copied a frame whole or stopped the walk.
+    pub gave_up: u64,
+}
+
+/// Replays the recording `file` as `replay` does, its sent direction walked by the selective
+/// copy with syscalls cut into segments by `segment`.
+pub fn replay_skimmed(
+    file: &Path,
+    mut session: Session,
+    counters: &mut SessionCounters,
+    segment: &mut dyn FnMut() -> usize,
+) -> Walked {
+    let bytes = std::fs::read(file).unwrap();
+    let mut streams = [Stream::default(), Stream::default()];
+    let mut sk = Skim::from_start();
+    let mut out = Vec::new();
+    let mut gave_up = 0;
+    for (i, (dir, data)) in chunks(&bytes).into_iter().enumerate() {
+        let t = (i as u64 + 1) * 1000;
+        let s = &mut streams[dir as usize];
+        let runs = if dir == Direction::Egress {
+            let pos = s.bytes + s.skipped_bytes;
+            skim_syscall(&mut sk, pos, data, segment, &mut gave_up)
+        } else {
+            vec![(s.bytes, 0, data.to_vec())]
+        };
+        for (pos, skipped, run) in &runs {
+            let piece = s.push_run(*pos, *skipped, run);
+            session.push(
+                dir,
+                &piece,
+                t,
+                t + 10,
+                &DecodeOptions::default(),
+                counters,
+                &mut |e| out.push(e),
+            );
+        }
+    }
+    session.close(counters, &mut |e| out.push(e));
+    Walked {
+        exchanges: out,
+        skipped: streams[0].skipped_bytes,
+        gave_up,
+    }
 }
 
 /// The W3C trace context the encoded batches carry.

@@ -1,0 +1,77 @@
+//! The selective copy's rule (`tracer_common::skim`, which the kernel runs on every client's
+//! request stream) over any bytes, cut into segments anywhere: it never panics, and what it
+//! leaves out never changes what the daemon decodes (the skipped bytes read as zeroes, and no
+//! decoder looks at a record value).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tracer::{
+    kafka::{DecodeOptions, Session, SessionCounters},
+    reassembly::Stream,
+};
+use tracer_common::{
+    Direction,
+    skim::{Part, Skim},
+};
+
+/// The exchanges decoded from the request stream given as runs of (skipped before, bytes).
+fn decode(runs: &[(u64, &[u8])]) -> (String, SessionCounters) {
+    let opts = DecodeOptions {
+        max_decompressed: 1 << 20,
+        ..DecodeOptions::default()
+    };
+    let mut session = Session::new(false, 1 << 20, 8).with_requests_from(Direction::Egress);
+    let mut stream = Stream::default();
+    let mut counters = SessionCounters::default();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for &(skipped, bytes) in runs {
+        pos += skipped;
+        let piece = stream.push_run(pos, skipped, bytes);
+        pos += bytes.len() as u64;
+        session.push(Direction::Egress, &piece, 0, 0, &opts, &mut counters, &mut |e| {
+            out.push(e)
+        });
+    }
+    session.close(&mut counters, &mut |e| out.push(e));
+    (format!("{out:?}"), counters)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    // Segments of 1 to 256 bytes, cut by the control byte's seed.
+    let mut seed = cut as u64 | 1;
+    let mut sk = Skim::from_start();
+    let mut runs: Vec<(u64, &[u8])> = Vec::new();
+    let (mut skipped, mut at, mut rest) = (0u64, 0usize, stream);
+    while !rest.is_empty() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let n = (1 + seed % 256).min(rest.len() as u64) as usize;
+        let (seg, after) = rest.split_at(n);
+        let base = at;
+        let mut i = 0;
+        sk.walk((stream.len() - rest.len()) as u64, seg, &mut |part| match part {
+            Part::Skip(n) => {
+                skipped += n;
+                i += n as usize;
+            }
+            Part::Copy(b) => {
+                runs.push((skipped, &stream[base + i..base + i + b.len()]));
+                skipped = 0;
+                i += b.len();
+            }
+        });
+        at += n;
+        rest = after;
+    }
+    if skipped > 0 {
+        runs.push((skipped, &[]));
+    }
+    let walked = decode(&runs);
+    let whole = decode(&[(0, stream)]);
+    assert_eq!(walked, whole, "the walk changed what decodes");
+});

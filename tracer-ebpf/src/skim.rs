@@ -1,0 +1,240 @@
+//! The selective copy: on a walked request stream, the copy walk asks the shared rule
+//! (`tracer_common::skim`) what each stream position holds, copies what decoding needs and
+//! skips record values, writing the record as runs (`flags::RUNS`) so that every skipped byte
+//! is a known gap for the daemon. The stream's walk state is copied into the per-CPU scratch
+//! for the syscall (map values are opaque to the verifier, see `Scratch`) and back at its end.
+
+use tracer_common::skim::{FRESH, Parsed, Plan, RUN_HEADER, state};
+
+use super::{
+    copy::{NO_RUN, Walk, flush, opaque},
+    *,
+};
+
+/// Staged bytes a record's runs may fill: room is kept for the run header of a skip still
+/// pending when the record is sent.
+const LIMIT: u64 = (CHUNK_SIZE - RUN_HEADER) as u64;
+
+/// Starts the syscall's walk with the stream's state. A syscall past the copy cap cannot be
+/// followed (its end is not seen): the walk stops and the stream is copied from then on. Not
+/// inlined, as `end` is not: the syscall exit's own frame is in the longest call chain
+/// (exit, connect's setup, open, its record), which older verifiers hold to 512 bytes.
+#[inline(never)]
+pub(crate) fn begin(s: *mut Scratch, key: u64, truncated: bool) {
+    let Some(sk) = SKIMS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a map value and the per-CPU scratch, valid for this program run.
+    unsafe {
+        if (*sk).state == state::OFF {
+            return;
+        }
+        if truncated {
+            (*sk).stop();
+            count(counter::SKIM_STOPPED_STREAMS, 1);
+            return;
+        }
+        core::ptr::copy_nonoverlapping(sk, &raw mut (*s).skim, 1);
+        (*s).walk.skim_on = 1;
+        (*s).hdr.flags |= flags::RUNS;
+    }
+}
+
+/// Ends the syscall's walk: the state goes back to the stream's entry. A walk that did not
+/// reach the syscall's end (a full ring buffer) has lost its place: it stops.
+#[inline(never)]
+pub(crate) fn end(s: *mut Scratch, incomplete: bool) {
+    // SAFETY: per-CPU scratch.
+    let (sk, key) = unsafe { (&mut (*s).skim, (*s).hdr.conn_key) };
+    if incomplete && sk.state != state::OFF {
+        sk.stop();
+        count(counter::SKIM_STOPPED_STREAMS, 1);
+    }
+    if let Some(m) = SKIMS.get_ptr_mut(&key) {
+        // SAFETY: a map value, valid for this program run, and the per-CPU scratch.
+        unsafe { core::ptr::copy_nonoverlapping(sk, m, 1) };
+    }
+}
+
+/// One step of a walked syscall: parse a field, skip, or copy a run. Returns 1 to stop.
+#[inline(always)]
+pub(crate) fn step(s: *mut Scratch, w: &mut Walk) -> i64 {
+    let avail = if w.seg_rem < w.cap_left {
+        w.seg_rem
+    } else {
+        w.cap_left
+    };
+    if avail == 0 {
+        flush(s, w);
+        return 1;
+    }
+    // SAFETY: per-CPU scratch.
+    let (sk, pos) = unsafe {
+        (
+            &mut (*s).skim,
+            (*s).hdr.stream_offset + w.chunk_start + w.covered,
+        )
+    };
+    match sk.plan(pos) {
+        Plan::Parse => {
+            parse(s, w, avail);
+            0
+        }
+        Plan::Skip(n) => {
+            let n = if n < avail { n } else { avail };
+            advance(w, n);
+            w.skipped += n;
+            w.covered += n;
+            count(counter::SKIPPED_BYTES, n);
+            if w.cap_left == 0 {
+                flush(s, w);
+                return 1;
+            }
+            0
+        }
+        Plan::Copy(n) => copy_run(s, w, if n < avail { n } else { avail }),
+    }
+}
+
+/// Reads the window at the walk's position (the carry, then up to `FRESH` bytes of the
+/// segment) and lets the rule take its step.
+#[inline(always)]
+fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
+    // SAFETY: per-CPU scratch; `skim` and `win` are distinct fields.
+    let (sk, win) = unsafe { (&mut (*s).skim, &mut (*s).win) };
+    let outcome = if sk.needs_window() {
+        sk.load(win);
+        let fresh = opaque(if avail < FRESH as u64 {
+            avail
+        } else {
+            FRESH as u64
+        });
+        if fresh > FRESH as u64 {
+            return;
+        }
+        let at = sk.carry_len as usize & (FRESH - 1);
+        // SAFETY: at < FRESH and fresh <= FRESH, inside the 2 * FRESH window.
+        let rc = unsafe {
+            probe_read_user_raw(
+                win.as_mut_ptr().add(at) as *mut c_void,
+                fresh as u32,
+                w.base as *const c_void,
+            )
+        };
+        if rc != 0 {
+            // Unreadable: the copy records the loss; the walk cannot read what it needs.
+            sk.stop()
+        } else {
+            sk.step(win, fresh as usize, avail > fresh)
+        }
+    } else {
+        sk.step(win, 0, true)
+    };
+    match outcome {
+        Parsed::Unparsed => count(counter::SKIM_UNPARSED_FRAMES, 1),
+        Parsed::Stopped => count(counter::SKIM_STOPPED_STREAMS, 1),
+        Parsed::Moved | Parsed::Wait => {}
+    }
+}
+
+/// Copies up to `n` bytes of the segment into the open run (opening one after a skip).
+#[inline(always)]
+fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
+    if w.run_at == NO_RUN || w.skipped > 0 {
+        if w.fill + RUN_HEADER as u64 + 1 > LIMIT {
+            flush(s, w);
+            if w.failed != 0 {
+                return 1;
+            }
+        }
+        let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
+        // SAFETY: per-CPU scratch; at + RUN_HEADER is inside the 2 * CHUNK_SIZE data array.
+        let d = unsafe { &mut (*s).data };
+        put_u32(d, at, w.skipped as u32);
+        put_u16(d, at + 4, 0);
+        w.run_at = (at + 4) as u64;
+        w.run_len = 0;
+        w.fill += RUN_HEADER as u64;
+        w.skipped = 0;
+    }
+    let room = LIMIT - w.fill;
+    let n = opaque(if n < room { n } else { room });
+    if n > CHUNK_SIZE as u64 {
+        return 1;
+    }
+    let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
+    // SAFETY: at < CHUNK_SIZE and n <= CHUNK_SIZE, inside the 2 * CHUNK_SIZE data array.
+    let rc = unsafe {
+        let dst = (*s).data.as_mut_ptr().add(at) as *mut c_void;
+        probe_read_user_raw(dst, n as u32, w.base as *const c_void)
+    };
+    advance(w, n);
+    if rc == 0 {
+        w.fill += n;
+        w.covered += n;
+        w.run_len += n;
+        // SAFETY: per-CPU scratch.
+        let d = unsafe { &mut (*s).data };
+        put_u16(
+            d,
+            (w.run_at & (CHUNK_SIZE as u64 - 1)) as usize,
+            w.run_len as u16,
+        );
+    } else {
+        // Unreadable user memory: send what is staged and leave a gap, as the plain copy does.
+        count(counter::READ_FAILURE_BYTES, n);
+        flush(s, w);
+        w.chunk_start += n;
+    }
+    if w.failed != 0 {
+        return 1;
+    }
+    if w.cap_left == 0 || w.fill + RUN_HEADER as u64 + 1 > LIMIT {
+        flush(s, w);
+        if w.cap_left == 0 || w.failed != 0 {
+            return 1;
+        }
+    }
+    0
+}
+
+/// Before a record is sent: a skip still pending becomes a run of no bytes, and the next
+/// record starts a run of its own.
+#[inline(always)]
+pub(crate) fn close_runs(s: *mut Scratch, w: &mut Walk) {
+    if w.skipped > 0 {
+        let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
+        // SAFETY: per-CPU scratch; fill <= LIMIT leaves room for the header.
+        let d = unsafe { &mut (*s).data };
+        put_u32(d, at, w.skipped as u32);
+        put_u16(d, at + 4, 0);
+        w.fill += RUN_HEADER as u64;
+        w.skipped = 0;
+    }
+    w.run_at = NO_RUN;
+    w.run_len = 0;
+}
+
+#[inline(always)]
+fn advance(w: &mut Walk, n: u64) {
+    w.base += n;
+    w.seg_rem -= n;
+    w.msg_rem = w.msg_rem.saturating_sub(n);
+    w.cap_left -= n;
+}
+
+#[inline(always)]
+fn put_u16(d: &mut [u8; 2 * CHUNK_SIZE], at: usize, v: u16) {
+    let at = at & (CHUNK_SIZE - 1);
+    d[at] = v as u8;
+    d[at + 1] = (v >> 8) as u8;
+}
+
+#[inline(always)]
+fn put_u32(d: &mut [u8; 2 * CHUNK_SIZE], at: usize, v: u32) {
+    let at = at & (CHUNK_SIZE - 1);
+    d[at] = v as u8;
+    d[at + 1] = (v >> 8) as u8;
+    d[at + 2] = (v >> 16) as u8;
+    d[at + 3] = (v >> 24) as u8;
+}

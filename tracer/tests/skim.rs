@@ -1,0 +1,192 @@
+//! The selective copy's rule (`tracer_common::skim`, which the kernel runs) over real client
+//! traffic and over produce requests of every version: what it leaves out decodes to exactly
+//! what the whole stream decodes to, whatever the split of the stream into syscalls and
+//! iovecs, and the bytes it leaves out are the record values.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use kafka_protocol::{
+    messages::{
+        ProduceRequest, TopicName,
+        produce_request::{PartitionProduceData, TopicProduceData},
+    },
+    protocol::{Encodable, StrBytes},
+    records::Compression as KCompression,
+};
+use tracer::kafka::{Session, SessionCounters};
+use tracer_common::Direction;
+
+mod support;
+
+fn session() -> Session {
+    Session::new(false, 8 << 20, 64).with_requests_from(Direction::Egress)
+}
+
+/// Segment lengths from a xorshift sequence, 1 to `max` bytes.
+fn segments(max: u64) -> impl FnMut() -> usize {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (1 + x % max) as usize
+    }
+}
+
+/// A named way to cut syscalls into segments: each call gives the next segment's length.
+type Split = (&'static str, Box<dyn FnMut() -> usize>);
+
+/// Every split the tests replay with: whole syscalls, iovecs of up to 80 bytes (fields cut
+/// everywhere, carried into the next segment), and of up to 5000.
+fn splits() -> Vec<Split> {
+    vec![
+        ("whole", Box::new(|| usize::MAX)),
+        ("80", Box::new(segments(80))),
+        ("5000", Box::new(segments(5000))),
+    ]
+}
+
+/// Every recorded connection of every client and codec: the walk follows every produce request
+/// to its end (the recorded values are shorter than the skip threshold: nothing is skipped),
+/// and the walked stream decodes to the same exchanges, with the same counters, as the whole.
+#[test]
+fn recorded_traffic_decodes_the_same_walked() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut files = 0;
+    for case in std::fs::read_dir(&root).unwrap().flatten() {
+        for file in std::fs::read_dir(case.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file = file.path();
+            if file.extension().is_none_or(|x| x != "rec") {
+                continue;
+            }
+            files += 1;
+            let mut c = SessionCounters::default();
+            let whole = format!("{:?}", support::replay(&file, session(), &mut c));
+            for (name, mut split) in splits() {
+                let mut c2 = SessionCounters::default();
+                let w = support::replay_skimmed(&file, session(), &mut c2, &mut split);
+                let at = format!("{} ({name})", file.display());
+                assert_eq!(format!("{:?}", w.exchanges), whole, "{at}");
+                assert_eq!(c2, c, "{at}");
+                // Every client's produce requests are followed to their last record.
+                assert_eq!(w.gave_up, 0, "{at}");
+            }
+        }
+    }
+    assert!(files > 100, "{files} recordings");
+}
+
+/// A produce request frame of `version`: header (client id, tags when flexible) and body.
+fn frame(version: i16, correlation_id: i32, req: &ProduceRequest) -> Vec<u8> {
+    let mut body = bytes::BytesMut::new();
+    req.encode(&mut body, version).unwrap();
+    let client = b"skim-test";
+    let mut f = Vec::new();
+    f.extend_from_slice(&0i16.to_be_bytes());
+    f.extend_from_slice(&version.to_be_bytes());
+    f.extend_from_slice(&correlation_id.to_be_bytes());
+    f.extend_from_slice(&(client.len() as i16).to_be_bytes());
+    f.extend_from_slice(client);
+    if version >= 9 {
+        f.push(0); // no tagged fields
+    }
+    f.extend_from_slice(&body);
+    let mut out = (f.len() as i32).to_be_bytes().to_vec();
+    out.extend(f);
+    out
+}
+
+/// Records with values of `sizes` bytes (one with a key longer than the parse window), with
+/// a traceparent header.
+fn batch(base: i64, codec: KCompression, sizes: &[usize]) -> Bytes {
+    support::batch(
+        base,
+        codec,
+        true,
+        sizes.iter().enumerate().map(|(i, &n)| {
+            let key = if i == 1 {
+                vec![b'k'; 100]
+            } else {
+                vec![b'k'; 3]
+            };
+            (Some(Bytes::from(key)), Some(Bytes::from(vec![b'v'; n])))
+        }),
+    )
+}
+
+/// Produce requests of every version with long values, long names, several topics,
+/// partitions and batches, compressed batches and batches of small records among them: the
+/// walk skips the values of the uncompressed batches of large records, and the requests
+/// decode as they do whole.
+#[test]
+fn produce_requests_of_every_version_decode_the_same_walked() {
+    let sizes = [40, 3000, 10, 500, 31, 32, 70_000];
+    let value_bytes: usize = sizes.iter().filter(|&&n| n >= 32).sum();
+    let long_topic = "t".repeat(200);
+    let mut stream = Vec::new();
+    let mut uncompressed_batches = 0;
+    for (i, version) in (3..=13).enumerate() {
+        let partition = |index, records| {
+            PartitionProduceData::default()
+                .with_index(index)
+                .with_records(Some(records))
+        };
+        let mut two = batch(0, KCompression::None, &sizes).to_vec();
+        two.extend_from_slice(&batch(7, KCompression::None, &sizes));
+        let req = ProduceRequest::default()
+            .with_transactional_id(
+                (i % 2 == 1).then(|| StrBytes::from_string("x".repeat(90)).into()),
+            )
+            .with_acks(-1)
+            .with_timeout_ms(1500)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("orders")))
+                    .with_topic_id(uuid::Uuid::from_bytes([7; 16]))
+                    .with_partition_data(vec![
+                        partition(0, Bytes::from(two)),
+                        partition(1, batch(0, KCompression::Zstd, &sizes)),
+                        // Records too small for a walk to pay: copied whole.
+                        partition(2, batch(0, KCompression::None, &[40, 40, 40])),
+                    ]),
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(long_topic.clone())))
+                    .with_topic_id(uuid::Uuid::from_bytes([8; 16]))
+                    .with_partition_data(vec![partition(3, batch(0, KCompression::None, &sizes))]),
+            ]);
+        uncompressed_batches += 3;
+        stream.extend(frame(version, i as i32, &req));
+    }
+    // One syscall per 100 kB, as a client's writes go.
+    let dir = std::env::temp_dir().join(format!("skim-{}.rec", std::process::id()));
+    let mut rec = Vec::new();
+    for chunk in stream.chunks(100_000) {
+        rec.push(0u8);
+        rec.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        rec.extend_from_slice(chunk);
+    }
+    std::fs::write(&dir, &rec).unwrap();
+    let mut c = SessionCounters::default();
+    let whole = support::replay(&dir, session(), &mut c);
+    assert_eq!(whole.len(), 11, "{c:?}");
+    assert!(whole.iter().all(|e| e.request.is_ok()), "{whole:?}");
+    let whole = format!("{whole:?}");
+    for (name, mut split) in splits() {
+        let mut c2 = SessionCounters::default();
+        let w = support::replay_skimmed(&dir, session(), &mut c2, &mut split);
+        assert_eq!(format!("{:?}", w.exchanges), whole, "split {name}");
+        assert_eq!(c2, c, "split {name}");
+        assert_eq!(w.gave_up, 0, "split {name}");
+        assert_eq!(
+            w.skipped,
+            (value_bytes * uncompressed_batches) as u64,
+            "split {name}: every value of 32 bytes or more in an uncompressed batch of large records, only those"
+        );
+    }
+    let _ = std::fs::remove_file(&dir);
+}
