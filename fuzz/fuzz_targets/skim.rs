@@ -1,7 +1,8 @@
 //! The selective copy's rule (`tracer_common::skim`, which the kernel runs on every client's
 //! request stream) over any bytes, cut into segments anywhere: it never panics, and what it
 //! leaves out never changes what the daemon decodes (the skipped bytes read as zeroes, and no
-//! decoder looks at a record value).
+//! decoder looks at a record value): the walked runs decode as the same pieces do with the
+//! skipped bytes put back.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,8 +15,9 @@ use tracer_common::{
     skim::{Part, Skim},
 };
 
-/// The exchanges decoded from the request stream given as runs of (skipped before, bytes).
-fn decode(runs: &[(u64, &[u8])]) -> (String, SessionCounters) {
+/// The exchanges decoded from the request stream given as runs of (skipped before, bytes);
+/// with `whole`, the skipped bytes are taken from it instead, as pieces of their own.
+fn decode(runs: &[(u64, &[u8])], whole: Option<&[u8]>) -> (String, SessionCounters) {
     let opts = DecodeOptions {
         max_decompressed: 1 << 20,
         ..DecodeOptions::default()
@@ -26,12 +28,25 @@ fn decode(runs: &[(u64, &[u8])]) -> (String, SessionCounters) {
     let mut out = Vec::new();
     let mut pos = 0;
     for &(skipped, bytes) in runs {
-        pos += skipped;
-        let piece = stream.push_run(pos, skipped, bytes);
+        let mut pieces = Vec::new();
+        match whole {
+            Some(w) if skipped > 0 => {
+                let from = pos as usize;
+                pieces.push(stream.push(pos, &w[from..from + skipped as usize]));
+                pos += skipped;
+                pieces.push(stream.push(pos, bytes));
+            }
+            _ => {
+                pos += skipped;
+                pieces.push(stream.push_run(pos, skipped, bytes));
+            }
+        }
         pos += bytes.len() as u64;
-        session.push(Direction::Egress, &piece, 0, 0, &opts, &mut counters, &mut |e| {
-            out.push(e)
-        });
+        for piece in pieces {
+            session.push(Direction::Egress, &piece, 0, 0, &opts, &mut counters, &mut |e| {
+                out.push(e)
+            });
+        }
     }
     session.close(&mut counters, &mut |e| out.push(e));
     (format!("{out:?}"), counters)
@@ -71,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     if skipped > 0 {
         runs.push((skipped, &[]));
     }
-    let walked = decode(&runs);
-    let whole = decode(&[(0, stream)]);
+    let walked = decode(&runs, None);
+    let whole = decode(&runs, Some(stream));
     assert_eq!(walked, whole, "the walk changed what decodes");
 });

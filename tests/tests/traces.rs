@@ -46,6 +46,89 @@ fn producer_and_consumer_spans_join_the_header_trace() {
     }
 }
 
+/// With `--selective-copy` the kernel skips the values of the producer's records: every record
+/// is still in a send span under its header's trace context, every poll span under its send
+/// span, and the skipped bytes are counted as skipped, never as loss.
+#[test]
+fn the_selective_copy_skips_values_and_keeps_header_traces() {
+    const N: i64 = 300;
+    const SIZE: u64 = 2000;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("e2e-selective", 1).unwrap();
+    let tracer = Tracer::start_with(
+        broker.port,
+        "selective",
+        &[("KAFKA_TRACER_SELECTIVE_COPY", "true")],
+    );
+    let bootstrap = broker.bootstrap();
+    let (n, size) = (N.to_string(), SIZE.to_string());
+    client(&[
+        "produce",
+        "confluent",
+        &bootstrap,
+        "e2e-selective",
+        &n,
+        "none",
+        "--traceparent",
+        tests::TRACEPARENT,
+        "--partition",
+        "0",
+        "--size",
+        &size,
+        "--linger-ms",
+        "50",
+    ])
+    .unwrap();
+    consume(&bootstrap, "e2e-selective", &n).unwrap();
+    let (spans, log) = tracer.stop_with_log();
+    let (send, poll) = (
+        named(&spans, "send e2e-selective"),
+        named(&spans, "poll e2e-selective"),
+    );
+    let offsets = |spans: &[&Value]| -> std::collections::BTreeSet<i64> {
+        spans
+            .iter()
+            .flat_map(|s| {
+                let num = |k: &str| {
+                    attr(s, k)
+                        .and_then(|v| v["intValue"].as_str().or(v["stringValue"].as_str()))?
+                        .parse::<i64>()
+                        .ok()
+                };
+                tests::covered_offsets(num).unwrap_or(0..=-1)
+            })
+            .collect()
+    };
+    assert_eq!(
+        offsets(&send),
+        (0..N).collect(),
+        "every record in a send span"
+    );
+    assert_eq!(
+        offsets(&poll),
+        (0..N).collect(),
+        "every record in a poll span"
+    );
+    for p in &send {
+        assert_eq!(p["traceId"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(p["parentSpanId"], "b7ad6b7169203331");
+    }
+    let sends: Vec<&Value> = send.iter().map(|s| &s["spanId"]).collect();
+    assert!(poll.iter().all(|c| sends.contains(&&c["parentSpanId"])));
+    let skipped = logged(&log, "kernel_skipped_bytes");
+    assert!(
+        skipped >= N as u64 * SIZE && skipped < N as u64 * (SIZE + 100),
+        "the values, and only them, skipped: {skipped}"
+    );
+    for c in [
+        "misplaced_skips",
+        "kernel_skim_unparsed_frames",
+        "kernel_skim_stopped_streams",
+    ] {
+        assert_eq!(logged(&log, c), 0, "{c}: {log}");
+    }
+}
+
 /// The console output is the OpenTelemetry file format: the Collector's own reader of OTLP-JSON
 /// (pdata's unmarshaler, which its `otlpjsonfile` receiver uses) decodes every line and finds
 /// every span the tracer wrote, under its process's service.

@@ -53,12 +53,8 @@ pub mod state {
     pub const RECORD: u8 = 9;
     /// A record's value length (after a key longer than the window).
     pub const VALUE_LEN: u8 = 10;
-    /// A record's value starts: skipped up to its end.
-    pub const VALUE: u8 = 11;
-    /// A record's headers, copied to its end.
-    pub const TAIL: u8 = 12;
     /// A partition's tagged fields (flexible versions), after its records.
-    pub const PARTITION_TAGS: u8 = 13;
+    pub const PARTITION_TAGS: u8 = 11;
 }
 
 /// Where a connection's request stream is in its walk. Kept per connection by the kernel; all
@@ -66,14 +62,16 @@ pub mod state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Skim {
-    /// Position of the next field to parse. Bytes before it are copied, or skipped with `skip`.
+    /// Position of the next field to parse. Bytes before it are copied, but for the value
+    /// from `value_start` to `value_end`, which is skipped.
     pub at: u64,
     pub frame_end: u64,
     /// End of the current partition's records field, batch and record.
     pub records_end: u64,
     pub batch_end: u64,
     pub record_end: u64,
-    /// End of the value being skipped.
+    /// The value to skip before `at` (inert once the walk is past it).
+    pub value_start: u64,
     pub value_end: u64,
     /// Topics left after the current one, partitions left in it, records left in the batch.
     pub topics: u32,
@@ -83,13 +81,11 @@ pub struct Skim {
     pub carry_len: u32,
     /// A [`state`] value.
     pub state: u8,
-    /// The bytes up to `at` are skipped, not copied.
-    pub skip: u8,
     /// The request's API version (Produce).
     pub version: u8,
     /// The request uses the flexible encoding.
     pub flexible: u8,
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 5],
     pub carry: [u8; FRESH],
 }
 
@@ -264,16 +260,16 @@ impl Skim {
             records_end: 0,
             batch_end: 0,
             record_end: 0,
+            value_start: 0,
             value_end: 0,
             topics: 0,
             partitions: 0,
             records: 0,
             carry_len: 0,
             state,
-            skip: 0,
             version: 0,
             flexible: 0,
-            _pad: [0; 4],
+            _pad: [0; 5],
             carry: [0; FRESH],
         }
     }
@@ -290,12 +286,12 @@ impl Skim {
         let parse_at = self.at + self.carry_len as u64;
         if self.state == state::OFF {
             Plan::Copy(u64::MAX)
+        } else if pos < self.value_start {
+            Plan::Copy(self.value_start - pos)
+        } else if pos < self.value_end {
+            Plan::Skip(self.value_end - pos)
         } else if parse_at > pos {
-            if self.skip != 0 {
-                Plan::Skip(parse_at - pos)
-            } else {
-                Plan::Copy(parse_at - pos)
-            }
+            Plan::Copy(parse_at - pos)
         } else {
             Plan::Parse
         }
@@ -344,14 +340,6 @@ impl Skim {
             state::BATCH => self.batch(&mut c),
             state::RECORD => self.record(&mut c),
             state::VALUE_LEN => self.value(&mut c),
-            state::VALUE => {
-                self.jump(self.value_end, true, state::TAIL);
-                Ok(())
-            }
-            state::TAIL => {
-                self.jump(self.record_end, false, state::RECORD);
-                Ok(())
-            }
             state::PARTITION_TAGS => c.no_tags().map(|()| self.moved(&c, state::PARTITION)),
             _ => Err(Miss::Bad),
         };
@@ -397,10 +385,12 @@ impl Skim {
     #[inline(always)]
     pub fn unparsed(&mut self) -> Parsed {
         self.carry_len = 0;
+        self.value_end = 0;
+        self.value_start = 0;
         if self.state == state::FRAME || self.frame_end < self.at {
             return self.stop();
         }
-        self.jump(self.frame_end, false, state::FRAME);
+        self.jump(self.frame_end, state::FRAME);
         Parsed::Unparsed
     }
 
@@ -408,22 +398,23 @@ impl Skim {
     #[inline(always)]
     pub fn stop(&mut self) -> Parsed {
         self.state = state::OFF;
-        self.skip = 0;
         self.carry_len = 0;
+        self.value_end = 0;
+        self.value_start = 0;
         Parsed::Stopped
     }
 
+    /// Moves on to the field at `to` (the bytes before it copied, but a value set to skip).
     #[inline(always)]
-    fn jump(&mut self, to: u64, skip: bool, next: u8) {
+    fn jump(&mut self, to: u64, next: u8) {
         self.at = to;
-        self.skip = skip as u8;
         self.state = next;
     }
 
     /// Moves past the field's bytes read, copying them.
     #[inline(always)]
     fn moved(&mut self, c: &Cur<'_>, next: u8) {
-        self.jump(self.at + c.i as u64, false, next);
+        self.jump(self.at + c.i as u64, next);
     }
 
     fn frame(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
@@ -437,7 +428,7 @@ impl Skim {
         if api_key != PRODUCE || !(3..=13).contains(&version) {
             // Not a request the walk follows (or a version it does not know): copied whole.
             self.frame_end = frame_end;
-            self.jump(frame_end, false, state::FRAME);
+            self.jump(frame_end, state::FRAME);
             return Ok(());
         }
         c.skip(4)?; // correlation id
@@ -456,7 +447,7 @@ impl Skim {
         } else {
             state::PRODUCE
         };
-        self.jump(body, false, next);
+        self.jump(body, next);
         Ok(())
     }
 
@@ -468,7 +459,7 @@ impl Skim {
         }
         // A long transactional id: copied, the rest read after it.
         let to = self.at + c.i as u64 + txn;
-        self.jump(to, false, state::ACKS);
+        self.jump(to, state::ACKS);
         Ok(())
     }
 
@@ -483,7 +474,7 @@ impl Skim {
     fn topic(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         if self.topics == 0 {
             // The request's tagged fields, if any: copied to the frame's end.
-            self.jump(self.frame_end, false, state::FRAME);
+            self.jump(self.frame_end, state::FRAME);
             return Ok(());
         }
         let name = if self.version >= 13 {
@@ -497,7 +488,7 @@ impl Skim {
         }
         // A long name: copied, the partition count read after it.
         let to = self.at + c.i as u64 + name;
-        self.jump(to, false, state::PARTITIONS);
+        self.jump(to, state::PARTITIONS);
         Ok(())
     }
 
@@ -536,7 +527,7 @@ impl Skim {
             } else {
                 state::PARTITION
             };
-            self.jump(self.at, false, next);
+            self.jump(self.at, next);
             return Ok(());
         }
         if self.records_end - self.at < BATCH_HEADER {
@@ -559,7 +550,7 @@ impl Skim {
         if attributes & 7 != 0 || count <= 0 || records / (count as u64) < MIN_WALKED_RECORD {
             // Compressed (its record headers are in the compressed bytes), empty, or of records
             // too small for a walk to save more than it costs: whole.
-            self.jump(end, false, state::BATCH);
+            self.jump(end, state::BATCH);
             return Ok(());
         }
         self.records = count as u32;
@@ -570,7 +561,7 @@ impl Skim {
     fn record(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         if self.records == 0 || self.at >= self.batch_end {
             // Anything after the last record is copied with it.
-            self.jump(self.batch_end, false, state::BATCH);
+            self.jump(self.batch_end, state::BATCH);
             return Ok(());
         }
         let length = c.varint(5)?;
@@ -590,7 +581,7 @@ impl Skim {
             // A long key: copied, the value length read after it.
             self.record_end = end;
             self.records -= 1;
-            self.jump(key_end, false, state::VALUE_LEN);
+            self.jump(key_end, state::VALUE_LEN);
             return Ok(());
         }
         c.skip(key)?;
@@ -611,12 +602,12 @@ impl Skim {
         if start + value > self.record_end {
             return Err(Miss::Bad);
         }
-        if value < MIN_SKIP {
-            self.jump(self.record_end, false, state::RECORD);
-        } else {
+        if value >= MIN_SKIP {
+            self.value_start = start;
             self.value_end = start + value;
-            self.jump(start, false, state::VALUE);
         }
+        // The next record is parsed where this one ends; the value is skipped on the way.
+        self.jump(self.record_end, state::RECORD);
         Ok(())
     }
 
@@ -632,19 +623,15 @@ impl Skim {
             match self.plan(pos) {
                 Plan::Parse => {
                     let mut win = [0u8; WINDOW];
-                    let outcome = if self.needs_window() {
-                        self.load(&mut win);
-                        let fresh = if avail < FRESH as u64 {
-                            avail as usize
-                        } else {
-                            FRESH
-                        };
-                        let at = self.carry_len as usize;
-                        win[at..at + fresh].copy_from_slice(&seg[i..i + fresh]);
-                        self.step(&win, fresh, avail > fresh as u64)
+                    self.load(&mut win);
+                    let fresh = if avail < FRESH as u64 {
+                        avail as usize
                     } else {
-                        self.step(&win, 0, true)
+                        FRESH
                     };
+                    let at = self.carry_len as usize;
+                    win[at..at + fresh].copy_from_slice(&seg[i..i + fresh]);
+                    let outcome = self.step(&win, fresh, avail > fresh as u64);
                     if matches!(outcome, Parsed::Unparsed | Parsed::Stopped) {
                         gave_up += 1;
                     }
@@ -664,11 +651,5 @@ impl Skim {
             }
         }
         gave_up
-    }
-
-    /// Whether the next step reads bytes (the ends of values and records are known already).
-    #[inline(always)]
-    pub fn needs_window(&self) -> bool {
-        self.state != state::VALUE && self.state != state::TAIL
     }
 }

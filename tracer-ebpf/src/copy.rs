@@ -511,22 +511,9 @@ unsafe extern "C" fn walk_step<const SKIM: bool>(_i: u32, _ctx: *mut c_void) -> 
     if n > CHUNK_SIZE as u64 {
         n = CHUNK_SIZE as u64;
     }
-    // Older verifiers (6.1, 5.10) lose the bounds of a length LLVM clamps with selects; the
-    // check on a value the optimiser cannot see through stays in the code they read.
-    let n = opaque(n);
-    if n > CHUNK_SIZE as u64 {
+    let Some(rc) = stage(s, w, n) else {
         return 1;
-    }
-    let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
-    // SAFETY: at < CHUNK_SIZE and n <= CHUNK_SIZE, inside the 2 * CHUNK_SIZE data array.
-    let rc = unsafe {
-        let dst = (*s).data.as_mut_ptr().add(at) as *mut c_void;
-        probe_read_user_raw(dst, n as u32, w.base as *const c_void)
     };
-    w.base += n;
-    w.seg_rem -= n;
-    w.msg_rem = w.msg_rem.saturating_sub(n);
-    w.cap_left -= n;
     if rc == 0 {
         w.fill += n;
         w.covered += n;
@@ -592,11 +579,39 @@ fn direct_chunk(s: *mut Scratch, w: &mut Walk) {
             w.failed = 1;
         }
     }
-    w.base += N;
-    w.seg_rem -= N;
-    w.msg_rem = w.msg_rem.saturating_sub(N);
-    w.cap_left -= N;
+    w.advance(N);
     w.chunk_start += N;
+}
+
+/// Reads `n` bytes of the segment into the staged record at `fill` and moves past them;
+/// `None` (nothing read) when `n` is over a chunk, else the helper's result.
+#[inline(always)]
+pub(crate) fn stage(s: *mut Scratch, w: &mut Walk, n: u64) -> Option<i64> {
+    // Older verifiers (6.1, 5.10) lose the bounds of a length LLVM clamps with selects; the
+    // check on a value the optimiser cannot see through stays in the code they read.
+    let n = opaque(n);
+    if n > CHUNK_SIZE as u64 {
+        return None;
+    }
+    let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
+    // SAFETY: at < CHUNK_SIZE and n <= CHUNK_SIZE, inside the 2 * CHUNK_SIZE data array.
+    let rc = unsafe {
+        let dst = (*s).data.as_mut_ptr().add(at) as *mut c_void;
+        probe_read_user_raw(dst, n as u32, w.base as *const c_void)
+    };
+    w.advance(n);
+    Some(rc)
+}
+
+impl Walk {
+    /// Moves past `n` bytes of the segment, copied or not.
+    #[inline(always)]
+    pub(crate) fn advance(&mut self, n: u64) {
+        self.base += n;
+        self.seg_rem -= n;
+        self.msg_rem = self.msg_rem.saturating_sub(n);
+        self.cap_left -= n;
+    }
 }
 
 /// `v`, hidden from the optimiser (libbpf's `barrier_var`): a bound checked on the result is

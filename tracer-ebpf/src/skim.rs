@@ -7,7 +7,7 @@
 use tracer_common::skim::{FRESH, Parsed, Plan, RUN_HEADER, state};
 
 use super::{
-    copy::{NO_RUN, Walk, flush, opaque},
+    copy::{NO_RUN, Walk, flush, opaque, stage},
     *,
 };
 
@@ -82,7 +82,7 @@ pub(crate) fn step(s: *mut Scratch, w: &mut Walk) -> i64 {
         }
         Plan::Skip(n) => {
             let n = if n < avail { n } else { avail };
-            advance(w, n);
+            w.advance(n);
             w.skipped += n;
             w.covered += n;
             count(counter::SKIPPED_BYTES, n);
@@ -102,33 +102,29 @@ pub(crate) fn step(s: *mut Scratch, w: &mut Walk) -> i64 {
 fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
     // SAFETY: per-CPU scratch; `skim` and `win` are distinct fields.
     let (sk, win) = unsafe { (&mut (*s).skim, &mut (*s).win) };
-    let outcome = if sk.needs_window() {
-        sk.load(win);
-        let fresh = opaque(if avail < FRESH as u64 {
-            avail
-        } else {
-            FRESH as u64
-        });
-        if fresh > FRESH as u64 {
-            return;
-        }
-        let at = sk.carry_len as usize & (FRESH - 1);
-        // SAFETY: at < FRESH and fresh <= FRESH, inside the 2 * FRESH window.
-        let rc = unsafe {
-            probe_read_user_raw(
-                win.as_mut_ptr().add(at) as *mut c_void,
-                fresh as u32,
-                w.base as *const c_void,
-            )
-        };
-        if rc != 0 {
-            // Unreadable: the copy records the loss; the walk cannot read what it needs.
-            sk.stop()
-        } else {
-            sk.step(win, fresh as usize, avail > fresh)
-        }
+    sk.load(win);
+    let fresh = opaque(if avail < FRESH as u64 {
+        avail
     } else {
-        sk.step(win, 0, true)
+        FRESH as u64
+    });
+    if fresh > FRESH as u64 {
+        return;
+    }
+    let at = sk.carry_len as usize & (FRESH - 1);
+    // SAFETY: at < FRESH and fresh <= FRESH, inside the 2 * FRESH window.
+    let rc = unsafe {
+        probe_read_user_raw(
+            win.as_mut_ptr().add(at) as *mut c_void,
+            fresh as u32,
+            w.base as *const c_void,
+        )
+    };
+    let outcome = if rc != 0 {
+        // Unreadable: the copy records the loss; the walk cannot read what it needs.
+        sk.stop()
+    } else {
+        sk.step(win, fresh as usize, avail > fresh)
     };
     match outcome {
         Parsed::Unparsed => count(counter::SKIM_UNPARSED_FRAMES, 1),
@@ -158,17 +154,10 @@ fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
         w.skipped = 0;
     }
     let room = LIMIT - w.fill;
-    let n = opaque(if n < room { n } else { room });
-    if n > CHUNK_SIZE as u64 {
+    let n = if n < room { n } else { room };
+    let Some(rc) = stage(s, w, n) else {
         return 1;
-    }
-    let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
-    // SAFETY: at < CHUNK_SIZE and n <= CHUNK_SIZE, inside the 2 * CHUNK_SIZE data array.
-    let rc = unsafe {
-        let dst = (*s).data.as_mut_ptr().add(at) as *mut c_void;
-        probe_read_user_raw(dst, n as u32, w.base as *const c_void)
     };
-    advance(w, n);
     if rc == 0 {
         w.fill += n;
         w.covered += n;
@@ -213,14 +202,6 @@ pub(crate) fn close_runs(s: *mut Scratch, w: &mut Walk) {
     }
     w.run_at = NO_RUN;
     w.run_len = 0;
-}
-
-#[inline(always)]
-fn advance(w: &mut Walk, n: u64) {
-    w.base += n;
-    w.seg_rem -= n;
-    w.msg_rem = w.msg_rem.saturating_sub(n);
-    w.cap_left -= n;
 }
 
 #[inline(always)]

@@ -86,13 +86,13 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_COPY_PATH", value_enum, default_value_t = CopyPath::Auto)]
     pub copy_path: CopyPath,
 
-    /// Copy every byte of Kafka connections, record values too. By default the kernel walks
-    /// each client's produce requests and skips the values of uncompressed records (the
-    /// tracer never reads them; their headers and every other field are copied, and the
-    /// skipped bytes are counted as `kernel_skipped_bytes`, not as loss). For debugging and
-    /// for recording fixtures.
-    #[arg(long, env = "KAFKA_TRACER_FULL_COPY", default_value_t = false, action = ArgAction::Set)]
-    pub full_copy: bool,
+    /// Walk each client's produce requests in the kernel and skip the values of uncompressed
+    /// records (the tracer never reads them; their headers and every other field are copied,
+    /// and the skipped bytes are counted as `kernel_skipped_bytes`, not as loss). Off by
+    /// default: today the walk costs the client more CPU than the copy it saves (see the
+    /// README's performance section). Linux 5.17+ (the `bpf_loop` copy path).
+    #[arg(long, env = "KAFKA_TRACER_SELECTIVE_COPY", default_value_t = false, action = ArgAction::Set)]
+    pub selective_copy: bool,
 
     /// Read the plaintext of TLS connections from the TLS library (OpenSSL and the libraries
     /// with its symbols) of the processes that talk to Kafka, with uprobes.
@@ -335,7 +335,7 @@ impl Args {
             exclude_self: true,
             tls: self.tls,
             copy_path: self.copy_path,
-            full_copy: self.full_copy,
+            selective_copy: self.selective_copy,
         })
     }
 }

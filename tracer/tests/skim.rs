@@ -69,7 +69,7 @@ fn recorded_traffic_decodes_the_same_walked() {
             let whole = format!("{:?}", support::replay(&file, session(), &mut c));
             for (name, mut split) in splits() {
                 let mut c2 = SessionCounters::default();
-                let w = support::replay_skimmed(&file, session(), &mut c2, &mut split);
+                let w = support::replay_walked(&file, session(), &mut c2, Some(&mut split));
                 let at = format!("{} ({name})", file.display());
                 assert_eq!(format!("{:?}", w.exchanges), whole, "{at}");
                 assert_eq!(c2, c, "{at}");
@@ -178,7 +178,7 @@ fn produce_requests_of_every_version_decode_the_same_walked() {
     let whole = format!("{whole:?}");
     for (name, mut split) in splits() {
         let mut c2 = SessionCounters::default();
-        let w = support::replay_skimmed(&dir, session(), &mut c2, &mut split);
+        let w = support::replay_walked(&dir, session(), &mut c2, Some(&mut split));
         assert_eq!(format!("{:?}", w.exchanges), whole, "split {name}");
         assert_eq!(c2, c, "split {name}");
         assert_eq!(w.gave_up, 0, "split {name}");

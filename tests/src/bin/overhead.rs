@@ -411,7 +411,7 @@ fn main() -> ExitCode {
         )
     };
     println!(
-        "kernel to daemon per million records, median: {:.0} MB copied, {:.0} MB of record values skipped (KAFKA_TRACER_FULL_COPY=true copies them)",
+        "kernel to daemon per million records, median: {:.0} MB copied, {:.0} MB of record values skipped (KAFKA_TRACER_SELECTIVE_COPY=true skips them)",
         mb_per_m(|r| r.copied_bytes),
         mb_per_m(|r| r.skipped_bytes),
     );

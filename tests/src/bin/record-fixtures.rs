@@ -179,7 +179,7 @@ async fn record(broker: &Broker, case: &Case, out_dir: &Path) -> anyhow::Result<
         ports: vec![broker.port],
         detect_kafka: false,
         // Fixtures hold every byte the clients sent, record values too.
-        full_copy: true,
+        selective_copy: false,
         ..CaptureConfig::default()
     })?;
     let mut produced = Vec::new();

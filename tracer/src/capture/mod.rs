@@ -85,9 +85,9 @@ pub struct CaptureConfig {
     /// Read TLS plaintext from the TLS libraries of processes that talk to Kafka (uprobes).
     pub tls: bool,
     pub copy_path: CopyPath,
-    /// Copy every byte, record values too (debugging, the fixture recorder). Otherwise the
-    /// kernel skips the values of uncompressed records in produce requests (known gaps).
-    pub full_copy: bool,
+    /// The kernel walks client produce requests and skips the values of uncompressed records
+    /// (known gaps); otherwise every byte is copied.
+    pub selective_copy: bool,
 }
 
 impl Default for CaptureConfig {
@@ -105,7 +105,7 @@ impl Default for CaptureConfig {
             exclude_self: true,
             tls: true,
             copy_path: CopyPath::Auto,
-            full_copy: false,
+            selective_copy: false,
         }
     }
 }
@@ -666,7 +666,7 @@ fn kernel_config(cfg: &CaptureConfig, mode: CaptureMode, path: CopyPath) -> anyh
         sniff_bytes: cfg.sniff_bytes,
         max_bytes_per_syscall: cfg.max_bytes_per_syscall,
         wake_bytes: cfg.ring_buffer_bytes / WAKE_FRACTION,
-        skim: u32::from(!cfg.full_copy && path == CopyPath::Loop),
+        skim: u32::from(cfg.selective_copy && path == CopyPath::Loop),
         sock,
     })
 }

@@ -42,26 +42,8 @@ pub fn chunks(bytes: &[u8]) -> Vec<(Direction, &[u8])> {
 
 /// Replays the recording `file` through `session`, each chunk the next piece of its direction's
 /// stream, 1 µs after the previous one; closes the session at the end.
-pub fn replay(file: &Path, mut session: Session, counters: &mut SessionCounters) -> Vec<Exchange> {
-    let bytes = std::fs::read(file).unwrap();
-    let mut streams = [Stream::default(), Stream::default()];
-    let mut out = Vec::new();
-    for (i, (dir, data)) in chunks(&bytes).into_iter().enumerate() {
-        let t = (i as u64 + 1) * 1000;
-        let s = &mut streams[dir as usize];
-        let piece = s.push(s.bytes, data);
-        session.push(
-            dir,
-            &piece,
-            t,
-            t + 10,
-            &DecodeOptions::default(),
-            counters,
-            &mut |e| out.push(e),
-        );
-    }
-    session.close(counters, &mut |e| out.push(e));
-    out
+pub fn replay(file: &Path, session: Session, counters: &mut SessionCounters) -> Vec<Exchange> {
+    replay_walked(file, session, counters, None).exchanges
 }
 
 /// A run of a walked stream: its position, the bytes skipped right before it, its bytes.
@@ -108,7 +90,7 @@ pub fn skim_syscall(
     runs
 }
 
-/// What [`replay_skimmed`] found.
+/// What [`replay_walked`] found.
 pub struct Walked {
     pub exchanges: Vec<Exchange>,
     /// Bytes the walk skipped.
@@ -117,13 +99,13 @@ pub struct Walked {
     pub gave_up: u64,
 }
 
-/// Replays the recording `file` as `replay` does, its sent direction walked by the selective
-/// copy with syscalls cut into segments by `segment`.
-pub fn replay_skimmed(
+/// Replays the recording `file` as `replay` does; with `segment`, its sent direction walked by
+/// the selective copy with syscalls cut into segments by it.
+pub fn replay_walked(
     file: &Path,
     mut session: Session,
     counters: &mut SessionCounters,
-    segment: &mut dyn FnMut() -> usize,
+    mut segment: Option<&mut dyn FnMut() -> usize>,
 ) -> Walked {
     let bytes = std::fs::read(file).unwrap();
     let mut streams = [Stream::default(), Stream::default()];
@@ -133,11 +115,12 @@ pub fn replay_skimmed(
     for (i, (dir, data)) in chunks(&bytes).into_iter().enumerate() {
         let t = (i as u64 + 1) * 1000;
         let s = &mut streams[dir as usize];
-        let runs = if dir == Direction::Egress {
-            let pos = s.bytes + s.skipped_bytes;
-            skim_syscall(&mut sk, pos, data, segment, &mut gave_up)
-        } else {
-            vec![(s.bytes, 0, data.to_vec())]
+        let runs = match segment.as_mut() {
+            Some(segment) if dir == Direction::Egress => {
+                let pos = s.bytes + s.skipped_bytes;
+                skim_syscall(&mut sk, pos, data, *segment, &mut gave_up)
+            }
+            _ => vec![(s.bytes + s.skipped_bytes, 0, data.to_vec())],
         };
         for (pos, skipped, run) in &runs {
             let piece = s.push_run(*pos, *skipped, run);
