@@ -75,12 +75,7 @@ pub(crate) fn step(s: *mut Scratch, w: &mut Walk) -> i64 {
             (*s).hdr.stream_offset + w.chunk_start + w.covered,
         )
     };
-    // Without carried bytes, a parse point (and a short copy before it, a record's headers)
-    // takes the fast path: read once into the run.
-    let fast = sk.carry_len == 0 && sk.state != state::OFF && pos >= sk.value_end;
     match sk.plan(pos) {
-        Plan::Parse if fast => staged_parse(s, w, avail, pos, 0),
-        Plan::Copy(n) if fast && n < 2 * FRESH as u64 => staged_parse(s, w, avail, pos, n),
         Plan::Parse => {
             parse(s, w, avail);
             0
@@ -131,116 +126,6 @@ fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
     } else {
         sk.step(win, fresh as usize, avail > fresh)
     };
-    counted(outcome);
-}
-
-/// The fast path at parse point `pos + pre` (no carried bytes): the `pre` bytes before it (a
-/// record's headers) and the window after it are read straight into the open run, the rule
-/// parses the window where it lies, and the run keeps what the rule copies (up to the next
-/// parse point or the value to skip): one read of user memory and two loop steps (this and
-/// the skip) per walked record, instead of a window read and separate copies.
-#[inline(always)]
-fn staged_parse(s: *mut Scratch, w: &mut Walk, avail: u64, pos: u64, pre: u64) -> i64 {
-    let want = pre + FRESH as u64;
-    if !room_for(s, w, want) {
-        return 1;
-    }
-    let n = if avail < want { avail } else { want };
-    let fill0 = w.fill;
-    let Some(rc) = stage(s, w, n) else {
-        return 1;
-    };
-    // SAFETY: per-CPU scratch; `skim`, `win` and `data` are distinct fields.
-    let (sk, win) = unsafe { (&mut (*s).skim, &mut (*s).win) };
-    if rc != 0 {
-        // Unreadable user memory: a gap, as the plain copy leaves; the walk cannot follow.
-        count(counter::READ_FAILURE_BYTES, n);
-        sk.stop();
-        count(counter::SKIM_STOPPED_STREAMS, 1);
-        flush(s, w);
-        w.chunk_start += n;
-        return i64::from(w.failed != 0 || w.cap_left == 0);
-    }
-    let mut keep_to = pos + n;
-    if n > pre {
-        let from = ((fill0 + pre) & (CHUNK_SIZE as u64 - 1)) as usize;
-        // SAFETY: per-CPU scratch: from + FRESH is inside the 2 * CHUNK_SIZE data array (bytes
-        // past the `n - pre` read are stale and never looked at).
-        unsafe {
-            core::ptr::copy_nonoverlapping((*s).data.as_ptr().add(from), win.as_mut_ptr(), FRESH)
-        };
-        let outcome = sk.step(win, (n - pre) as usize, avail > n);
-        counted(outcome);
-        if sk.state != state::OFF {
-            let parse_at = sk.at + sk.carry_len as u64;
-            if parse_at < keep_to {
-                keep_to = parse_at;
-            }
-            if sk.value_start < keep_to && sk.value_end > sk.value_start {
-                keep_to = sk.value_start;
-            }
-        }
-    }
-    // Bytes read past what the run keeps are given back to the walk (its value, or the next
-    // field, which is read when the walk gets there).
-    let keep = if keep_to > pos { keep_to - pos } else { 0 };
-    let back = n - keep;
-    w.base -= back;
-    w.seg_rem += back;
-    w.msg_rem += back;
-    w.cap_left += back;
-    kept(s, w, keep)
-}
-
-/// Makes room in the staged record for a run of `n` more bytes, opening one after a skip.
-/// False when the ring buffer is full.
-#[inline(always)]
-fn room_for(s: *mut Scratch, w: &mut Walk, n: u64) -> bool {
-    if w.fill + RUN_HEADER as u64 + n > LIMIT {
-        flush(s, w);
-        if w.failed != 0 {
-            return false;
-        }
-    }
-    if w.run_at == NO_RUN || w.skipped > 0 {
-        let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
-        // SAFETY: per-CPU scratch; at + RUN_HEADER is inside the 2 * CHUNK_SIZE data array.
-        let d = unsafe { &mut (*s).data };
-        put_u32(d, at, w.skipped as u32);
-        put_u16(d, at + 4, 0);
-        w.run_at = (at + 4) as u64;
-        w.run_len = 0;
-        w.fill += RUN_HEADER as u64;
-        w.skipped = 0;
-    }
-    true
-}
-
-/// The open run keeps `n` bytes just staged; the record goes when full or at the cap.
-#[inline(always)]
-fn kept(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
-    w.fill += n;
-    w.covered += n;
-    w.run_len += n;
-    // SAFETY: per-CPU scratch.
-    let d = unsafe { &mut (*s).data };
-    put_u16(
-        d,
-        (w.run_at & (CHUNK_SIZE as u64 - 1)) as usize,
-        w.run_len as u16,
-    );
-    if w.cap_left == 0 || w.fill + RUN_HEADER as u64 + 1 > LIMIT {
-        flush(s, w);
-        if w.cap_left == 0 || w.failed != 0 {
-            return 1;
-        }
-    }
-    0
-}
-
-/// Counts what a parse step gave up.
-#[inline(always)]
-fn counted(outcome: Parsed) {
     match outcome {
         Parsed::Unparsed => count(counter::SKIM_UNPARSED_FRAMES, 1),
         Parsed::Stopped => count(counter::SKIM_STOPPED_STREAMS, 1),
@@ -251,8 +136,22 @@ fn counted(outcome: Parsed) {
 /// Copies up to `n` bytes of the segment into the open run (opening one after a skip).
 #[inline(always)]
 fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
-    if !room_for(s, w, 1) {
-        return 1;
+    if w.run_at == NO_RUN || w.skipped > 0 {
+        if w.fill + RUN_HEADER as u64 + 1 > LIMIT {
+            flush(s, w);
+            if w.failed != 0 {
+                return 1;
+            }
+        }
+        let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
+        // SAFETY: per-CPU scratch; at + RUN_HEADER is inside the 2 * CHUNK_SIZE data array.
+        let d = unsafe { &mut (*s).data };
+        put_u32(d, at, w.skipped as u32);
+        put_u16(d, at + 4, 0);
+        w.run_at = (at + 4) as u64;
+        w.run_len = 0;
+        w.fill += RUN_HEADER as u64;
+        w.skipped = 0;
     }
     let room = LIMIT - w.fill;
     let n = if n < room { n } else { room };
@@ -260,13 +159,32 @@ fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
         return 1;
     };
     if rc == 0 {
-        return kept(s, w, n);
+        w.fill += n;
+        w.covered += n;
+        w.run_len += n;
+        // SAFETY: per-CPU scratch.
+        let d = unsafe { &mut (*s).data };
+        put_u16(
+            d,
+            (w.run_at & (CHUNK_SIZE as u64 - 1)) as usize,
+            w.run_len as u16,
+        );
+    } else {
+        // Unreadable user memory: send what is staged and leave a gap, as the plain copy does.
+        count(counter::READ_FAILURE_BYTES, n);
+        flush(s, w);
+        w.chunk_start += n;
     }
-    // Unreadable user memory: send what is staged and leave a gap, as the plain copy does.
-    count(counter::READ_FAILURE_BYTES, n);
-    flush(s, w);
-    w.chunk_start += n;
-    i64::from(w.failed != 0 || w.cap_left == 0)
+    if w.failed != 0 {
+        return 1;
+    }
+    if w.cap_left == 0 || w.fill + RUN_HEADER as u64 + 1 > LIMIT {
+        flush(s, w);
+        if w.cap_left == 0 || w.failed != 0 {
+            return 1;
+        }
+    }
+    0
 }
 
 /// Before a record is sent: a skip still pending becomes a run of no bytes, and the next
