@@ -60,27 +60,21 @@ fuzz_target!(|data: &[u8]| {
     let mut seed = cut as u64 | 1;
     let mut sk = Skim::from_start();
     let mut runs: Vec<(u64, &[u8])> = Vec::new();
-    let (mut skipped, mut at, mut rest) = (0u64, 0usize, stream);
+    let (mut skipped, mut pos, mut rest) = (0u64, 0u64, stream);
     while !rest.is_empty() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let n = (1 + seed % 256).min(rest.len() as u64) as usize;
         let (seg, after) = rest.split_at(n);
-        let base = at;
-        let mut i = 0;
-        sk.walk((stream.len() - rest.len()) as u64, seg, &mut |part| match part {
-            Part::Skip(n) => {
-                skipped += n;
-                i += n as usize;
-            }
+        sk.walk(pos, seg, &mut |part| match part {
+            Part::Skip(n) => skipped += n,
             Part::Copy(b) => {
-                runs.push((skipped, &stream[base + i..base + i + b.len()]));
+                runs.push((skipped, b));
                 skipped = 0;
-                i += b.len();
             }
         });
-        at += n;
+        pos += n as u64;
         rest = after;
     }
     if skipped > 0 {

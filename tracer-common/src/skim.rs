@@ -83,9 +83,7 @@ pub struct Skim {
     pub state: u8,
     /// The request's API version (Produce).
     pub version: u8,
-    /// The request uses the flexible encoding.
-    pub flexible: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 6],
     pub carry: [u8; FRESH],
 }
 
@@ -268,8 +266,7 @@ impl Skim {
             carry_len: 0,
             state,
             version: 0,
-            flexible: 0,
-            _pad: [0; 5],
+            _pad: [0; 6],
             carry: [0; FRESH],
         }
     }
@@ -359,7 +356,7 @@ impl Skim {
                 self.keep(win, start, start + len as u64);
                 Parsed::Wait
             }
-            Err(_) if self.state == state::FRAME => self.stop(),
+            // Inside a frame its rest is copied; at a frame start the framing is in doubt.
             Err(_) => self.unparsed(),
         }
     }
@@ -404,6 +401,12 @@ impl Skim {
         Parsed::Stopped
     }
 
+    /// Produce requests use the flexible encoding (compact lengths, tagged fields) from v9.
+    #[inline(always)]
+    fn flexible(&self) -> bool {
+        self.version >= 9
+    }
+
     /// Moves on to the field at `to` (the bytes before it copied, but a value set to skip).
     #[inline(always)]
     fn jump(&mut self, to: u64, next: u8) {
@@ -434,15 +437,13 @@ impl Skim {
         c.skip(4)?; // correlation id
         // The client id: a nullable string with an i16 length in every header version.
         let client_id = c.length(false, false)?;
-        let flexible = version >= 9;
         let body = self.at + c.i as u64 + client_id;
         if body > frame_end {
             return Err(Miss::Bad);
         }
         self.frame_end = frame_end;
         self.version = version as u8;
-        self.flexible = flexible as u8;
-        let next = if flexible {
+        let next = if self.flexible() {
             state::HEADER_TAGS
         } else {
             state::PRODUCE
@@ -452,7 +453,7 @@ impl Skim {
     }
 
     fn produce(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
-        let txn = c.length(self.flexible != 0, false)?;
+        let txn = c.length(self.flexible(), false)?;
         if c.i as u64 + txn + 11 <= FRESH as u64 {
             c.skip(txn)?;
             return self.acks(c);
@@ -465,7 +466,7 @@ impl Skim {
 
     fn acks(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         c.skip(6)?; // acks, timeout
-        let topics = c.length(self.flexible != 0, true)?;
+        let topics = c.length(self.flexible(), true)?;
         self.topics = topics.min(u32::MAX as u64) as u32;
         self.moved(c, state::TOPIC);
         Ok(())
@@ -480,7 +481,7 @@ impl Skim {
         let name = if self.version >= 13 {
             16
         } else {
-            c.length(self.flexible != 0, false)?
+            c.length(self.flexible(), false)?
         };
         if c.i as u64 + name + 5 <= FRESH as u64 {
             c.skip(name)?;
@@ -493,7 +494,7 @@ impl Skim {
     }
 
     fn partitions(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
-        let partitions = c.length(self.flexible != 0, true)?;
+        let partitions = c.length(self.flexible(), true)?;
         self.topics -= 1;
         self.partitions = partitions.min(u32::MAX as u64) as u32;
         self.moved(c, state::PARTITION);
@@ -502,14 +503,14 @@ impl Skim {
 
     fn partition(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         if self.partitions == 0 {
-            if self.flexible != 0 {
+            if self.flexible() {
                 c.no_tags()?; // the topic's
             }
             self.moved(c, state::TOPIC);
             return Ok(());
         }
         c.skip(4)?; // partition index
-        let size = c.length(self.flexible != 0, true)?;
+        let size = c.length(self.flexible(), true)?;
         let records_end = self.at + c.i as u64 + size;
         if records_end > self.frame_end {
             return Err(Miss::Bad);
@@ -522,7 +523,7 @@ impl Skim {
 
     fn batch(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         if self.at >= self.records_end {
-            let next = if self.flexible != 0 {
+            let next = if self.flexible() {
                 state::PARTITION_TAGS
             } else {
                 state::PARTITION
@@ -615,7 +616,7 @@ impl Skim {
     /// segment of user memory step by step: each copied or skipped part goes to `out`, in
     /// order. Returns the steps that copied a frame whole or stopped the walk. For the
     /// daemon's tests and fuzzing, which run the kernel's rule over recorded streams.
-    pub fn walk(&mut self, mut pos: u64, seg: &[u8], out: &mut dyn FnMut(Part<'_>)) -> u64 {
+    pub fn walk<'a>(&mut self, mut pos: u64, seg: &'a [u8], out: &mut dyn FnMut(Part<'a>)) -> u64 {
         let mut gave_up = 0;
         let mut i = 0;
         while i < seg.len() {

@@ -514,11 +514,18 @@ unsafe extern "C" fn walk_step<const SKIM: bool>(_i: u32, _ctx: *mut c_void) -> 
     let Some(rc) = stage(s, w, n) else {
         return 1;
     };
+    settle(s, w, n, rc, CHUNK_SIZE as u64 - 1)
+}
+
+/// After `n` bytes were staged with the read's result `rc`: they count as staged, or, unreadable
+/// user memory, what is staged is sent and they are a gap; the record goes when its staged
+/// bytes pass `full_past` or the cap is reached. Returns 1 to stop the walk.
+#[inline(always)]
+pub(crate) fn settle(s: *mut Scratch, w: &mut Walk, n: u64, rc: i64, full_past: u64) -> i64 {
     if rc == 0 {
         w.fill += n;
         w.covered += n;
     } else {
-        // Unreadable user memory: send what is staged and leave a gap of n bytes.
         count(counter::READ_FAILURE_BYTES, n);
         flush(s, w);
         w.chunk_start += n;
@@ -526,7 +533,7 @@ unsafe extern "C" fn walk_step<const SKIM: bool>(_i: u32, _ctx: *mut c_void) -> 
     if w.failed != 0 {
         return 1;
     }
-    if w.cap_left == 0 || w.fill >= CHUNK_SIZE as u64 {
+    if w.cap_left == 0 || w.fill > full_past {
         flush(s, w);
         if w.cap_left == 0 || w.failed != 0 {
             return 1;

@@ -281,14 +281,16 @@ fn open_conn<C: aya_ebpf::EbpfContext>(
             core::ptr::read_volatile(&raw const CONFIG.filter_ports),
         )
     };
-    let walked = skim_on != 0 && filtered != 0 && how == track::FULL;
-    let skim =
-        match tracer_common::request_direction(&tuple, |p| unsafe { PORTS.get(&p) }.is_some()) {
-            Some(dir) if walked && extra_flags & flags::MIDSTREAM == 0 => {
-                SKIMS.insert(&key, &SKIM_START, 0).is_ok() as u8 * (dir as u8 + 1)
-            }
-            _ => 0,
-        };
+    let walked =
+        skim_on != 0 && filtered != 0 && how == track::FULL && extra_flags & flags::MIDSTREAM == 0;
+    // The ports are looked up again only for a connection that is walked.
+    let skim = match walked
+        .then(|| tracer_common::request_direction(&tuple, |p| unsafe { PORTS.get(&p) }.is_some()))
+        .flatten()
+    {
+        Some(dir) => SKIMS.insert(&key, &SKIM_START, 0).is_ok() as u8 * (dir as u8 + 1),
+        None => 0,
+    };
     let st = ConnState {
         conn_id: next_conn_id(),
         tx_bytes: 0,

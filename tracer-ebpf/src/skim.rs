@@ -7,7 +7,7 @@
 use tracer_common::skim::{FRESH, Parsed, Plan, RUN_HEADER, state};
 
 use super::{
-    copy::{NO_RUN, Walk, flush, opaque, stage},
+    copy::{NO_RUN, Walk, flush, opaque, settle, stage},
     *,
 };
 
@@ -143,15 +143,8 @@ fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
                 return 1;
             }
         }
-        let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
-        // SAFETY: per-CPU scratch; at + RUN_HEADER is inside the 2 * CHUNK_SIZE data array.
-        let d = unsafe { &mut (*s).data };
-        put_u32(d, at, w.skipped as u32);
-        put_u16(d, at + 4, 0);
-        w.run_at = (at + 4) as u64;
+        w.run_at = run_header(s, w);
         w.run_len = 0;
-        w.fill += RUN_HEADER as u64;
-        w.skipped = 0;
     }
     let room = LIMIT - w.fill;
     let n = if n < room { n } else { room };
@@ -159,8 +152,7 @@ fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
         return 1;
     };
     if rc == 0 {
-        w.fill += n;
-        w.covered += n;
+        // The run's length is written before `settle` may send the record.
         w.run_len += n;
         // SAFETY: per-CPU scratch.
         let d = unsafe { &mut (*s).data };
@@ -169,22 +161,23 @@ fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
             (w.run_at & (CHUNK_SIZE as u64 - 1)) as usize,
             w.run_len as u16,
         );
-    } else {
-        // Unreadable user memory: send what is staged and leave a gap, as the plain copy does.
-        count(counter::READ_FAILURE_BYTES, n);
-        flush(s, w);
-        w.chunk_start += n;
     }
-    if w.failed != 0 {
-        return 1;
-    }
-    if w.cap_left == 0 || w.fill + RUN_HEADER as u64 + 1 > LIMIT {
-        flush(s, w);
-        if w.cap_left == 0 || w.failed != 0 {
-            return 1;
-        }
-    }
-    0
+    // Full once no run of a byte fits any more.
+    settle(s, w, n, rc, LIMIT - RUN_HEADER as u64 - 1)
+}
+
+/// Writes a run header at `fill`, for the bytes skipped since the last run and a length of 0
+/// for now; returns where that length is.
+#[inline(always)]
+fn run_header(s: *mut Scratch, w: &mut Walk) -> u64 {
+    let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
+    // SAFETY: per-CPU scratch; fill <= LIMIT, so the header is inside the data array.
+    let d = unsafe { &mut (*s).data };
+    put_u32(d, at, w.skipped as u32);
+    put_u16(d, at + 4, 0);
+    w.fill += RUN_HEADER as u64;
+    w.skipped = 0;
+    (at + 4) as u64
 }
 
 /// Before a record is sent: a skip still pending becomes a run of no bytes, and the next
@@ -192,13 +185,7 @@ fn copy_run(s: *mut Scratch, w: &mut Walk, n: u64) -> i64 {
 #[inline(always)]
 pub(crate) fn close_runs(s: *mut Scratch, w: &mut Walk) {
     if w.skipped > 0 {
-        let at = (w.fill & (CHUNK_SIZE as u64 - 1)) as usize;
-        // SAFETY: per-CPU scratch; fill <= LIMIT leaves room for the header.
-        let d = unsafe { &mut (*s).data };
-        put_u32(d, at, w.skipped as u32);
-        put_u16(d, at + 4, 0);
-        w.fill += RUN_HEADER as u64;
-        w.skipped = 0;
+        run_header(s, w);
     }
     w.run_at = NO_RUN;
     w.run_len = 0;

@@ -314,8 +314,8 @@ impl Capture {
         preflight::check_privileges()?;
         preflight::require_ring_buffer()?;
         let mode = pick_mode(cfg.mode)?;
-        let path = pick_copy_path(cfg.copy_path)?;
-        let config = kernel_config(cfg, mode, path)?;
+        let copy_path = pick_copy_path(cfg.copy_path)?;
+        let config = kernel_config(cfg, mode, copy_path)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
@@ -333,7 +333,7 @@ impl Capture {
             seed_fd_connections(&mut ebpf, cfg, &config)?;
         }
 
-        let copy_path = load_copy(&mut ebpf, path)?;
+        load_copy(&mut ebpf, copy_path)?;
         attach_programs(&mut ebpf, mode, copy_path)?;
         let tls = if cfg.tls {
             let probes = tls::TlsProbes::load(&mut ebpf, copy_path == CopyPath::Bounded);
@@ -542,9 +542,8 @@ fn load_tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> anyhow::Result<&'a 
     Ok(prog)
 }
 
-/// Loads the syscall-exit copy of `asked` (with `Auto`: `bpf_loop`'s when the kernel offers
-/// that helper, else the bounded one) and the bounded walk's continuations; the path in effect.
-/// The copy path `asked` resolves to on this kernel.
+/// The copy path `asked` resolves to on this kernel (`Auto`: `bpf_loop`'s when the kernel offers
+/// that helper, else the bounded one).
 fn pick_copy_path(asked: CopyPath) -> anyhow::Result<CopyPath> {
     Ok(match asked {
         CopyPath::Auto if preflight::has_bpf_loop() => CopyPath::Loop,
@@ -563,8 +562,9 @@ fn pick_copy_path(asked: CopyPath) -> anyhow::Result<CopyPath> {
     })
 }
 
-/// Loads the copy programs of `path` (a resolved path, never `Auto`).
-fn load_copy(ebpf: &mut Ebpf, path: CopyPath) -> anyhow::Result<CopyPath> {
+/// Loads the syscall-exit copy of `path` (a resolved path, never `Auto`) and, for the bounded
+/// one, the walk's continuations.
+fn load_copy(ebpf: &mut Ebpf, path: CopyPath) -> anyhow::Result<()> {
     load_tracepoint(
         ebpf,
         if path == CopyPath::Loop {
@@ -577,7 +577,7 @@ fn load_copy(ebpf: &mut Ebpf, path: CopyPath) -> anyhow::Result<CopyPath> {
         let more = load_tracepoint(ebpf, "copy_more_tp")?.fd()?.try_clone()?;
         set_continuation(ebpf, "COPY_MORE_TP", &more)?;
     }
-    Ok(path)
+    Ok(())
 }
 
 /// Puts `program` in the program array `map` as the continuation of bounded copy walks.
