@@ -51,24 +51,62 @@ fn producer_and_consumer_spans_join_the_header_trace() {
 /// span, and the skipped bytes are counted as skipped, never as loss.
 #[test]
 fn the_selective_copy_skips_values_and_keeps_header_traces() {
-    const N: i64 = 300;
-    const SIZE: u64 = 2000;
-    let broker = Broker::start().unwrap();
-    broker.create_topic("e2e-selective", 1).unwrap();
-    let tracer = Tracer::start_with(
-        broker.port,
-        "selective",
-        &[("KAFKA_TRACER_SELECTIVE_COPY", "true")],
+    let run = selective_run("selective", "none", ("KAFKA_TRACER_SELECTIVE_COPY", "true"));
+    for p in &run.send {
+        assert_eq!(p["traceId"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(p["parentSpanId"], "b7ad6b7169203331");
+    }
+    let skipped = logged(&run.log, "kernel_skipped_bytes");
+    assert!(
+        (N * SIZE..N * (SIZE + 100)).contains(&skipped),
+        "the values, and only them, skipped: {skipped}"
     );
+    assert_eq!(logged(&run.log, "records_headers_unread"), 0);
+}
+
+/// With `--record-headers none` the kernel copies only the batch headers of the producer's
+/// (compressed) batches: every record is still in a send span and every poll span under its
+/// send span, linked by offset; the records whose headers went unread are counted.
+#[test]
+fn without_record_headers_sends_and_polls_stay_linked_by_offset() {
+    let run = selective_run("noheaders", "lz4", ("KAFKA_TRACER_RECORD_HEADERS", "none"));
+    for p in &run.send {
+        assert_ne!(
+            p["traceId"], "0af7651916cd43dd8448eb211c80319c",
+            "no header was read"
+        );
+    }
+    assert!(logged(&run.log, "kernel_skipped_bytes") > 0, "{}", run.log);
+    assert_eq!(logged(&run.log, "records_headers_unread"), N, "{}", run.log);
+}
+
+/// Records the selective-copy tests produce, and the size of each value.
+const N: u64 = 300;
+const SIZE: u64 = 2000;
+
+/// What a selective-copy run left: its send and poll spans, and the tracer's log.
+struct SelectiveRun {
+    send: Vec<Value>,
+    log: String,
+}
+
+/// Produces `N` records of `SIZE` bytes with a traceparent header (librdkafka, codec `codec`)
+/// and consumes them, traced with `setting`; checks what every policy keeps: every record in a
+/// send and a poll span, each poll under a send span, and no skip taken as loss or given up.
+fn selective_run(name: &str, codec: &str, setting: (&str, &str)) -> SelectiveRun {
+    let topic = format!("e2e-{name}");
+    let broker = Broker::start().unwrap();
+    broker.create_topic(&topic, 1).unwrap();
+    let tracer = Tracer::start_with(broker.port, name, &[setting]);
     let bootstrap = broker.bootstrap();
     let (n, size) = (N.to_string(), SIZE.to_string());
     client(&[
         "produce",
         "confluent",
         &bootstrap,
-        "e2e-selective",
+        &topic,
         &n,
-        "none",
+        codec,
         "--traceparent",
         tests::TRACEPARENT,
         "--partition",
@@ -79,11 +117,11 @@ fn the_selective_copy_skips_values_and_keeps_header_traces() {
         "50",
     ])
     .unwrap();
-    consume(&bootstrap, "e2e-selective", &n).unwrap();
+    consume(&bootstrap, &topic, &n).unwrap();
     let (spans, log) = tracer.stop_with_log();
     let (send, poll) = (
-        named(&spans, "send e2e-selective"),
-        named(&spans, "poll e2e-selective"),
+        named(&spans, &format!("send {topic}")),
+        named(&spans, &format!("poll {topic}")),
     );
     let offsets = |spans: &[&Value]| -> std::collections::BTreeSet<i64> {
         spans
@@ -99,26 +137,13 @@ fn the_selective_copy_skips_values_and_keeps_header_traces() {
             })
             .collect()
     };
-    assert_eq!(
-        offsets(&send),
-        (0..N).collect(),
-        "every record in a send span"
-    );
-    assert_eq!(
-        offsets(&poll),
-        (0..N).collect(),
-        "every record in a poll span"
-    );
-    for p in &send {
-        assert_eq!(p["traceId"], "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(p["parentSpanId"], "b7ad6b7169203331");
-    }
+    let all = (0..N as i64).collect();
+    assert_eq!(offsets(&send), all, "every record in a send span");
+    assert_eq!(offsets(&poll), all, "every record in a poll span");
     let sends: Vec<&Value> = send.iter().map(|s| &s["spanId"]).collect();
-    assert!(poll.iter().all(|c| sends.contains(&&c["parentSpanId"])));
-    let skipped = logged(&log, "kernel_skipped_bytes");
     assert!(
-        skipped >= N as u64 * SIZE && skipped < N as u64 * (SIZE + 100),
-        "the values, and only them, skipped: {skipped}"
+        poll.iter().all(|c| sends.contains(&&c["parentSpanId"])),
+        "{poll:#?}"
     );
     for c in [
         "misplaced_skips",
@@ -126,6 +151,10 @@ fn the_selective_copy_skips_values_and_keeps_header_traces() {
         "kernel_skim_stopped_streams",
     ] {
         assert_eq!(logged(&log, c), 0, "{c}: {log}");
+    }
+    SelectiveRun {
+        send: send.into_iter().cloned().collect(),
+        log,
     }
 }
 

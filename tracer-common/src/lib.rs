@@ -338,8 +338,8 @@ pub struct Config {
     /// Unread bytes in the ring buffer past which records wake the daemon every
     /// [`MARK_WAKE_SPACING_NS`] instead of every [`WAKE_INTERVAL_NS`].
     pub wake_bytes: u32,
-    /// Non-zero: client connections' produce requests are walked and their record values
-    /// skipped ([`skim`]); zero copies every byte.
+    /// Non-zero: client connections' produce requests are walked and what the tracer does not
+    /// read is skipped, under this [`skim::policy`]; zero copies every byte.
     pub skim: u32,
     pub sock: SockOffsets,
 }
@@ -415,7 +415,8 @@ pub mod counter {
     pub const TLS_CIPHERTEXT_BYTES: u32 = 15;
     /// TLS call entries that could not be stashed (`TLS_CALLS` map full).
     pub const TLS_ARGS_FULL: u32 = 16;
-    /// Bytes not copied on purpose: record values the selective copy skipped ([`skim`]).
+    /// Bytes not copied on purpose: record values (or records) the selective copy skipped
+    /// ([`skim`]).
     pub const SKIPPED_BYTES: u32 = 17;
     /// Produce requests the walk could not follow, copied whole from where it stopped.
     pub const SKIM_UNPARSED_FRAMES: u32 = 18;

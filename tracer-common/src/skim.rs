@@ -6,7 +6,9 @@
 //! copied, and every skipped range is reported as a known gap (`flags::RUNS`), never as loss.
 //! Anything unexpected copies the rest of the frame whole (a frame size it cannot believe stops
 //! the walk for the stream): copying more is always correct, skipping wrongly never is. Compressed
-//! batches are copied whole: their record headers are inside the compressed bytes.
+//! batches are copied whole: their record headers are inside the compressed bytes. Unless the
+//! [`policy`] gives up record headers: then a batch's records are skipped whole after its header
+//! (one step per batch, whatever its codec), which keeps offsets and counts, not trace contexts.
 //!
 //! The walk is resumable at any byte (syscalls and iovecs split the stream anywhere): a field
 //! cut by a segment's end is carried ([`Skim::carry`]) and finished with the next segment's
@@ -28,6 +30,17 @@ pub const MIN_WALKED_RECORD: u64 = 256;
 /// Bytes that start each run of a [`flags::RUNS`](crate::flags::RUNS) payload: the bytes
 /// skipped before the run (`u32`), then the bytes copied (`u16`), little-endian.
 pub const RUN_HEADER: usize = 6;
+
+/// `Skim::policy` values (the kernel's `Config::skim`, where 0 turns the walk off): which
+/// records' headers the walk keeps (`--record-headers`).
+pub mod policy {
+    /// Every record's: values of uncompressed records are skipped, compressed batches copied.
+    pub const ALL: u8 = 1;
+    /// Uncompressed records' only: compressed batches' records are skipped after the header.
+    pub const UNCOMPRESSED: u8 = 2;
+    /// None: every batch's records are skipped after the header.
+    pub const NONE: u8 = 3;
+}
 
 /// `Skim::state` values: what the stream holds at `Skim::at`.
 pub mod state {
@@ -83,13 +96,15 @@ pub struct Skim {
     pub state: u8,
     /// The request's API version (Produce).
     pub version: u8,
-    pub _pad: [u8; 6],
+    /// A [`policy`] value.
+    pub policy: u8,
+    pub _pad: [u8; 5],
     pub carry: [u8; FRESH],
 }
 
 impl Default for Skim {
     fn default() -> Self {
-        Self::new(state::OFF)
+        Self::new(state::OFF, policy::ALL)
     }
 }
 
@@ -251,7 +266,7 @@ const MAX_FRAME: u64 = 100 << 20;
 const BATCH_HEADER: u64 = 61;
 
 impl Skim {
-    pub const fn new(state: u8) -> Self {
+    pub const fn new(state: u8, policy: u8) -> Self {
         Self {
             at: 0,
             frame_end: 0,
@@ -266,14 +281,15 @@ impl Skim {
             carry_len: 0,
             state,
             version: 0,
-            _pad: [0; 6],
+            policy,
+            _pad: [0; 5],
             carry: [0; FRESH],
         }
     }
 
     /// A walk from a stream's first byte, which starts a frame.
-    pub const fn from_start() -> Self {
-        Self::new(state::FRAME)
+    pub const fn from_start(policy: u8) -> Self {
+        Self::new(state::FRAME, policy)
     }
 
     /// What to do with the stream's bytes from `pos`, which the walk has reached.
@@ -548,7 +564,20 @@ impl Skim {
         }
         self.batch_end = end;
         let records = (length as u64).saturating_sub(BATCH_HEADER - 12);
-        if attributes & 7 != 0 || count <= 0 || records / (count as u64) < MIN_WALKED_RECORD {
+        let compressed = attributes & 7 != 0;
+        let headers = match self.policy {
+            policy::NONE => false,
+            policy::UNCOMPRESSED => !compressed,
+            _ => true,
+        };
+        if !headers && records >= MIN_SKIP {
+            // Only the header is copied: the records are skipped whole, their headers unread.
+            self.value_start = self.at + BATCH_HEADER;
+            self.value_end = end;
+            self.jump(end, state::BATCH);
+            return Ok(());
+        }
+        if compressed || count <= 0 || records / (count as u64) < MIN_WALKED_RECORD {
             // Compressed (its record headers are in the compressed bytes), empty, or of records
             // too small for a walk to save more than it costs: whole.
             self.jump(end, state::BATCH);

@@ -152,8 +152,9 @@ static LISTENERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static SKIMS: LruHashMap<u64, Skim> = LruHashMap::with_max_entries(16384, 0);
 /// A walk at a stream's start, inserted into `SKIMS` from here: built on the stack it would
-/// take a quarter of the bounded path's stack.
-static SKIM_START: Skim = Skim::from_start();
+/// take a quarter of the bounded path's stack. Its policy is set from `Config::skim` by each
+/// syscall's walk (`skim::begin`): read-only data cannot take it from the loader's config.
+static SKIM_START: Skim = Skim::from_start(tracer_common::skim::policy::ALL);
 
 /// Per-CPU working memory of one `sys_exit`. The walk state lives here rather than on the stack
 /// on purpose: the verifier tracks stack values precisely and would explore every iovec count

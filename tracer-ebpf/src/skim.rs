@@ -35,6 +35,7 @@ pub(crate) fn begin(s: *mut Scratch, key: u64, truncated: bool) {
             return;
         }
         core::ptr::copy_nonoverlapping(sk, &raw mut (*s).skim, 1);
+        (*s).skim.policy = core::ptr::read_volatile(&raw const CONFIG.skim) as u8;
         (*s).walk.skim_on = 1;
         (*s).hdr.flags |= flags::RUNS;
     }

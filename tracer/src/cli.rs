@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{ArgAction, Parser};
 
 use crate::{
-    capture::{CaptureConfig, CaptureMode, CopyPath},
+    capture::{CaptureConfig, CaptureMode, CopyPath, RecordHeaders},
     export::{
         ConsoleFormat, Exporter, ResourceConfig, Sampler, ServiceRule, SettingFile, TlsFiles,
         TracesConfig,
@@ -93,6 +93,15 @@ pub struct Args {
     /// README's performance section). Linux 5.17+ (the `bpf_loop` copy path).
     #[arg(long, env = "KAFKA_TRACER_SELECTIVE_COPY", default_value_t = false, action = ArgAction::Set)]
     pub selective_copy: bool,
+
+    /// Records whose headers (where producers' trace contexts travel) the tracer reads: `all`,
+    /// `uncompressed` (the kernel skips compressed batches' records), or `none` (it skips every
+    /// batch's records and copies only batch headers: the cheapest copy). Sends and polls stay
+    /// linked by topic, partition and offset either way; a record whose headers are not read
+    /// starts its own trace (counted as `records_headers_unread`). Any but `all` turns the
+    /// selective copy on.
+    #[arg(long, env = "KAFKA_TRACER_RECORD_HEADERS", value_enum, default_value_t = RecordHeaders::All)]
+    pub record_headers: RecordHeaders,
 
     /// Read the plaintext of TLS connections from the TLS library (OpenSSL and the libraries
     /// with its symbols) of the processes that talk to Kafka, with uprobes.
@@ -336,6 +345,7 @@ impl Args {
             tls: self.tls,
             copy_path: self.copy_path,
             selective_copy: self.selective_copy,
+            record_headers: self.record_headers,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! The selective copy's rule (`tracer_common::skim`, which the kernel runs) over real client
 //! traffic and over produce requests of every version: what it leaves out decodes to exactly
 //! what the whole stream decodes to, whatever the split of the stream into syscalls and
-//! iovecs, and the bytes it leaves out are the record values.
+//! iovecs, and the bytes it leaves out are the record values. Under the policies that give up
+//! record headers (`--record-headers uncompressed|none`) the records of the batches concerned are
+//! left out whole, and they decode to the same batches and offsets, without their headers.
 
 use std::path::Path;
 
@@ -14,8 +16,8 @@ use kafka_protocol::{
     protocol::{Encodable, StrBytes},
     records::Compression as KCompression,
 };
-use tracer::kafka::{Session, SessionCounters};
-use tracer_common::Direction;
+use tracer::kafka::{BatchInfo, Exchange, Request, Session, SessionCounters, records::Compression};
+use tracer_common::{Direction, skim::policy};
 
 mod support;
 
@@ -69,7 +71,13 @@ fn recorded_traffic_decodes_the_same_walked() {
             let whole = format!("{:?}", support::replay(&file, session(), &mut c));
             for (name, mut split) in splits() {
                 let mut c2 = SessionCounters::default();
-                let w = support::replay_walked(&file, session(), &mut c2, Some(&mut split));
+                let w = support::replay_walked(
+                    &file,
+                    session(),
+                    &mut c2,
+                    policy::ALL,
+                    Some(&mut split),
+                );
                 let at = format!("{} ({name})", file.display());
                 assert_eq!(format!("{:?}", w.exchanges), whole, "{at}");
                 assert_eq!(c2, c, "{at}");
@@ -79,6 +87,122 @@ fn recorded_traffic_decodes_the_same_walked() {
         }
     }
     assert!(files > 100, "{files} recordings");
+}
+
+/// Whether the walk under `policy` skips the records of batch `b` (read whole): every batch's
+/// under `none`, compressed ones' under `uncompressed`; never a control batch's or records of
+/// fewer than 32 bytes.
+fn skipped_under(policy: u8, b: &BatchInfo) -> bool {
+    let dropped = match policy {
+        policy::NONE => true,
+        policy::UNCOMPRESSED => b.compression != Compression::None,
+        _ => false,
+    };
+    dropped && !b.control && b.bytes as usize - 61 >= 32 && b.record_count > 0
+}
+
+/// What a walk that skips whole records keeps of `exchanges`: everything but, in produce
+/// requests, the records of the batches `skipped` says, of which only the offsets are left.
+fn kept(exchanges: &[Exchange], skipped: &dyn Fn(&BatchInfo) -> bool) -> String {
+    let mut out = String::new();
+    for e in exchanges {
+        out += &format!("{:?} {:?} {:?}\n", e.header, e.response, e.request_complete);
+        let Ok(Request::Produce(p)) = &e.request else {
+            out += &format!("{:?}\n", e.request);
+            continue;
+        };
+        for part in &p.partitions {
+            let r = &part.records;
+            out += &format!(
+                "{:?} {} {}\n",
+                part.topic, part.partition, r.undecodable_batches
+            );
+            for b in &r.batches {
+                out += &format!(
+                    "{:?}\n",
+                    BatchInfo {
+                        records_skipped: false,
+                        ..b.clone()
+                    }
+                );
+            }
+            for rec in &r.records {
+                let b = &r.batches[rec.batch as usize];
+                out += &format!("  {} @{}", rec.batch, r.absolute_offset(rec, None));
+                if !skipped(b) {
+                    let headers: Vec<_> = r.headers_of(rec).collect();
+                    out += &format!(" {} {} {headers:?}", rec.timestamp, rec.value_len);
+                }
+                out += "\n";
+            }
+        }
+    }
+    out
+}
+
+/// Records of the batches `policy` skips, in `exchanges`.
+fn records_skipped_under(policy: u8, exchanges: &[Exchange]) -> u64 {
+    let mut n = 0;
+    for e in exchanges {
+        if let Ok(Request::Produce(p)) = &e.request {
+            for part in &p.partitions {
+                let r = &part.records;
+                n += r
+                    .records
+                    .iter()
+                    .filter(|rec| skipped_under(policy, &r.batches[rec.batch as usize]))
+                    .count() as u64;
+            }
+        }
+    }
+    n
+}
+
+/// Every recorded connection walked under the policies that skip whole records: the same
+/// frames, batches and record offsets decode; the records of exactly the batches the policy
+/// gives up are unread (counted, their headers gone), the others' headers read as whole.
+#[test]
+fn recorded_traffic_keeps_offsets_without_record_headers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut unread = [0u64; 2];
+    for case in std::fs::read_dir(&root).unwrap().flatten() {
+        for file in std::fs::read_dir(case.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file = file.path();
+            if file.extension().is_none_or(|x| x != "rec") {
+                continue;
+            }
+            let mut c = SessionCounters::default();
+            let whole = support::replay(&file, session(), &mut c);
+            for (i, policy) in [policy::UNCOMPRESSED, policy::NONE].into_iter().enumerate() {
+                let expected = kept(&whole, &|b| skipped_under(policy, b));
+                let skipped_records = records_skipped_under(policy, &whole);
+                for (name, mut split) in splits() {
+                    let mut c2 = SessionCounters::default();
+                    let w =
+                        support::replay_walked(&file, session(), &mut c2, policy, Some(&mut split));
+                    let at = format!("{} (policy {policy}, {name})", file.display());
+                    assert_eq!(kept(&w.exchanges, &|b| b.records_skipped), expected, "{at}");
+                    assert_eq!(c2.records_headers_unread, skipped_records, "{at}");
+                    assert_eq!(
+                        SessionCounters {
+                            records_headers_unread: 0,
+                            ..c2
+                        },
+                        c,
+                        "{at}"
+                    );
+                    assert_eq!(w.gave_up, 0, "{at}");
+                    unread[i] += c2.records_headers_unread;
+                }
+            }
+        }
+    }
+    // The recordings hold compressed and uncompressed batches: both policies skip some.
+    assert!(unread[0] > 0 && unread[1] > unread[0], "{unread:?}");
 }
 
 /// A produce request frame of `version`: header (client id, tags when flexible) and body.
@@ -172,13 +296,13 @@ fn produce_requests_of_every_version_decode_the_same_walked() {
     }
     std::fs::write(&dir, &rec).unwrap();
     let mut c = SessionCounters::default();
-    let whole = support::replay(&dir, session(), &mut c);
-    assert_eq!(whole.len(), 11, "{c:?}");
-    assert!(whole.iter().all(|e| e.request.is_ok()), "{whole:?}");
-    let whole = format!("{whole:?}");
+    let exchanges = support::replay(&dir, session(), &mut c);
+    assert_eq!(exchanges.len(), 11, "{c:?}");
+    assert!(exchanges.iter().all(|e| e.request.is_ok()), "{exchanges:?}");
+    let whole = format!("{exchanges:?}");
     for (name, mut split) in splits() {
         let mut c2 = SessionCounters::default();
-        let w = support::replay_walked(&dir, session(), &mut c2, Some(&mut split));
+        let w = support::replay_walked(&dir, session(), &mut c2, policy::ALL, Some(&mut split));
         assert_eq!(format!("{:?}", w.exchanges), whole, "split {name}");
         assert_eq!(c2, c, "split {name}");
         assert_eq!(w.gave_up, 0, "split {name}");
@@ -187,6 +311,37 @@ fn produce_requests_of_every_version_decode_the_same_walked() {
             (value_bytes * uncompressed_batches) as u64,
             "split {name}: every value of 32 bytes or more in an uncompressed batch of large records, only those"
         );
+    }
+    // Without record headers: the records of exactly the batches the policy gives up.
+    for policy in [policy::UNCOMPRESSED, policy::NONE] {
+        let mut records = 0;
+        for e in &exchanges {
+            let Ok(Request::Produce(p)) = &e.request else {
+                unreachable!()
+            };
+            for b in p.partitions.iter().flat_map(|p| &p.records.batches) {
+                records += if skipped_under(policy, b) {
+                    b.bytes as u64 - 61
+                } else {
+                    0
+                };
+            }
+        }
+        let expected = kept(&exchanges, &|b| skipped_under(policy, b));
+        for (name, mut split) in splits() {
+            let mut c2 = SessionCounters::default();
+            let w = support::replay_walked(&dir, session(), &mut c2, policy, Some(&mut split));
+            let at = format!("policy {policy}, split {name}");
+            assert_eq!(kept(&w.exchanges, &|b| b.records_skipped), expected, "{at}");
+            assert_eq!(w.gave_up, 0, "{at}");
+            // Under `uncompressed`, the uncompressed batches' values are skipped as under `all`.
+            let values = if policy == policy::UNCOMPRESSED {
+                value_bytes * uncompressed_batches
+            } else {
+                0
+            };
+            assert_eq!(w.skipped, records + values as u64, "{at}");
+        }
     }
     let _ = std::fs::remove_file(&dir);
 }

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, io::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use tests::{Broker, TRACEPARENT, client};
-use tracer::capture::{Capture, CaptureConfig, RingRecord};
+use tracer::capture::{Capture, CaptureConfig, RecordHeaders, RingRecord};
 
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
@@ -180,6 +180,7 @@ async fn record(broker: &Broker, case: &Case, out_dir: &Path) -> anyhow::Result<
         detect_kafka: false,
         // Fixtures hold every byte the clients sent, record values too.
         selective_copy: false,
+        record_headers: RecordHeaders::All,
         ..CaptureConfig::default()
     })?;
     let mut produced = Vec::new();

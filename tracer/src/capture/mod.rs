@@ -24,7 +24,7 @@ use aya::{
     programs::{ProgramFd, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Config, ConnState, counter, flags, mode, track};
+use tracer_common::{Config, ConnState, counter, flags, mode, skim, track};
 
 use crate::counters::Counter;
 
@@ -58,6 +58,18 @@ pub enum CopyPath {
     Bounded,
 }
 
+/// Which records' headers the tracer reads (`--record-headers`): headers carry the producers'
+/// trace contexts; offsets and counts, which link sends to polls, come from batch headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordHeaders {
+    /// Every record's (compressed batches are copied whole: their headers are compressed).
+    All,
+    /// Uncompressed records' only: the kernel skips compressed batches' records.
+    Uncompressed,
+    /// None: the kernel skips every batch's records and copies its header.
+    None,
+}
+
 /// What to capture. The daemon builds this from its flags; tests build it directly.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
@@ -88,6 +100,9 @@ pub struct CaptureConfig {
     /// The kernel walks client produce requests and skips the values of uncompressed records
     /// (known gaps); otherwise every byte is copied.
     pub selective_copy: bool,
+    /// Records whose headers are read; any but `All` walks produce requests (as
+    /// `selective_copy` does) and skips the other records whole.
+    pub record_headers: RecordHeaders,
 }
 
 impl Default for CaptureConfig {
@@ -106,6 +121,7 @@ impl Default for CaptureConfig {
             tls: true,
             copy_path: CopyPath::Auto,
             selective_copy: false,
+            record_headers: RecordHeaders::All,
         }
     }
 }
@@ -666,9 +682,28 @@ fn kernel_config(cfg: &CaptureConfig, mode: CaptureMode, path: CopyPath) -> anyh
         sniff_bytes: cfg.sniff_bytes,
         max_bytes_per_syscall: cfg.max_bytes_per_syscall,
         wake_bytes: cfg.ring_buffer_bytes / WAKE_FRACTION,
-        skim: u32::from(cfg.selective_copy && path == CopyPath::Loop),
+        skim: u32::from(skim_policy(cfg, path)),
         sock,
     })
+}
+
+/// The walk's [`skim::policy`] for `cfg` on `path`, or 0 when every byte is copied.
+fn skim_policy(cfg: &CaptureConfig, path: CopyPath) -> u8 {
+    let policy = match cfg.record_headers {
+        RecordHeaders::All if cfg.selective_copy => skim::policy::ALL,
+        RecordHeaders::All => return 0,
+        RecordHeaders::Uncompressed => skim::policy::UNCOMPRESSED,
+        RecordHeaders::None => skim::policy::NONE,
+    };
+    if path != CopyPath::Loop || cfg.ports.is_empty() {
+        tracing::warn!(
+            "the selective copy (--selective-copy, --record-headers) needs the bpf_loop copy \
+             path (Linux 5.17+) and a port filter (--ports): every byte is copied, and every \
+             record's headers read"
+        );
+        return 0;
+    }
+    policy
 }
 
 /// fd mode's entry programs, each with the tracepoints it serves.

@@ -257,6 +257,7 @@ mod tests {
             control: kind == "marker",
             aborted: false,
             bytes: 0,
+            records_skipped: false,
         }
     }
 

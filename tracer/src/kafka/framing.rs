@@ -22,6 +22,9 @@ pub struct Frame<'a> {
     /// The framer had just resynchronised: the frame start is a guess that decoding must
     /// confirm (the consumer rejects it by returning false from `emit`).
     pub after_resync: bool,
+    /// The kernel skipped bytes of the frame on purpose (the selective copy): they read as
+    /// zeroes.
+    pub skipped: bool,
 }
 
 /// Counters of the framing stage.
@@ -103,6 +106,8 @@ pub struct Framer {
     /// Bytes of the current frame were lost or cut: it is emitted incomplete, and nothing after
     /// the first missing byte is kept.
     damaged: bool,
+    /// Bytes of the current frame were skipped by the kernel on purpose.
+    skips: bool,
     synced: bool,
     after_resync: bool,
     first_ns: u64,
@@ -124,6 +129,7 @@ impl Framer {
             size: None,
             consumed: 0,
             damaged: false,
+            skips: false,
             synced,
             after_resync: false,
             first_ns: 0,
@@ -161,6 +167,7 @@ impl Framer {
         self.buf = Vec::new();
         self.size = None;
         self.consumed = 0;
+        self.skips = false;
     }
 
     fn unsync(&mut self) {
@@ -171,6 +178,7 @@ impl Framer {
         self.size = None;
         self.consumed = 0;
         self.damaged = false;
+        self.skips = false;
         self.counters.resync_skipped_bytes += self.buf.len() as u64;
         self.buf.clear();
     }
@@ -238,6 +246,7 @@ impl Framer {
                         first_ns,
                         last_ns,
                         after_resync: self.after_resync,
+                        skipped: false,
                     };
                     let wrong_guess = deliver(&mut self.counters, frame, emit);
                     bytes = &bytes[4 + size..];
@@ -322,6 +331,7 @@ impl Framer {
             return;
         }
         let n = n as usize;
+        self.skips = true;
         let keep = if self.damaged {
             0
         } else {
@@ -380,6 +390,7 @@ impl Framer {
             first_ns: self.first_ns,
             last_ns: self.last_ns,
             after_resync: self.after_resync,
+            skipped: self.skips,
         };
         if deliver(&mut self.counters, frame, emit) {
             self.unsync();
@@ -393,6 +404,7 @@ impl Framer {
         self.size = None;
         self.consumed = 0;
         self.damaged = false;
+        self.skips = false;
     }
 
     /// Looks for a frame start in what is buffered plus `bytes`. Returns the bytes from the

@@ -24,6 +24,10 @@ pub struct DecodeOptions {
     pub max_header_value: usize,
     /// Largest decompressed batch.
     pub max_decompressed: usize,
+    /// Set per frame by the session, never configured: the kernel skipped bytes of the frame
+    /// on purpose ([`Frame::skipped`](super::Frame)), so a batch whose records start with a
+    /// zero byte (no record or codec does) is one whose records it skipped whole.
+    pub skipped_by_kernel: bool,
 }
 
 impl Default for DecodeOptions {
@@ -32,6 +36,7 @@ impl Default for DecodeOptions {
             keys: false,
             max_header_value: 512,
             max_decompressed: 16 << 20,
+            skipped_by_kernel: false,
         }
     }
 }
@@ -55,6 +60,9 @@ pub struct BatchInfo {
     pub aborted: bool,
     /// Size of the batch on the wire.
     pub bytes: u32,
+    /// The kernel skipped the batch's records (`--record-headers`): its records are known
+    /// from the header alone (offsets, the base timestamp), without keys or headers.
+    pub records_skipped: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +72,8 @@ pub struct RecordInfo {
     pub offset_delta: i32,
     /// Milliseconds since the epoch (create or append time, per the batch).
     pub timestamp: i64,
-    /// -1 for a null key or value.
+    /// -1 for a null key or value, or for one the kernel skipped
+    /// ([`BatchInfo::records_skipped`]).
     pub key_len: i32,
     pub value_len: i32,
     /// The key's bytes in `PartitionRecords::arena`, when keys are kept.
@@ -96,6 +105,8 @@ pub struct PartitionRecords {
     /// Batches whose records could not be read (corrupt data, failed or oversized
     /// decompression); their header is still in `batches`.
     pub undecodable_batches: u32,
+    /// Records of batches the kernel skipped: their headers (and trace contexts) were not read.
+    pub headers_unread: u32,
     pub last_error: Option<RecordError>,
     pub bytes: u32,
 }
@@ -153,9 +164,13 @@ impl PartitionRecords {
             control: h.control(),
             aborted: false,
             bytes: (batch.records.len() + super::records::BATCH_HEADER_LEN) as u32,
+            records_skipped: false,
         });
         if h.control() {
             return;
+        }
+        if opts.skipped_by_kernel && batch.records.first() == Some(&0) {
+            return self.push_skipped(index, h, batch.records.len());
         }
         let data = match d.records(batch) {
             Ok(data) => data,
@@ -201,6 +216,28 @@ impl PartitionRecords {
             key,
             headers: first_header..self.headers.len() as u32,
         });
+    }
+
+    /// The records of batch `index`, which the kernel skipped (`len` bytes): one per offset
+    /// the header covers, at its base timestamp, without key, value or headers. A producer's
+    /// batch holds consecutive offsets; the count is held to what `len` bytes could encode.
+    fn push_skipped(&mut self, index: u32, h: &BatchHeader, len: usize) {
+        let count = (h.record_count.max(0) as usize).min(len / MIN_RECORD_BYTES);
+        if let Some(b) = self.batches.last_mut() {
+            b.records_skipped = true;
+        }
+        self.records.reserve(count);
+        self.records
+            .extend((0..count as i32).map(|offset_delta| RecordInfo {
+                batch: index,
+                offset_delta,
+                timestamp: h.base_timestamp,
+                key_len: -1,
+                value_len: -1,
+                key: None,
+                headers: 0..0,
+            }));
+        self.headers_unread += count as u32;
     }
 
     /// A batch whose records could not be read; its header, when it framed, stays.
@@ -260,7 +297,10 @@ impl PartitionRecords {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::records::tests::{TestRecord, encode_batch};
+    use crate::kafka::records::{
+        BATCH_HEADER_LEN,
+        tests::{TestRecord, encode_batch},
+    };
 
     #[test]
     fn each_batch_gives_its_own_records() {
@@ -282,5 +322,38 @@ mod tests {
         assert_eq!(offsets(2), [] as [i64; 0]);
         assert_eq!(offsets(3), [13, 14, 15]);
         assert_eq!(offsets(4), [] as [i64; 0]);
+    }
+
+    /// A batch whose records the kernel skipped (zeroes in the frame) is known from its header:
+    /// one record per offset, no headers, counted; a count the skipped bytes could not hold is
+    /// cut to what they could (no allocation a hostile header asks for); without the kernel's
+    /// word, zeroes are an undecodable batch.
+    #[test]
+    fn records_the_kernel_skipped_are_known_by_offset() {
+        let r: TestRecord<'_> = (b"", &[7; 40], &[("traceparent", b"00-x")]);
+        let mut field = encode_batch(0, Compression::Lz4, &[r; 5]);
+        field[BATCH_HEADER_LEN..].fill(0);
+        let mut huge = field.clone();
+        huge[BATCH_HEADER_LEN - 4..BATCH_HEADER_LEN].copy_from_slice(&i32::MAX.to_be_bytes());
+        let skipped = DecodeOptions {
+            skipped_by_kernel: true,
+            ..DecodeOptions::default()
+        };
+        let mut d = Decompressor::new(1 << 20);
+        let p = PartitionRecords::collect(&field, &mut d, &skipped);
+        assert!(p.batches[0].records_skipped);
+        let offsets: Vec<i64> = p
+            .records
+            .iter()
+            .map(|r| p.absolute_offset(r, Some(9)))
+            .collect();
+        assert_eq!(offsets, [9, 10, 11, 12, 13]);
+        assert!(p.headers.is_empty());
+        assert_eq!((p.headers_unread, p.undecodable_batches), (5, 0));
+        let h = PartitionRecords::collect(&huge, &mut d, &skipped);
+        let room = (field.len() - BATCH_HEADER_LEN) / MIN_RECORD_BYTES;
+        assert_eq!(h.records.len(), room);
+        let plain = PartitionRecords::collect(&field, &mut d, &DecodeOptions::default());
+        assert_eq!((plain.records.len(), plain.undecodable_batches), (0, 1));
     }
 }

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use tracer_common::Direction;
 
 use super::{
-    DecodeError, DecodeOptions, Request, RequestHeader, Response, api, decode_request,
-    decode_response,
+    DecodeError, DecodeOptions, PartitionRecords, Request, RequestHeader, Response, api,
+    decode_request, decode_response,
     framing::{Frame, Framer},
     looks_like_request, parse_request_header, parse_response_header,
 };
@@ -60,6 +60,9 @@ pub struct SessionCounters {
     /// (corrupt, or failed or oversized decompression), in Produce requests and Fetch responses.
     pub legacy_batches: u64,
     pub undecodable_batches: u64,
+    /// Records in batches the kernel skipped (`--record-headers`): linked by offset, their
+    /// headers' trace contexts unread.
+    pub records_headers_unread: u64,
 }
 
 impl SessionCounters {
@@ -123,14 +126,20 @@ impl SessionCounters {
                 self.undecodable_batches,
                 "record batches that could not be read",
             ),
+            Counter::count(
+                "records_headers_unread",
+                self.records_headers_unread,
+                "records the kernel skipped after their batch header (--record-headers): headers and trace contexts unread",
+            ),
         ]
     }
 
-    /// Counts the batches of a decoded message that were skipped.
-    fn batches(&mut self, parts: impl Iterator<Item = (u32, u32)>) {
-        for (legacy, bad) in parts {
-            self.legacy_batches += legacy as u64;
-            self.undecodable_batches += bad as u64;
+    /// Counts the batches (and records) of a decoded message that were not read.
+    fn batches<'a>(&mut self, parts: impl Iterator<Item = &'a PartitionRecords>) {
+        for p in parts {
+            self.legacy_batches += u64::from(p.legacy_batches);
+            self.undecodable_batches += u64::from(p.undecodable_batches);
+            self.records_headers_unread += u64::from(p.headers_unread);
         }
     }
 }
@@ -320,6 +329,16 @@ impl Pairing {
             Some(_) => {}
             None => self.client_id = Some(header.client_id.clone()),
         }
+        let skipped;
+        let opts = if f.skipped {
+            skipped = DecodeOptions {
+                skipped_by_kernel: true,
+                ..opts.clone()
+            };
+            &skipped
+        } else {
+            opts
+        };
         let request = match decode_request(&header, &f.body[at..], !f.complete, opts) {
             Ok(Request::SaslHandshake(m)) => {
                 self.sasl_mechanism = Some(m.clone());
@@ -331,11 +350,7 @@ impl Pairing {
             other => other,
         };
         if let Ok(Request::Produce(p)) = &request {
-            counters.batches(
-                p.partitions
-                    .iter()
-                    .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
-            );
+            counters.batches(p.partitions.iter().map(|p| &p.records));
         }
         if request.is_err() {
             counters.undecodable_requests += 1;
@@ -407,11 +422,7 @@ impl Pairing {
             counters.sasl_authentication_failures += u64::from(*code != 0);
         }
         if let Ok(Response::Fetch(f)) = &response {
-            counters.batches(
-                f.partitions
-                    .iter()
-                    .map(|p| (p.records.legacy_batches, p.records.undecodable_batches)),
-            );
+            counters.batches(f.partitions.iter().map(|p| &p.records));
         }
         counters.responses += 1;
         out(Exchange {

@@ -19,7 +19,7 @@ use tracer::{
 };
 use tracer_common::{
     Direction,
-    skim::{Part, Skim},
+    skim::{Part, Skim, policy},
 };
 
 /// The chunks of a recording, in order: each is what one syscall of the recorded client moved
@@ -43,7 +43,7 @@ pub fn chunks(bytes: &[u8]) -> Vec<(Direction, &[u8])> {
 /// Replays the recording `file` through `session`, each chunk the next piece of its direction's
 /// stream, 1 µs after the previous one; closes the session at the end.
 pub fn replay(file: &Path, session: Session, counters: &mut SessionCounters) -> Vec<Exchange> {
-    replay_walked(file, session, counters, None).exchanges
+    replay_walked(file, session, counters, policy::ALL, None).exchanges
 }
 
 /// A run of a walked stream: its position, the bytes skipped right before it, its bytes.
@@ -100,16 +100,17 @@ pub struct Walked {
 }
 
 /// Replays the recording `file` as `replay` does; with `segment`, its sent direction walked by
-/// the selective copy with syscalls cut into segments by it.
+/// the selective copy under `policy` with syscalls cut into segments by it.
 pub fn replay_walked(
     file: &Path,
     mut session: Session,
     counters: &mut SessionCounters,
+    policy: u8,
     mut segment: Option<&mut dyn FnMut() -> usize>,
 ) -> Walked {
     let bytes = std::fs::read(file).unwrap();
     let mut streams = [Stream::default(), Stream::default()];
-    let mut sk = Skim::from_start();
+    let mut sk = Skim::from_start(policy);
     let mut out = Vec::new();
     let mut gave_up = 0;
     for (i, (dir, data)) in chunks(&bytes).into_iter().enumerate() {
