@@ -19,13 +19,7 @@ mod support;
 fn replay(case: &Path) -> (Vec<Exchange>, SessionCounters) {
     let mut exchanges = Vec::new();
     let mut counters = SessionCounters::default();
-    let mut files: Vec<_> = std::fs::read_dir(case)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rec"))
-        .collect();
-    files.sort();
+    let files = support::recordings(case);
     assert!(!files.is_empty(), "{}: no recordings", case.display());
     for file in files {
         // The recorder kept the clients' ends of connections to the broker's port: requests go
@@ -87,9 +81,7 @@ fn reported(dir: &Path) -> Reported {
 /// Every exchange of a case decoded, its topic ids resolved: the case's directory, exchanges
 /// and a catalog that learnt from them.
 fn decoded(name: &str) -> (std::path::PathBuf, Vec<Exchange>, Catalog) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let dir = support::fixtures().join(name);
     let (exchanges, counters) = replay(&dir);
     assert_eq!(
         counters.undecodable_requests + counters.undecodable_responses,
@@ -407,53 +399,39 @@ fn replay_cut(
 /// missing they never panic, the loss shows in the counters, and what follows still decodes.
 #[test]
 fn recorded_streams_survive_any_split_and_loss() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for case in std::fs::read_dir(&root)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-    {
-        for file in std::fs::read_dir(case.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-        {
-            if file.extension().is_none_or(|x| x != "rec") {
-                continue;
-            }
-            let (whole, c) = replay_cut(&file, usize::MAX, None);
-            for step in [1, 3, 7, 64, 1000] {
-                let (n, c2) = replay_cut(&file, step, None);
-                assert_eq!(
-                    (n, c2),
-                    (whole, c),
-                    "{} in pieces of {step}",
-                    file.display()
-                );
-            }
-            let sent: u64 = {
-                let b = std::fs::read(&file).unwrap();
-                let (mut at, mut total) = (0, 0u64);
-                while at < b.len() {
-                    let len = u32::from_le_bytes(b[at + 1..at + 5].try_into().unwrap()) as usize;
-                    if b[at] == 0 {
-                        total += len as u64;
-                    }
-                    at += 5 + len;
+    for file in support::all_recordings() {
+        let (whole, c) = replay_cut(&file, usize::MAX, None);
+        for step in [1, 3, 7, 64, 1000] {
+            let (n, c2) = replay_cut(&file, step, None);
+            assert_eq!(
+                (n, c2),
+                (whole, c),
+                "{} in pieces of {step}",
+                file.display()
+            );
+        }
+        let sent: u64 = {
+            let b = std::fs::read(&file).unwrap();
+            let (mut at, mut total) = (0, 0u64);
+            while at < b.len() {
+                let len = u32::from_le_bytes(b[at + 1..at + 5].try_into().unwrap()) as usize;
+                if b[at] == 0 {
+                    total += len as u64;
                 }
-                total
-            };
-            for start in (0..sent).step_by(13) {
-                let (n, c2) = replay_cut(&file, 5, Some(start..start + 9));
-                // Nine lost bytes damage at most the two frames they touch; the framing (or a
-                // resync) carries on with the rest.
-                assert!(
-                    n <= whole && n + 2 >= whole,
-                    "{}: {n} of {whole} exchanges after losing {start}..+9",
-                    file.display()
-                );
-                assert!(c2.requests <= c.requests);
+                at += 5 + len;
             }
+            total
+        };
+        for start in (0..sent).step_by(13) {
+            let (n, c2) = replay_cut(&file, 5, Some(start..start + 9));
+            // Nine lost bytes damage at most the two frames they touch; the framing (or a
+            // resync) carries on with the rest.
+            assert!(
+                n <= whole && n + 2 >= whole,
+                "{}: {n} of {whole} exchanges after losing {start}..+9",
+                file.display()
+            );
+            assert!(c2.requests <= c.requests);
         }
     }
 }

@@ -5,8 +5,6 @@
 //! record headers (`--record-headers uncompressed|none`) the records of the batches concerned are
 //! left out whole, and they decode to the same batches and offsets, without their headers.
 
-use std::path::Path;
-
 use bytes::Bytes;
 use kafka_protocol::{
     messages::{
@@ -54,39 +52,21 @@ fn splits() -> Vec<Split> {
 /// and the walked stream decodes to the same exchanges, with the same counters, as the whole.
 #[test]
 fn recorded_traffic_decodes_the_same_walked() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut files = 0;
-    for case in std::fs::read_dir(&root).unwrap().flatten() {
-        for file in std::fs::read_dir(case.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let file = file.path();
-            if file.extension().is_none_or(|x| x != "rec") {
-                continue;
-            }
-            files += 1;
-            let mut c = SessionCounters::default();
-            let whole = format!("{:?}", support::replay(&file, session(), &mut c));
-            for (name, mut split) in splits() {
-                let mut c2 = SessionCounters::default();
-                let w = support::replay_walked(
-                    &file,
-                    session(),
-                    &mut c2,
-                    policy::ALL,
-                    Some(&mut split),
-                );
-                let at = format!("{} ({name})", file.display());
-                assert_eq!(format!("{:?}", w.exchanges), whole, "{at}");
-                assert_eq!(c2, c, "{at}");
-                // Every client's produce requests are followed to their last record.
-                assert_eq!(w.gave_up, 0, "{at}");
-            }
+    let files = support::all_recordings();
+    for file in &files {
+        let mut c = SessionCounters::default();
+        let whole = format!("{:?}", support::replay(file, session(), &mut c));
+        for (name, mut split) in splits() {
+            let mut c2 = SessionCounters::default();
+            let w = support::replay_walked(file, session(), &mut c2, policy::ALL, Some(&mut split));
+            let at = format!("{} ({name})", file.display());
+            assert_eq!(format!("{:?}", w.exchanges), whole, "{at}");
+            assert_eq!(c2, c, "{at}");
+            // Every client's produce requests are followed to their last record.
+            assert_eq!(w.gave_up, 0, "{at}");
         }
     }
-    assert!(files > 100, "{files} recordings");
+    assert!(files.len() > 100, "{} recordings", files.len());
 }
 
 /// Whether the walk under `policy` skips the records of batch `b` (read whole): every batch's
@@ -163,41 +143,26 @@ fn records_skipped_under(policy: u8, exchanges: &[Exchange]) -> u64 {
 /// gives up are unread (counted, their headers gone), the others' headers read as whole.
 #[test]
 fn recorded_traffic_keeps_offsets_without_record_headers() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut unread = [0u64; 2];
-    for case in std::fs::read_dir(&root).unwrap().flatten() {
-        for file in std::fs::read_dir(case.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let file = file.path();
-            if file.extension().is_none_or(|x| x != "rec") {
-                continue;
-            }
-            let mut c = SessionCounters::default();
-            let whole = support::replay(&file, session(), &mut c);
-            for (i, policy) in [policy::UNCOMPRESSED, policy::NONE].into_iter().enumerate() {
-                let expected = kept(&whole, &|b| skipped_under(policy, b));
-                let skipped_records = records_skipped_under(policy, &whole);
-                for (name, mut split) in splits() {
-                    let mut c2 = SessionCounters::default();
-                    let w =
-                        support::replay_walked(&file, session(), &mut c2, policy, Some(&mut split));
-                    let at = format!("{} (policy {policy}, {name})", file.display());
-                    assert_eq!(kept(&w.exchanges, &|b| b.records_skipped), expected, "{at}");
-                    assert_eq!(c2.records_headers_unread, skipped_records, "{at}");
-                    assert_eq!(
-                        SessionCounters {
-                            records_headers_unread: 0,
-                            ..c2
-                        },
-                        c,
-                        "{at}"
-                    );
-                    assert_eq!(w.gave_up, 0, "{at}");
-                    unread[i] += c2.records_headers_unread;
-                }
+    for file in support::all_recordings() {
+        let mut c = SessionCounters::default();
+        let whole = support::replay(&file, session(), &mut c);
+        for (i, policy) in [policy::UNCOMPRESSED, policy::NONE].into_iter().enumerate() {
+            let expected = kept(&whole, &|b| skipped_under(policy, b));
+            let skipped_records = records_skipped_under(policy, &whole);
+            for (name, mut split) in splits() {
+                let mut c2 = SessionCounters::default();
+                let w = support::replay_walked(&file, session(), &mut c2, policy, Some(&mut split));
+                let at = format!("{} (policy {policy}, {name})", file.display());
+                assert_eq!(kept(&w.exchanges, &|b| b.records_skipped), expected, "{at}");
+                assert_eq!(c2.records_headers_unread, skipped_records, "{at}");
+                let others = SessionCounters {
+                    records_headers_unread: 0,
+                    ..c2
+                };
+                assert_eq!(others, c, "{at}");
+                assert_eq!(w.gave_up, 0, "{at}");
+                unread[i] += c2.records_headers_unread;
             }
         }
     }

@@ -60,16 +60,8 @@ fn node(files: &[std::path::PathBuf]) -> (Vec<Span>, SpanCounters) {
 
 /// A recording's files, split by what they carry: the producer's and the consumer's.
 fn split(case: &str) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(case);
     let (mut producer, mut consumer) = (Vec::new(), Vec::new());
-    for f in std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rec"))
-    {
+    for f in support::recordings(&support::fixtures().join(case)) {
         let ex = observed(&f);
         let has = |k: i16| ex.iter().any(|o| o.exchange.header.api_key == k);
         // Metadata-only connections teach both nodes' catalogs (each client has its own).

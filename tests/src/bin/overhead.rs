@@ -411,7 +411,7 @@ fn main() -> ExitCode {
         )
     };
     println!(
-        "kernel to daemon per million records, median: {:.0} MB copied, {:.0} MB of record values skipped (KAFKA_TRACER_SELECTIVE_COPY=true skips them)",
+        "kernel to daemon per million records, median: {:.0} MB copied, {:.0} MB skipped (record values with KAFKA_TRACER_SELECTIVE_COPY=true, records with KAFKA_TRACER_RECORD_HEADERS=none)",
         mb_per_m(|r| r.copied_bytes),
         mb_per_m(|r| r.skipped_bytes),
     );

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)] // Each test crate uses its part.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::{
@@ -21,6 +21,35 @@ use tracer_common::{
     Direction,
     skim::{Part, Skim, policy},
 };
+
+/// The directory of the recorded cases (tests/fixtures, see its README).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The recordings (`.rec` files) of the case directory `case`, sorted.
+pub fn recordings(case: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(case)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rec"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every recording of every case.
+pub fn all_recordings() -> Vec<PathBuf> {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    cases.sort();
+    cases.iter().flat_map(|c| recordings(c)).collect()
+}
 
 /// The chunks of a recording, in order: each is what one syscall of the recorded client moved
 /// (a direction byte, 0 for what it sent, a little-endian u32 length, the bytes).
