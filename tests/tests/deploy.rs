@@ -61,7 +61,7 @@ fn render(values: &[&str]) -> Result<Vec<Value>, String> {
 }
 
 /// Every optional value set.
-const ALL_OPTIONS: [&str; 9] = [
+const ALL_OPTIONS: [&str; 10] = [
     r#"serviceMonitor={"enabled":true,"interval":"15s","labels":{"release":"prometheus"}}"#,
     r#"otlp={"endpoint":"","protocol":"grpc","compression":"gzip"}"#,
     r#"serviceRules=["cmdline:billing-worker=billing","exe:/opt/app=app"]"#,
@@ -71,6 +71,7 @@ const ALL_OPTIONS: [&str; 9] = [
     r#"priorityClassName="system-node-critical""#,
     r#"metricsBindAddress="::""#,
     r#"networkPolicy={"enabled":true,"scrapeNamespaces":["monitoring","ops"]}"#,
+    r#"recordHeaders="none""#,
 ];
 
 /// The prometheus-operator ServiceMonitor fields the chart uses (a CRD: not in k8s-openapi),
@@ -178,6 +179,7 @@ fn the_chart_lints_and_refuses_unknown_values() {
         r#"serviceRules=["billing"]"#,
         r#"otlp={"endpoint":"https://collector:4318"}"#,
         r#"metricsBindAddress="0.0.0.0:9464""#,
+        r#"recordHeaders="values""#,
         r#"networkPolicy={"enabled":true,"scrapeNamespaces":["Not A Namespace"]}"#,
     ] {
         let err = render(&[bad]).expect_err(bad);
@@ -213,6 +215,10 @@ fn chart_values_reach_the_daemon() {
         value(&env_defaults, "KAFKA_TRACER_PORTS"),
         Some(json!("9092"))
     );
+    assert_eq!(
+        value(&env_defaults, "KAFKA_TRACER_RECORD_HEADERS"),
+        Some(json!("all"))
+    );
     assert!(defaults.iter().all(|d| d["kind"] != "ServiceMonitor"));
     assert!(defaults.iter().all(|d| d["kind"] != "NetworkPolicy"));
     assert_eq!(
@@ -243,6 +249,10 @@ fn chart_values_reach_the_daemon() {
         ))
     );
     assert_eq!(value(&env_all, "KAFKA_TRACER_LOG"), Some(json!("debug")));
+    assert_eq!(
+        value(&env_all, "KAFKA_TRACER_RECORD_HEADERS"),
+        Some(json!("none"))
+    );
     assert_eq!(
         value(&env_all, "KAFKA_TRACER_METRICS_ADDR"),
         Some(json!("[::]:9464"))
