@@ -151,6 +151,7 @@ impl PartitionRecords {
             Err(e) => return self.undecodable(e),
         };
         let index = self.batches.len() as u32;
+        let skipped = opts.skipped_by_kernel && !h.control() && batch.records.first() == Some(&0);
         self.batches.push(BatchInfo {
             base_offset: h.base_offset,
             record_count: h.record_count,
@@ -164,12 +165,12 @@ impl PartitionRecords {
             control: h.control(),
             aborted: false,
             bytes: (batch.records.len() + super::records::BATCH_HEADER_LEN) as u32,
-            records_skipped: false,
+            records_skipped: skipped,
         });
         if h.control() {
             return;
         }
-        if opts.skipped_by_kernel && batch.records.first() == Some(&0) {
+        if skipped {
             return self.push_skipped(index, h, batch.records.len());
         }
         let data = match d.records(batch) {
@@ -223,9 +224,6 @@ impl PartitionRecords {
     /// batch holds consecutive offsets; the count is held to what `len` bytes could encode.
     fn push_skipped(&mut self, index: u32, h: &BatchHeader, len: usize) {
         let count = (h.record_count.max(0) as usize).min(len / MIN_RECORD_BYTES);
-        if let Some(b) = self.batches.last_mut() {
-            b.records_skipped = true;
-        }
         self.records.reserve(count);
         self.records
             .extend((0..count as i32).map(|offset_delta| RecordInfo {
