@@ -88,7 +88,12 @@ fuzz_target!(|data: &[u8]| {
         let show = |(e, c): &(Vec<Exchange>, SessionCounters)| format!("{e:?} {c:?}");
         assert_eq!(show(&walked), show(&whole), "the walk changed what decodes");
     } else {
-        let headers = |e: &[Exchange]| format!("{:?}", e.iter().map(|e| &e.header).collect::<Vec<_>>());
-        assert_eq!(headers(&walked.0), headers(&whole.0), "the walk changed the framing");
+        let headers =
+            |e: &[Exchange]| format!("{:?}", e.iter().map(|e| &e.header).collect::<Vec<_>>());
+        assert_eq!(
+            headers(&walked.0),
+            headers(&whole.0),
+            "the walk changed the framing"
+        );
     }
 });

@@ -410,18 +410,12 @@ fn recorded_streams_survive_any_split_and_loss() {
                 file.display()
             );
         }
-        let sent: u64 = {
-            let b = std::fs::read(&file).unwrap();
-            let (mut at, mut total) = (0, 0u64);
-            while at < b.len() {
-                let len = u32::from_le_bytes(b[at + 1..at + 5].try_into().unwrap()) as usize;
-                if b[at] == 0 {
-                    total += len as u64;
-                }
-                at += 5 + len;
-            }
-            total
-        };
+        let bytes = std::fs::read(&file).unwrap();
+        let sent: u64 = support::chunks(&bytes)
+            .iter()
+            .filter(|(dir, _)| *dir == Direction::Egress)
+            .map(|(_, data)| data.len() as u64)
+            .sum();
         for start in (0..sent).step_by(13) {
             let (n, c2) = replay_cut(&file, 5, Some(start..start + 9));
             // Nine lost bytes damage at most the two frames they touch; the framing (or a

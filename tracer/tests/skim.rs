@@ -14,8 +14,14 @@ use kafka_protocol::{
     protocol::{Encodable, StrBytes},
     records::Compression as KCompression,
 };
-use tracer::kafka::{BatchInfo, Exchange, Request, Session, SessionCounters, records::Compression};
-use tracer_common::{Direction, skim::policy};
+use tracer::kafka::{
+    BatchInfo, Exchange, PartitionRecords, Request, Session, SessionCounters,
+    records::{BATCH_HEADER_LEN, Compression},
+};
+use tracer_common::{
+    Direction,
+    skim::{MIN_SKIP, policy},
+};
 
 mod support;
 
@@ -78,7 +84,23 @@ fn skipped_under(policy: u8, b: &BatchInfo) -> bool {
         policy::UNCOMPRESSED => b.compression != Compression::None,
         _ => false,
     };
-    dropped && !b.control && b.bytes as usize - 61 >= 32 && b.record_count > 0
+    dropped && !b.control && records_len(b) >= MIN_SKIP && b.record_count > 0
+}
+
+/// Bytes of a batch's records section (the batch after its header).
+fn records_len(b: &BatchInfo) -> u64 {
+    (b.bytes as usize - BATCH_HEADER_LEN) as u64
+}
+
+/// The records of every partition of the produce requests in `exchanges`.
+fn produced(exchanges: &[Exchange]) -> impl Iterator<Item = &PartitionRecords> {
+    exchanges
+        .iter()
+        .filter_map(|e| match &e.request {
+            Ok(Request::Produce(p)) => Some(p),
+            _ => None,
+        })
+        .flat_map(|p| p.partitions.iter().map(|p| &p.records))
 }
 
 /// What a walk that skips whole records keeps of `exchanges`: everything but, in produce
@@ -122,20 +144,14 @@ fn kept(exchanges: &[Exchange], skipped: &dyn Fn(&BatchInfo) -> bool) -> String 
 
 /// Records of the batches `policy` skips, in `exchanges`.
 fn records_skipped_under(policy: u8, exchanges: &[Exchange]) -> u64 {
-    let mut n = 0;
-    for e in exchanges {
-        if let Ok(Request::Produce(p)) = &e.request {
-            for part in &p.partitions {
-                let r = &part.records;
-                n += r
-                    .records
-                    .iter()
-                    .filter(|rec| skipped_under(policy, &r.batches[rec.batch as usize]))
-                    .count() as u64;
-            }
-        }
-    }
-    n
+    produced(exchanges)
+        .map(|r| {
+            r.records
+                .iter()
+                .filter(|rec| skipped_under(policy, &r.batches[rec.batch as usize]))
+                .count() as u64
+        })
+        .sum()
 }
 
 /// Every recorded connection walked under the policies that skip whole records: the same
@@ -279,19 +295,11 @@ fn produce_requests_of_every_version_decode_the_same_walked() {
     }
     // Without record headers: the records of exactly the batches the policy gives up.
     for policy in [policy::UNCOMPRESSED, policy::NONE] {
-        let mut records = 0;
-        for e in &exchanges {
-            let Ok(Request::Produce(p)) = &e.request else {
-                unreachable!()
-            };
-            for b in p.partitions.iter().flat_map(|p| &p.records.batches) {
-                records += if skipped_under(policy, b) {
-                    b.bytes as u64 - 61
-                } else {
-                    0
-                };
-            }
-        }
+        let records: u64 = produced(&exchanges)
+            .flat_map(|r| &r.batches)
+            .filter(|b| skipped_under(policy, b))
+            .map(records_len)
+            .sum();
         let expected = kept(&exchanges, &|b| skipped_under(policy, b));
         for (name, mut split) in splits() {
             let mut c2 = SessionCounters::default();
