@@ -44,22 +44,44 @@ struct Member {
     bit_offset: u32,
 }
 
-struct Type {
+/// One type's entry: its name, kind, member count and where its members start.
+struct Entry {
     name_off: u32,
     kind: u32,
-    /// Struct or union members (empty for every other kind).
-    members: Vec<Member>,
+    vlen: usize,
+    kind_flag: bool,
+    body: usize,
 }
 
+/// The BTF's sections and where each type's entry starts, by type id. Entries are read where
+/// they lie when asked for: the kernel's BTF holds over a hundred thousand types, and a tree
+/// of them (a `Vec` of members each) held about 8 MiB at start-up, the daemon's peak memory.
 struct Btf<'a> {
-    types: Vec<Type>,
+    types: &'a [u8],
     strings: &'a [u8],
+    /// Byte offset in `types` of each type id's entry (id 0 is `void`, which has none).
+    starts: Vec<u32>,
 }
+
+/// Anonymous structs and unions nested deeper than this are not looked into: the kernel's
+/// nest two deep, and a hostile blob naming itself as its own member would recurse forever.
+const MAX_NESTING: u32 = 8;
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
-    data.get(at..at + 4)
+    data.get(at..at.saturating_add(4))
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or(BtfError::Malformed(at))
+}
+
+fn entry_at(types: &[u8], at: usize) -> Result<Entry, BtfError> {
+    let info = u32_at(types, at + 4)?;
+    Ok(Entry {
+        name_off: u32_at(types, at)?,
+        kind: (info >> 24) & 0x1f,
+        vlen: (info & 0xffff) as usize,
+        kind_flag: info >> 31 == 1,
+        body: at + 12,
+    })
 }
 
 impl<'a> Btf<'a> {
@@ -77,52 +99,35 @@ impl<'a> Btf<'a> {
             let end = start.checked_add(len).ok_or(BtfError::Malformed(16))?;
             data.get(start..end).ok_or(BtfError::Malformed(start))
         };
-        let tsec = section(type_off, type_len)?;
+        let types = section(type_off, type_len)?;
         let strings = section(str_off, str_len)?;
 
-        // Type id 0 is `void`; ids count from 1 in section order.
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            members: Vec::new(),
-        }];
+        // Type ids count from 1 in section order; a type's size is 12 bytes and what its kind
+        // adds after them.
+        let mut starts = vec![0];
         let mut at = 0;
-        while at < tsec.len() {
-            let name_off = u32_at(tsec, at)?;
-            let info = u32_at(tsec, at + 4)?;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            at += 12;
-            let mut members = Vec::new();
-            let extra = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let raw = u32_at(tsec, m + 8)?;
-                        members.push(Member {
-                            name_off: u32_at(tsec, m)?,
-                            type_id: u32_at(tsec, m + 4)?,
-                            // With kind_flag the top 8 bits are a bitfield size.
-                            bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
-                        });
-                    }
-                    vlen * 12
-                }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                _ => 0,
-            };
-            at += extra;
-            types.push(Type {
-                name_off,
-                kind,
-                members,
-            });
+        while at < types.len() {
+            let e = entry_at(types, at)?;
+            starts.push(u32::try_from(at).map_err(|_| BtfError::Malformed(at))?);
+            at = e.body
+                + match e.kind {
+                    KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                    KIND_ARRAY => 12,
+                    KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => e.vlen * 12,
+                    KIND_ENUM | KIND_FUNC_PROTO => e.vlen * 8,
+                    _ => 0,
+                };
         }
-        Ok(Self { types, strings })
+        Ok(Self {
+            types,
+            strings,
+            starts,
+        })
+    }
+
+    fn entry(&self, id: u32) -> Option<Entry> {
+        let at = *self.starts.get(id as usize).filter(|_| id != 0)?;
+        entry_at(self.types, at as usize).ok()
     }
 
     fn name(&self, off: u32) -> &[u8] {
@@ -130,29 +135,49 @@ impl<'a> Btf<'a> {
         &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
     }
 
-    fn struct_named(&self, name: &'static str) -> Result<&Type, BtfError> {
-        self.types
-            .iter()
-            .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
+    fn struct_named(&self, name: &'static str) -> Result<Entry, BtfError> {
+        (1..self.starts.len() as u32)
+            .filter_map(|id| self.entry(id))
+            .find(|e| e.kind == KIND_STRUCT && self.name(e.name_off) == name.as_bytes())
             .ok_or(BtfError::NoStruct(name))
     }
 
-    /// Byte offsets of every named field of `ty`, looking through anonymous structs and unions
+    fn member(&self, e: &Entry, i: usize) -> Result<Member, BtfError> {
+        let m = e.body + i * 12;
+        let raw = u32_at(self.types, m + 8)?;
+        Ok(Member {
+            name_off: u32_at(self.types, m)?,
+            type_id: u32_at(self.types, m + 4)?,
+            // With kind_flag the top 8 bits are a bitfield size.
+            bit_offset: if e.kind_flag { raw & 0x00ff_ffff } else { raw },
+        })
+    }
+
+    /// Byte offsets of every named field of `e`, looking through anonymous structs and unions
     /// (`skc_daddr` sits in an anonymous struct inside an anonymous union).
-    fn field_offsets(&self, ty: &Type, base_bits: u32, out: &mut HashMap<Vec<u8>, u32>) {
-        for m in &ty.members {
-            let bits = base_bits + m.bit_offset;
+    fn field_offsets(
+        &self,
+        e: &Entry,
+        base_bits: u32,
+        depth: u32,
+        out: &mut HashMap<Vec<u8>, u32>,
+    ) -> Result<(), BtfError> {
+        for i in 0..e.vlen {
+            let m = self.member(e, i)?;
+            let bits = base_bits.saturating_add(m.bit_offset);
             let name = self.name(m.name_off);
             if name.is_empty() {
-                if let Some(inner) = self.types.get(m.type_id as usize)
+                if let Some(inner) = self.entry(m.type_id)
                     && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                    && depth < MAX_NESTING
                 {
-                    self.field_offsets(inner, bits, out);
+                    self.field_offsets(&inner, bits, depth + 1, out)?;
                 }
             } else {
                 out.entry(name.to_vec()).or_insert(bits / 8);
             }
         }
+        Ok(())
     }
 }
 
@@ -161,7 +186,7 @@ pub fn sock_offsets(btf: &[u8]) -> Result<SockOffsets, BtfError> {
     let btf = Btf::parse(btf)?;
     let sock_common = btf.struct_named("sock_common")?;
     let mut fields = HashMap::new();
-    btf.field_offsets(sock_common, 0, &mut fields);
+    btf.field_offsets(&sock_common, 0, 0, &mut fields)?;
     let get = |name: &'static str| -> Result<Option<u16>, BtfError> {
         fields
             .get(name.as_bytes())
@@ -275,6 +300,20 @@ mod tests {
             let _ = sock_offsets(&good[..cut]);
         }
         assert!(matches!(sock_offsets(b"nope"), Err(BtfError::BadMagic)));
+    }
+
+    #[test]
+    fn a_struct_nesting_itself_ends() {
+        // sock_common's first member, the anonymous union (type 3), made sock_common (type 4):
+        // header 24 bytes, types 1 to 3 take 88, then sock_common's 12 and the member's name.
+        let mut b = blob(true);
+        let at = 24 + 88 + 12 + 4;
+        assert_eq!(u32_at(&b, at).unwrap(), 3);
+        b[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+        assert!(matches!(
+            sock_offsets(&b),
+            Err(BtfError::NoField("skc_daddr"))
+        ));
     }
 
     #[test]
