@@ -240,6 +240,56 @@ pub fn rss_kib(pid: u32) -> u64 {
     proc_status(pid, "VmRSS").unwrap().parse().unwrap()
 }
 
+/// A process's resident memory by what it is, in KiB, from /proc/PID/smaps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resident {
+    /// Mapped eBPF maps: the ring buffers, whose data pages are mapped twice (so a reader sees
+    /// a record that wraps as one slice) and resident from the start. Kernel memory the
+    /// process did not allocate, counted twice by RSS.
+    pub bpf_maps: u64,
+    /// The process's own executable.
+    pub program: u64,
+    /// Other files mapped (shared libraries).
+    pub libraries: u64,
+    /// Anonymous memory: heap, stacks, the allocator's arenas.
+    pub anonymous: u64,
+}
+
+impl Resident {
+    /// `None` once the process is gone.
+    pub fn of(pid: u32) -> Option<Self> {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        let mut r = Self::default();
+        let mut slot = &mut r.anonymous;
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                *slot += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            } else if first.contains('-') && !first.ends_with(':') {
+                // A mapping's first line: range, perms, offset, device, inode, then the name.
+                let name = words.nth(4).unwrap_or("");
+                slot = if name.starts_with("anon_inode:bpf-map") {
+                    &mut r.bpf_maps
+                } else if std::path::Path::new(name) == exe {
+                    &mut r.program
+                } else if name.starts_with('/') {
+                    &mut r.libraries
+                } else {
+                    &mut r.anonymous
+                };
+            }
+        }
+        Some(r)
+    }
+}
+
 /// Samples a process's resident memory every 100 ms until stopped; the peak in KiB.
 pub struct PeakRss {
     stop: Arc<AtomicBool>,

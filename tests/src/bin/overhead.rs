@@ -25,7 +25,7 @@ use tests::{
     certs::Certs,
     client_env, median,
     receiver::Receiver,
-    tracer::{Tracer, logged, proc_status},
+    tracer::{Resident, Tracer, logged, proc_status},
 };
 
 struct Run {
@@ -41,6 +41,8 @@ struct Run {
     client_cpu_s: f64,
     broker_cpu_s: f64,
     tracer_peak_rss_kib: u64,
+    /// What the tracer had resident at the end of the run.
+    tracer_resident: Resident,
     /// Records in the send and poll spans received, against records produced and consumed.
     send_records: u64,
     poll_records: u64,
@@ -213,12 +215,14 @@ fn one(
         children_cpu_seconds() - client_before,
         cpu_seconds(broker.pid()) - broker_before,
     );
-    let (mut cpu, mut rss, mut losses, mut copied, mut skipped) = (0.0, 0, Vec::new(), 0, 0);
+    let (mut cpu, mut rss, mut resident, mut losses, mut copied, mut skipped) =
+        (0.0, 0, Resident::default(), Vec::new(), 0, 0);
     if let Some(t) = tracer {
         // Let it finish what the ring buffer still holds before measuring.
         std::thread::sleep(Duration::from_secs(1));
         cpu = cpu_seconds(t.child.id()) - cpu_before;
         rss = peak_rss_kib(t.child.id());
+        resident = Resident::of(t.child.id()).unwrap_or_default();
         let (_, log) = t.stop_with_log();
         (copied, skipped) = (
             logged(&log, "kernel_bytes"),
@@ -249,6 +253,7 @@ fn one(
         client_cpu_s,
         broker_cpu_s,
         tracer_peak_rss_kib: rss,
+        tracer_resident: resident,
         send_records: sum(&format!("send {topic}")),
         poll_records: sum(&format!("poll {topic}")),
         produced: num("produced") as u64,
@@ -353,11 +358,8 @@ fn main() -> ExitCode {
             .map(|r| r.tracer_cpu_s / ((r.produced + r.consumed) as f64 / 10_000.0))
             .collect(),
     );
-    let peak = traced
-        .iter()
-        .map(|r| r.tracer_peak_rss_kib)
-        .max()
-        .unwrap_or(0);
+    let highest = traced.iter().max_by_key(|r| r.tracer_peak_rss_kib);
+    let peak = highest.map_or(0, |r| r.tracer_peak_rss_kib);
     // A record without a span is explained when some loss counter moved in that run.
     let missing = |r: &Run| {
         r.produced.saturating_sub(r.send_records) + r.consumed.saturating_sub(r.poll_records)
@@ -438,6 +440,17 @@ fn main() -> ExitCode {
         "  tracer peak RSS  {:.1} MiB  (goal <= 40 MiB)",
         peak as f64 / 1024.0
     );
+    if let Some(r) = highest {
+        let m = |kib: u64| kib as f64 / 1024.0;
+        let r = r.tracer_resident;
+        println!(
+            "    resident after that run: eBPF maps {:.1} MiB (the ring buffers, data pages mapped twice), program {:.1}, libraries {:.1}, anonymous {:.1}",
+            m(r.bpf_maps),
+            m(r.program),
+            m(r.libraries),
+            m(r.anonymous),
+        );
+    }
     println!(
         "\ncompleteness at {rate:.0} records/s produced (traced runs together): {} produced, {} consumed, {missing_total} without a span, {unexplained} unexplained (goal 0)",
         traced.iter().map(|r| r.produced).sum::<u64>(),
