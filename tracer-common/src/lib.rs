@@ -18,7 +18,9 @@ pub const CHUNK_SIZE: usize = 8 * 1024;
 /// records, so a record that woke nobody waits at most this long. At a steady load that is
 /// about a hundred wake-ups a second instead of one per record, and an idle daemon sleeps.
 /// (50 ms cut the daemon's share at 10k records/s from 2.2% to 1.4% of a core, but in two of
-/// three saturated benchmarks the first traced run lost records to a full ring: not kept.)
+/// three saturated benchmarks the first traced run lost records to a full ring: not kept. 20 ms
+/// cut it from 1.87% to 1.53%, but 4 of 21 saturated traced runs lost 967 to 2,901 records to a
+/// full ring, against 3 of 21 losing 967 each at 10 ms in the same hour: not kept either.)
 pub const WAKE_INTERVAL_NS: u64 = 10_000_000;
 
 /// Past `Config::wake_bytes`, records wake the daemon at most this often: each forced wake-up
