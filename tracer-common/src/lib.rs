@@ -255,8 +255,8 @@ pub struct ConnState {
     /// Sock mode: the `(tgid, fd)` of the connection is in `FD_SOCKS` (for TLS libraries that
     /// name their connection by fd).
     pub fd_noted: u8,
-    /// 1 + the [`Direction`] of the connection's requests when they are walked for the
-    /// selective copy ([`skim`]), else 0.
+    /// 1 + the [`Direction`] of the connection's requests when its streams are walked for
+    /// the selective copy ([`skim`]; the other direction carries the responses), else 0.
     pub skim: u8,
     pub _pad: [u8; 4],
 }

@@ -1,9 +1,12 @@
-//! The selective copy's rule: where in a connection's request stream the kernel may skip bytes.
+//! The selective copy's rule: where in a connection's streams the kernel may skip bytes.
 //!
-//! Record values are most of the bytes a producer sends and the tracer never reads them, so the
-//! kernel follows each Produce request down to its records (frame, header, topics, partitions,
-//! record batches, records) and skips each uncompressed record's value; everything else is
-//! copied, and every skipped range is reported as a known gap (`flags::RUNS`), never as loss.
+//! Record values are most of the bytes a client sends or receives and the tracer never reads
+//! them, so the kernel follows each Produce request and each Fetch response down to its records
+//! (frame, header, topics, partitions, record batches, records) and skips each uncompressed
+//! record's value; everything else is copied, and every skipped range is reported as a known gap
+//! (`flags::RUNS`), never as loss. A response names no API: the request walk notes each Fetch
+//! request's correlation id and version ([`InFlight`]), and the response walk follows only the
+//! responses it finds there (any other is copied whole).
 //! Anything unexpected copies the rest of the frame whole (a frame size it cannot believe stops
 //! the walk for the stream): copying more is always correct, skipping wrongly never is. Compressed
 //! batches are copied whole: their record headers are inside the compressed bytes. Unless the
@@ -42,6 +45,14 @@ pub mod policy {
     pub const NONE: u8 = 3;
 }
 
+/// `Skim::side` values: which of a connection's streams is walked.
+pub mod side {
+    /// The client's requests (Produce).
+    pub const REQUESTS: u8 = 0;
+    /// The broker's responses (Fetch).
+    pub const RESPONSES: u8 = 1;
+}
+
 /// `Skim::state` values: what the stream holds at `Skim::at`.
 pub mod state {
     /// Not walked: every byte is copied.
@@ -68,6 +79,60 @@ pub mod state {
     pub const VALUE_LEN: u8 = 10;
     /// A partition's tagged fields (flexible versions), after its records.
     pub const PARTITION_TAGS: u8 = 11;
+    /// A response frame's size prefix and correlation id.
+    pub const RESPONSE: u8 = 12;
+    /// The response header's tagged fields (flexible versions).
+    pub const RESPONSE_TAGS: u8 = 13;
+    /// Fetch: throttle time, error code, session id, topic count.
+    pub const FETCH: u8 = 14;
+    /// A fetched partition's aborted transactions (`Skim::records` of them left), then its
+    /// preferred read replica and records size.
+    pub const ABORTED: u8 = 15;
+}
+
+/// Fetch requests a connection may have in flight at once and still have their responses
+/// walked (clients keep one or two; a response whose request was pushed out is copied whole).
+pub const IN_FLIGHT: usize = 8;
+
+/// The Fetch requests a connection's request walk has seen, by correlation id: responses carry
+/// no API key or version, so the response walk finds them here. Entries are single `u64`s
+/// (`correlation id << 32 | version << 8 | 1`), copied word by word between the map and the
+/// walks: a response walk on another CPU sees each entry whole, old or new, and a response
+/// whose entry it does not see yet is copied whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InFlight {
+    pub entries: [u64; IN_FLIGHT],
+    /// Where the next entry goes (modulo [`IN_FLIGHT`]).
+    pub next: u64,
+}
+
+impl InFlight {
+    pub const fn new() -> Self {
+        Self {
+            entries: [0; IN_FLIGHT],
+            next: 0,
+        }
+    }
+
+    /// A Fetch request of `version` went out with `correlation_id`.
+    #[inline(always)]
+    pub fn note(&mut self, correlation_id: i32, version: u8) {
+        let i = opaque(self.next as usize) & (IN_FLIGHT - 1);
+        self.entries[i] = (correlation_id as u32 as u64) << 32 | (version as u64) << 8 | 1;
+        self.next = self.next.wrapping_add(1);
+    }
+
+    /// The version of the Fetch request answered by `correlation_id`, if one was noted.
+    #[inline(always)]
+    pub fn fetch_version(&self, correlation_id: i32) -> Option<u8> {
+        for e in self.entries {
+            if e & 1 != 0 && (e >> 32) as u32 == correlation_id as u32 {
+                return Some((e >> 8) as u8);
+            }
+        }
+        None
+    }
 }
 
 /// Where a connection's request stream is in its walk. Kept per connection by the kernel; all
@@ -86,7 +151,8 @@ pub struct Skim {
     /// The value to skip before `at` (inert once the walk is past it).
     pub value_start: u64,
     pub value_end: u64,
-    /// Topics left after the current one, partitions left in it, records left in the batch.
+    /// Topics left after the current one, partitions left in it, records left in the batch
+    /// (or a fetched partition's aborted transactions left).
     pub topics: u32,
     pub partitions: u32,
     pub records: u32,
@@ -94,11 +160,14 @@ pub struct Skim {
     pub carry_len: u32,
     /// A [`state`] value.
     pub state: u8,
-    /// The request's API version (Produce).
+    /// The frame's API version (the Produce request's, or the Fetch request's a response
+    /// answers).
     pub version: u8,
     /// A [`policy`] value.
     pub policy: u8,
-    pub _pad: [u8; 5],
+    /// A [`side`] value.
+    pub side: u8,
+    pub _pad: [u8; 4],
     pub carry: [u8; FRESH],
 }
 
@@ -260,6 +329,10 @@ fn opaque(v: usize) -> usize {
 }
 
 const PRODUCE: i16 = 0;
+const FETCH: i16 = 1;
+/// Fetch versions whose responses the walk follows: those the daemon decodes (v4 added
+/// `last_stable_offset` and the aborted-transaction list, which every walked response has).
+const FETCH_VERSIONS: core::ops::RangeInclusive<i16> = 4..=18;
 /// A size prefix past this is not believed (Kafka's own cap on a request).
 const MAX_FRAME: u64 = 100 << 20;
 /// A record batch's header, up to and including its record count.
@@ -282,14 +355,38 @@ impl Skim {
             state,
             version: 0,
             policy,
-            _pad: [0; 5],
+            side: side::REQUESTS,
+            _pad: [0; 4],
             carry: [0; FRESH],
         }
     }
 
-    /// A walk from a stream's first byte, which starts a frame.
+    /// A walk of a connection's requests from the stream's first byte, which starts a frame.
     pub const fn from_start(policy: u8) -> Self {
         Self::new(state::FRAME, policy)
+    }
+
+    /// A walk of a connection's responses from the stream's first byte.
+    pub const fn responses_from_start(policy: u8) -> Self {
+        let mut s = Self::new(state::RESPONSE, policy);
+        s.side = side::RESPONSES;
+        s
+    }
+
+    /// Whether the walk is at a frame's start (where a wrong turn puts the framing in doubt).
+    #[inline(always)]
+    fn at_frame_start(&self) -> bool {
+        self.state == state::FRAME || self.state == state::RESPONSE
+    }
+
+    /// The state that starts this stream's frames.
+    #[inline(always)]
+    fn frame_state(&self) -> u8 {
+        if self.side == side::RESPONSES {
+            state::RESPONSE
+        } else {
+            state::FRAME
+        }
     }
 
     /// What to do with the stream's bytes from `pos`, which the walk has reached.
@@ -327,9 +424,16 @@ impl Skim {
     }
 
     /// Reads the field at `at` from the window (the carry, then `fresh` bytes of the segment;
-    /// `more` when the segment goes on past them) and moves on.
+    /// `more` when the segment goes on past them) and moves on. `fetches` is the connection's:
+    /// the request walk notes Fetch requests in it, the response walk looks them up.
     #[inline(always)]
-    pub fn step(&mut self, win: &[u8; WINDOW], fresh: usize, more: bool) -> Parsed {
+    pub fn step(
+        &mut self,
+        win: &[u8; WINDOW],
+        fresh: usize,
+        more: bool,
+        fetches: &mut InFlight,
+    ) -> Parsed {
         let start = self.at;
         let pos = start + self.carry_len as u64;
         let mut len = self.carry_len as usize + fresh;
@@ -337,14 +441,17 @@ impl Skim {
             len = FRESH;
         }
         // Inside a frame nothing past its end is read.
-        let bounded = self.state != state::FRAME && self.frame_end < start + len as u64;
+        let bounded = !self.at_frame_start() && self.frame_end < start + len as u64;
         if bounded {
             len = self.frame_end.saturating_sub(start) as usize;
         }
         let mut c = Cur { w: win, i: 0, len };
         let r = match self.state {
-            state::FRAME => self.frame(&mut c),
+            state::FRAME => self.frame(&mut c, fetches),
             state::HEADER_TAGS => c.no_tags().map(|()| self.moved(&c, state::PRODUCE)),
+            state::RESPONSE => self.response(&mut c, fetches),
+            state::RESPONSE_TAGS => c.no_tags().map(|()| self.moved(&c, state::FETCH)),
+            state::FETCH => self.fetch(&mut c),
             state::PRODUCE => self.produce(&mut c),
             state::ACKS => self.acks(&mut c),
             state::TOPIC => self.topic(&mut c),
@@ -354,6 +461,7 @@ impl Skim {
             state::RECORD => self.record(&mut c),
             state::VALUE_LEN => self.value(&mut c),
             state::PARTITION_TAGS => c.no_tags().map(|()| self.moved(&c, state::PARTITION)),
+            state::ABORTED => self.aborted(&mut c),
             _ => Err(Miss::Bad),
         };
         match r {
@@ -400,10 +508,10 @@ impl Skim {
         self.carry_len = 0;
         self.value_end = 0;
         self.value_start = 0;
-        if self.state == state::FRAME || self.frame_end < self.at {
+        if self.at_frame_start() || self.frame_end < self.at {
             return self.stop();
         }
-        self.jump(self.frame_end, state::FRAME);
+        self.jump(self.frame_end, self.frame_state());
         Parsed::Unparsed
     }
 
@@ -417,10 +525,15 @@ impl Skim {
         Parsed::Stopped
     }
 
-    /// Produce requests use the flexible encoding (compact lengths, tagged fields) from v9.
+    /// Produce requests use the flexible encoding (compact lengths, tagged fields) from v9,
+    /// Fetch responses from v12.
     #[inline(always)]
     fn flexible(&self) -> bool {
-        self.version >= 9
+        if self.side == side::RESPONSES {
+            self.version >= 12
+        } else {
+            self.version >= 9
+        }
     }
 
     /// Moves on to the field at `to` (the bytes before it copied, but a value set to skip).
@@ -436,21 +549,24 @@ impl Skim {
         self.jump(self.at + c.i as u64, next);
     }
 
-    fn frame(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
+    fn frame(&mut self, c: &mut Cur<'_>, fetches: &mut InFlight) -> Result<(), Miss> {
         let size = c.i32()?;
         if size < 8 || size as u64 > MAX_FRAME {
             return Err(Miss::Bad);
         }
         let api_key = c.i16()?;
         let version = c.i16()?;
+        let correlation_id = c.i32()?;
         let frame_end = self.at + 4 + size as u64;
         if api_key != PRODUCE || !(3..=13).contains(&version) {
             // Not a request the walk follows (or a version it does not know): copied whole.
+            if api_key == FETCH && FETCH_VERSIONS.contains(&version) {
+                fetches.note(correlation_id, version as u8);
+            }
             self.frame_end = frame_end;
             self.jump(frame_end, state::FRAME);
             return Ok(());
         }
-        c.skip(4)?; // correlation id
         // The client id: a nullable string with an i16 length in every header version.
         let client_id = c.length(false, false)?;
         let body = self.at + c.i as u64 + client_id;
@@ -468,6 +584,36 @@ impl Skim {
         Ok(())
     }
 
+    /// A response frame: followed when it answers a Fetch request the request walk noted.
+    fn response(&mut self, c: &mut Cur<'_>, fetches: &InFlight) -> Result<(), Miss> {
+        let size = c.i32()?;
+        if size < 4 || size as u64 > MAX_FRAME {
+            return Err(Miss::Bad);
+        }
+        let correlation_id = c.i32()?;
+        self.frame_end = self.at + 4 + size as u64;
+        let Some(version) = fetches.fetch_version(correlation_id) else {
+            self.jump(self.frame_end, state::RESPONSE);
+            return Ok(());
+        };
+        self.version = version;
+        let next = if self.flexible() {
+            state::RESPONSE_TAGS
+        } else {
+            state::FETCH
+        };
+        self.moved(c, next);
+        Ok(())
+    }
+
+    fn fetch(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
+        c.skip(4)?; // throttle time
+        if self.version >= 7 {
+            c.skip(6)?; // error code, session id
+        }
+        self.acks_done(c)
+    }
+
     fn produce(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         let txn = c.length(self.flexible(), false)?;
         if c.i as u64 + txn + 11 <= FRESH as u64 {
@@ -482,6 +628,11 @@ impl Skim {
 
     fn acks(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         c.skip(6)?; // acks, timeout
+        self.acks_done(c)
+    }
+
+    /// The topic count that ends a Produce request's and a Fetch response's top-level fields.
+    fn acks_done(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         let topics = c.length(self.flexible(), true)?;
         self.topics = topics.min(u32::MAX as u64) as u32;
         self.moved(c, state::TOPIC);
@@ -490,8 +641,8 @@ impl Skim {
 
     fn topic(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         if self.topics == 0 {
-            // The request's tagged fields, if any: copied to the frame's end.
-            self.jump(self.frame_end, state::FRAME);
+            // The frame's tagged fields, if any: copied to its end.
+            self.jump(self.frame_end, self.frame_state());
             return Ok(());
         }
         let name = if self.version >= 13 {
@@ -526,6 +677,45 @@ impl Skim {
             return Ok(());
         }
         c.skip(4)?; // partition index
+        if self.side == side::REQUESTS {
+            return self.records_field(c);
+        }
+        // Error code, high watermark, last stable offset, log start offset (v5+).
+        c.skip(if self.version >= 5 { 26 } else { 18 })?;
+        let aborted = c.length(self.flexible(), true)?;
+        if aborted > 0 {
+            // Read one per step: a flexible entry's tagged fields tell its length.
+            self.records = aborted.min(u32::MAX as u64) as u32;
+            self.moved(c, state::ABORTED);
+            return Ok(());
+        }
+        self.fetched(c)
+    }
+
+    /// An aborted transaction of a fetched partition, or after the last, what follows them.
+    fn aborted(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
+        if self.records == 0 {
+            return self.fetched(c);
+        }
+        c.skip(16)?; // producer id, first offset
+        if self.flexible() {
+            c.no_tags()?;
+        }
+        self.records -= 1;
+        self.moved(c, state::ABORTED);
+        Ok(())
+    }
+
+    /// A fetched partition's fields after its aborted transactions.
+    fn fetched(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
+        if self.version >= 11 {
+            c.skip(4)?; // preferred read replica
+        }
+        self.records_field(c)
+    }
+
+    /// A partition's records size, which ends its fields before the records.
+    fn records_field(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         let size = c.length(self.flexible(), true)?;
         let records_end = self.at + c.i as u64 + size;
         if records_end > self.frame_end {
@@ -547,7 +737,13 @@ impl Skim {
             self.jump(self.at, next);
             return Ok(());
         }
+        // A fetch response's last batch may be cut by the broker's size limit: copied.
+        let cut_ok = self.side == side::RESPONSES;
         if self.records_end - self.at < BATCH_HEADER {
+            if cut_ok {
+                self.jump(self.records_end, state::BATCH);
+                return Ok(());
+            }
             return Err(Miss::Bad);
         }
         c.skip(8)?; // base offset
@@ -559,7 +755,14 @@ impl Skim {
         c.skip(4 + 8 + 8 + 8 + 2 + 4)?; // last offset delta .. base sequence
         let count = c.i32()?;
         let end = self.at + 12 + length as u64;
-        if length < (BATCH_HEADER - 12) as i32 || end > self.records_end || magic != 2 {
+        if length < (BATCH_HEADER - 12) as i32 || magic != 2 {
+            return Err(Miss::Bad);
+        }
+        if end > self.records_end {
+            if cut_ok {
+                self.jump(self.records_end, state::BATCH);
+                return Ok(());
+            }
             return Err(Miss::Bad);
         }
         self.batch_end = end;
@@ -645,7 +848,13 @@ impl Skim {
     /// segment of user memory step by step: each copied or skipped part goes to `out`, in
     /// order. Returns the steps that copied a frame whole or stopped the walk. For the
     /// daemon's tests and fuzzing, which run the kernel's rule over recorded streams.
-    pub fn walk<'a>(&mut self, mut pos: u64, seg: &'a [u8], out: &mut dyn FnMut(Part<'a>)) -> u64 {
+    pub fn walk<'a>(
+        &mut self,
+        mut pos: u64,
+        seg: &'a [u8],
+        fetches: &mut InFlight,
+        out: &mut dyn FnMut(Part<'a>),
+    ) -> u64 {
         let mut gave_up = 0;
         let mut i = 0;
         while i < seg.len() {
@@ -661,7 +870,7 @@ impl Skim {
                     };
                     let at = self.carry_len as usize;
                     win[at..at + fresh].copy_from_slice(&seg[i..i + fresh]);
-                    let outcome = self.step(&win, fresh, avail > fresh as u64);
+                    let outcome = self.step(&win, fresh, avail > fresh as u64, fetches);
                     if matches!(outcome, Parsed::Unparsed | Parsed::Stopped) {
                         gave_up += 1;
                     }

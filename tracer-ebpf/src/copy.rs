@@ -10,8 +10,8 @@
 //!   `copy_more_*`, which runs as many and calls itself again, up to the kernel's 33 tail calls
 //!   per chain; what is left after that is counted as truncated.
 //!
-//! On a walked request stream (`skim`, `bpf_loop` path only) each step asks the selective
-//! copy's rule first, and the records are runs of copied bytes after skipped ones.
+//! On a walked connection (`skim`, `bpf_loop` path only) each step asks the selective copy's
+//! rule first, and the records are runs of copied bytes after skipped ones.
 
 use tracer_common::skim::RUN_HEADER;
 
@@ -135,7 +135,8 @@ pub(crate) struct Walk {
     pub(crate) plaintext: u64,
     /// Stream bytes the staged record covers (copied, and skipped in runs).
     pub(crate) covered: u64,
-    /// The stream is walked (`skim`): records are runs, and bytes may be skipped.
+    /// The stream is walked (`skim`): records are runs, and bytes may be skipped. 1: the
+    /// connection's requests, 2: its responses.
     pub(crate) skim_on: u64,
     /// Runs: where the open run's length is in the staged bytes (`NO_RUN`: none open), its
     /// length, and the bytes skipped since it.
@@ -229,8 +230,9 @@ pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
 
     w.cap_left = captured;
     w.plaintext = plaintext as u64;
-    if matches!(walker, Walker::Loop) && !plaintext && conn.skim == args.direction + 1 {
-        skim::begin(s, args.conn_key, captured < total);
+    if matches!(walker, Walker::Loop) && !plaintext && conn.skim != 0 {
+        let responses = conn.skim != args.direction + 1;
+        skim::begin(s, args.conn_key, captured < total, responses);
     }
     match walker {
         Walker::Loop => {

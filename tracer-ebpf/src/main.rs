@@ -12,8 +12,9 @@
 //! 3. `sys_exit_<call>` learns how many bytes moved, reserves that range of the connection's
 //!    directional stream (an atomic add on the stream offset, so any loss shows up as a gap), and
 //!    copies the user buffers into records of at most `CHUNK_SIZE` bytes, with `bpf_loop` or,
-//!    on kernels without it, bounded loops and tail calls (`copy`). On a client's request
-//!    stream the `bpf_loop` copy walks each produce request and skips record values (`skim`).
+//!    on kernels without it, bounded loops and tail calls (`copy`). On a walked connection the
+//!    `bpf_loop` copy follows each produce request and fetch response and skips record values
+//!    (`skim`).
 //!
 //! TLS connections are read in the TLS library instead (uprobes: `tls` for OpenSSL, `gotls`
 //! for Go's crypto/tls), their ciphertext not copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.
@@ -46,7 +47,7 @@ use aya_log_ebpf::warn;
 use tracer_common::{
     CHUNK_SIZE, Config, ConnEvent, ConnState, ConnTuple, DATA_HEADER_SIZE, DataHeader, Direction,
     MAX_IOV, SockOffsets, Syscall, SyscallArgs, counter, flags, kind, mode,
-    skim::{Skim, WINDOW},
+    skim::{InFlight, Skim, WINDOW},
     track,
 };
 
@@ -146,15 +147,28 @@ static VERDICTS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 /// connections learn their local port.
 #[map]
 static LISTENERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
-/// Where each walked request stream is (`skim`), by conn key. Separate from `CONNS` so that
-/// only walked connections pay for the state; a connection whose entry the LRU evicted is
-/// copied whole (its walk cannot restart mid-stream).
+/// A walked connection's two walks (`skim`): its requests (Produce) and its responses
+/// (Fetch), and the Fetch requests the first saw, which the second needs to know a response.
+#[repr(C)]
+struct Walks {
+    requests: Skim,
+    responses: Skim,
+    fetches: InFlight,
+}
+
+/// Where each walked connection's streams are (`skim`), by conn key. Separate from `CONNS` so
+/// that only walked connections pay for the state (360 bytes each); a connection whose entry
+/// the LRU evicted is copied whole (its walks cannot restart mid-stream).
 #[map]
-static SKIMS: LruHashMap<u64, Skim> = LruHashMap::with_max_entries(16384, 0);
-/// A walk at a stream's start, inserted into `SKIMS` from here: built on the stack it would
-/// take a quarter of the bounded path's stack. Its policy is set from `Config::skim` by each
+static SKIMS: LruHashMap<u64, Walks> = LruHashMap::with_max_entries(16384, 0);
+/// Walks at the streams' starts, inserted into `SKIMS` from here: built on the stack they
+/// would take most of the bounded path's stack. The policy is set from `Config::skim` by each
 /// syscall's walk (`skim::begin`): read-only data cannot take it from the loader's config.
-static SKIM_START: Skim = Skim::from_start(tracer_common::skim::policy::ALL);
+static SKIM_START: Walks = Walks {
+    requests: Skim::from_start(tracer_common::skim::policy::ALL),
+    responses: Skim::responses_from_start(tracer_common::skim::policy::ALL),
+    fetches: InFlight::new(),
+};
 
 /// Per-CPU working memory of one `sys_exit`. The walk state lives here rather than on the stack
 /// on purpose: the verifier tracks stack values precisely and would explore every iovec count
@@ -169,9 +183,10 @@ struct Scratch {
     /// Twice the chunk size: the copy destination offset is masked to `CHUNK_SIZE - 1` and the
     /// length bounded by `CHUNK_SIZE`, which the verifier can prove in bounds.
     data: [u8; 2 * CHUNK_SIZE],
-    /// The walked stream's state during the syscall (copied from and back to `SKIMS`), and
-    /// its parse window.
+    /// The walked stream's state during the syscall and the connection's Fetch requests
+    /// (copied from and back to `SKIMS`), and the parse window.
     skim: Skim,
+    fetches: InFlight,
     win: [u8; WINDOW],
 }
 

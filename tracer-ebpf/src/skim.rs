@@ -1,8 +1,9 @@
-//! The selective copy: on a walked request stream, the copy walk asks the shared rule
+//! The selective copy: on a walked connection's streams, the copy walk asks the shared rule
 //! (`tracer_common::skim`) what each stream position holds, copies what decoding needs and
 //! skips record values, writing the record as runs (`flags::RUNS`) so that every skipped byte
-//! is a known gap for the daemon. The stream's walk state is copied into the per-CPU scratch
-//! for the syscall (map values are opaque to the verifier, see `Scratch`) and back at its end.
+//! is a known gap for the daemon. The stream's walk state and the connection's Fetch requests
+//! are copied into the per-CPU scratch for the syscall (map values are opaque to the verifier,
+//! see `Scratch`) and back at its end; only the request walk writes the Fetch requests.
 
 use tracer_common::skim::{FRESH, Parsed, Plan, RUN_HEADER, state};
 
@@ -20,12 +21,17 @@ const LIMIT: u64 = (CHUNK_SIZE - RUN_HEADER) as u64;
 /// inlined, as `end` is not: the syscall exit's own frame is in the longest call chain
 /// (exit, connect's setup, open, its record), which older verifiers hold to 512 bytes.
 #[inline(never)]
-pub(crate) fn begin(s: *mut Scratch, key: u64, truncated: bool) {
-    let Some(sk) = SKIMS.get_ptr_mut(&key) else {
+pub(crate) fn begin(s: *mut Scratch, key: u64, truncated: bool, responses: bool) {
+    let Some(m) = SKIMS.get_ptr_mut(&key) else {
         return;
     };
     // SAFETY: a map value and the per-CPU scratch, valid for this program run.
     unsafe {
+        let sk = if responses {
+            &raw mut (*m).responses
+        } else {
+            &raw mut (*m).requests
+        };
         if (*sk).state == state::OFF {
             return;
         }
@@ -35,25 +41,36 @@ pub(crate) fn begin(s: *mut Scratch, key: u64, truncated: bool) {
             return;
         }
         core::ptr::copy_nonoverlapping(sk, &raw mut (*s).skim, 1);
+        core::ptr::copy_nonoverlapping(&raw const (*m).fetches, &raw mut (*s).fetches, 1);
         (*s).skim.policy = core::ptr::read_volatile(&raw const CONFIG.skim) as u8;
-        (*s).walk.skim_on = 1;
+        (*s).walk.skim_on = 1 + responses as u64;
         (*s).hdr.flags |= flags::RUNS;
     }
 }
 
-/// Ends the syscall's walk: the state goes back to the stream's entry. A walk that did not
-/// reach the syscall's end (a full ring buffer) has lost its place: it stops.
+/// Ends the syscall's walk: the state goes back to the stream's entry (and, from the request
+/// walk, the Fetch requests it noted). A walk that did not reach the syscall's end (a full ring
+/// buffer) has lost its place: it stops.
 #[inline(never)]
 pub(crate) fn end(s: *mut Scratch, incomplete: bool) {
     // SAFETY: per-CPU scratch.
-    let (sk, key) = unsafe { (&mut (*s).skim, (*s).hdr.conn_key) };
+    let (sk, key, responses) =
+        unsafe { (&mut (*s).skim, (*s).hdr.conn_key, (*s).walk.skim_on == 2) };
     if incomplete && sk.state != state::OFF {
         sk.stop();
         count(counter::SKIM_STOPPED_STREAMS, 1);
     }
-    if let Some(m) = SKIMS.get_ptr_mut(&key) {
-        // SAFETY: a map value, valid for this program run, and the per-CPU scratch.
-        unsafe { core::ptr::copy_nonoverlapping(sk, m, 1) };
+    let Some(m) = SKIMS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a map value, valid for this program run, and the per-CPU scratch.
+    unsafe {
+        if responses {
+            core::ptr::copy_nonoverlapping(sk, &raw mut (*m).responses, 1);
+        } else {
+            core::ptr::copy_nonoverlapping(sk, &raw mut (*m).requests, 1);
+            core::ptr::copy_nonoverlapping(&raw const (*s).fetches, &raw mut (*m).fetches, 1);
+        }
     }
 }
 
@@ -101,8 +118,8 @@ pub(crate) fn step(s: *mut Scratch, w: &mut Walk) -> i64 {
 /// segment) and lets the rule take its step.
 #[inline(always)]
 fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
-    // SAFETY: per-CPU scratch; `skim` and `win` are distinct fields.
-    let (sk, win) = unsafe { (&mut (*s).skim, &mut (*s).win) };
+    // SAFETY: per-CPU scratch; `skim`, `fetches` and `win` are distinct fields.
+    let (sk, fetches, win) = unsafe { (&mut (*s).skim, &mut (*s).fetches, &mut (*s).win) };
     sk.load(win);
     let fresh = opaque(if avail < FRESH as u64 {
         avail
@@ -125,7 +142,7 @@ fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
         // Unreadable: the copy records the loss; the walk cannot read what it needs.
         sk.stop()
     } else {
-        sk.step(win, fresh as usize, avail > fresh)
+        sk.step(win, fresh as usize, avail > fresh, fetches)
     };
     match outcome {
         Parsed::Unparsed => count(counter::SKIM_UNPARSED_FRAMES, 1),

@@ -98,7 +98,8 @@ fn frames(stream: &[u8]) -> Vec<&[u8]> {
 /// Seeds from every recorded connection: for `session`, the connection as 64-byte pieces each
 /// behind a control byte (direction bit, no loss, length class 3); for `decoders`, each request
 /// frame and each response frame behind its request's API key and version; for `skim`, the
-/// requests the client sent, behind a segment seed.
+/// requests the client sent and the responses it received, behind a segment seed and the
+/// requests' length.
 fn seed_corpora(root: &Path) -> anyhow::Result<()> {
     let fixtures = root.join("tracer/tests/fixtures");
     let cases =
@@ -129,7 +130,9 @@ fn seed_corpora(root: &Path) -> anyhow::Result<()> {
                 streams[usize::from(*dir != 0)].extend_from_slice(data);
             }
             seeds.push(("session", name.clone(), session));
-            seeds.push(("skim", name.clone(), [&[7u8], &streams[0][..]].concat()));
+            let sent = (streams[0].len() as u32).to_le_bytes();
+            let skim = [&[7u8], &sent[..], &streams[0], &streams[1]].concat();
+            seeds.push(("skim", name.clone(), skim));
             // Requests name the key and version their responses (same correlation id) answer.
             let mut asked = std::collections::HashMap::new();
             for (i, request) in frames(&streams[0]).into_iter().enumerate() {

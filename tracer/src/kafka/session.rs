@@ -2,7 +2,7 @@
 //! waiting for their responses (pipelined, matched by correlation id), and the exchanges they
 //! make. Works the same whether the traced process is the client or the broker.
 
-use std::collections::VecDeque;
+use std::{borrow::Cow, collections::VecDeque};
 
 use tracer_common::Direction;
 
@@ -329,17 +329,8 @@ impl Pairing {
             Some(_) => {}
             None => self.client_id = Some(header.client_id.clone()),
         }
-        let skipped;
-        let opts = if f.skipped {
-            skipped = DecodeOptions {
-                skipped_by_kernel: true,
-                ..opts.clone()
-            };
-            &skipped
-        } else {
-            opts
-        };
-        let request = match decode_request(&header, &f.body[at..], !f.complete, opts) {
+        let opts = frame_options(&f, opts);
+        let request = match decode_request(&header, &f.body[at..], !f.complete, &opts) {
             Ok(Request::SaslHandshake(m)) => {
                 self.sasl_mechanism = Some(m.clone());
                 Ok(Request::SaslHandshake(m))
@@ -412,8 +403,9 @@ impl Pairing {
         }
         let p = self.inflight.pop_front().expect("position found");
         let (key, version) = (p.header.api_key, p.header.api_version);
+        let opts = frame_options(&f, opts);
         let response = parse_response_header(f.body, key, version)
-            .and_then(|(_, at)| decode_response(key, version, &f.body[at..], !f.complete, opts));
+            .and_then(|(_, at)| decode_response(key, version, &f.body[at..], !f.complete, &opts));
         if response.is_err() {
             counters.undecodable_responses += 1;
         }
@@ -436,6 +428,19 @@ impl Pairing {
             response_ns: Some((f.first_ns, f.last_ns)),
         });
         true
+    }
+}
+
+/// The options one frame decodes with: the session's, told when the kernel skipped bytes of
+/// the frame on purpose (a produce request's or a fetch response's record values).
+fn frame_options<'a>(f: &Frame<'_>, opts: &'a DecodeOptions) -> Cow<'a, DecodeOptions> {
+    if f.skipped {
+        Cow::Owned(DecodeOptions {
+            skipped_by_kernel: true,
+            ..opts.clone()
+        })
+    } else {
+        Cow::Borrowed(opts)
     }
 }
 

@@ -19,7 +19,7 @@ use tracer::{
 };
 use tracer_common::{
     Direction,
-    skim::{Part, Skim, policy},
+    skim::{InFlight, Part, Skim, policy},
 };
 
 /// The directory of the recorded cases (tests/fixtures, see its README).
@@ -85,6 +85,7 @@ pub type SkimRun = (u64, u64, Vec<u8>);
 /// `gave_up` counts the steps that copied a frame whole or stopped the walk.
 pub fn skim_syscall(
     sk: &mut Skim,
+    fetches: &mut InFlight,
     mut pos: u64,
     data: &[u8],
     segment: &mut dyn FnMut() -> usize,
@@ -96,7 +97,7 @@ pub fn skim_syscall(
     while !rest.is_empty() {
         let (seg, after) = rest.split_at(segment().clamp(1, rest.len()));
         rest = after;
-        *gave_up += sk.walk(pos, seg, &mut |part| match part {
+        *gave_up += sk.walk(pos, seg, fetches, &mut |part| match part {
             Part::Skip(n) => {
                 skipped += n;
                 pos += n;
@@ -128,8 +129,9 @@ pub struct Walked {
     pub gave_up: u64,
 }
 
-/// Replays the recording `file` as `replay` does; with `segment`, its sent direction walked by
-/// the selective copy under `policy` with syscalls cut into segments by it.
+/// Replays the recording `file` as `replay` does; with `segment`, both directions walked by
+/// the selective copy under `policy` (the sent one as requests, the received one as
+/// responses) with syscalls cut into segments by it.
 pub fn replay_walked(
     file: &Path,
     mut session: Session,
@@ -139,16 +141,18 @@ pub fn replay_walked(
 ) -> Walked {
     let bytes = std::fs::read(file).unwrap();
     let mut streams = [Stream::default(), Stream::default()];
-    let mut sk = Skim::from_start(policy);
+    let mut walks = [Skim::from_start(policy), Skim::responses_from_start(policy)];
+    let mut fetches = InFlight::new();
     let mut out = Vec::new();
     let mut gave_up = 0;
     for (i, (dir, data)) in chunks(&bytes).into_iter().enumerate() {
         let t = (i as u64 + 1) * 1000;
         let s = &mut streams[dir as usize];
         let runs = match segment.as_mut() {
-            Some(segment) if dir == Direction::Egress => {
+            Some(segment) => {
                 let pos = s.bytes + s.skipped_bytes;
-                skim_syscall(&mut sk, pos, data, *segment, &mut gave_up)
+                let sk = &mut walks[usize::from(dir == Direction::Ingress)];
+                skim_syscall(sk, &mut fetches, pos, data, *segment, &mut gave_up)
             }
             _ => vec![(s.bytes + s.skipped_bytes, 0, data.to_vec())],
         };
@@ -168,7 +172,7 @@ pub fn replay_walked(
     session.close(counters, &mut |e| out.push(e));
     Walked {
         exchanges: out,
-        skipped: streams[0].skipped_bytes,
+        skipped: streams[0].skipped_bytes + streams[1].skipped_bytes,
         gave_up,
     }
 }
