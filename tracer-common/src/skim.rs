@@ -536,6 +536,12 @@ impl Skim {
         }
     }
 
+    /// `tags` in the flexible versions (a tagged-field section comes first), else `plain`.
+    #[inline(always)]
+    fn tags_then(&self, tags: u8, plain: u8) -> u8 {
+        if self.flexible() { tags } else { plain }
+    }
+
     /// Moves on to the field at `to` (the bytes before it copied, but a value set to skip).
     #[inline(always)]
     fn jump(&mut self, to: u64, next: u8) {
@@ -575,11 +581,7 @@ impl Skim {
         }
         self.frame_end = frame_end;
         self.version = version as u8;
-        let next = if self.flexible() {
-            state::HEADER_TAGS
-        } else {
-            state::PRODUCE
-        };
+        let next = self.tags_then(state::HEADER_TAGS, state::PRODUCE);
         self.jump(body, next);
         Ok(())
     }
@@ -597,11 +599,7 @@ impl Skim {
             return Ok(());
         };
         self.version = version;
-        let next = if self.flexible() {
-            state::RESPONSE_TAGS
-        } else {
-            state::FETCH
-        };
+        let next = self.tags_then(state::RESPONSE_TAGS, state::FETCH);
         self.moved(c, next);
         Ok(())
     }
@@ -729,11 +727,7 @@ impl Skim {
 
     fn batch(&mut self, c: &mut Cur<'_>) -> Result<(), Miss> {
         if self.at >= self.records_end {
-            let next = if self.flexible() {
-                state::PARTITION_TAGS
-            } else {
-                state::PARTITION
-            };
+            let next = self.tags_then(state::PARTITION_TAGS, state::PARTITION);
             self.jump(self.at, next);
             return Ok(());
         }
