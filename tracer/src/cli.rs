@@ -89,9 +89,8 @@ pub struct Args {
     /// Walk each client's produce requests and fetch responses in the kernel and skip the
     /// values of uncompressed records (the tracer never reads them; their headers and every
     /// other field are copied, and the skipped bytes are counted as `kernel_skipped_bytes`, not
-    /// as loss). Off by
-    /// default: today the walk costs the client more CPU than the copy it saves (see the
-    /// README's performance section). Linux 5.17+ (the `bpf_loop` copy path).
+    /// as loss). Off by default: today the walk costs the client more CPU than the copy it
+    /// saves (see the README's performance section). Linux 5.17+ (the `bpf_loop` copy path).
     #[arg(long, env = "KAFKA_TRACER_SELECTIVE_COPY", default_value_t = false, action = ArgAction::Set)]
     pub selective_copy: bool,
 
