@@ -135,8 +135,9 @@ impl InFlight {
     }
 }
 
-/// Where a connection's request stream is in its walk. Kept per connection by the kernel; all
-/// positions are in the stream's bytes (`ConnState::tx_bytes`/`rx_bytes`).
+/// Where one of a connection's streams (its requests or its responses, [`side`]) is in its
+/// walk. Kept per connection by the kernel; all positions are in the stream's bytes
+/// (`ConnState::tx_bytes`/`rx_bytes`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Skim {
@@ -731,14 +732,8 @@ impl Skim {
             self.jump(self.at, next);
             return Ok(());
         }
-        // A fetch response's last batch may be cut by the broker's size limit: copied.
-        let cut_ok = self.side == side::RESPONSES;
         if self.records_end - self.at < BATCH_HEADER {
-            if cut_ok {
-                self.jump(self.records_end, state::BATCH);
-                return Ok(());
-            }
-            return Err(Miss::Bad);
+            return self.cut_batch();
         }
         c.skip(8)?; // base offset
         let length = c.i32()?;
@@ -753,11 +748,7 @@ impl Skim {
             return Err(Miss::Bad);
         }
         if end > self.records_end {
-            if cut_ok {
-                self.jump(self.records_end, state::BATCH);
-                return Ok(());
-            }
-            return Err(Miss::Bad);
+            return self.cut_batch();
         }
         self.batch_end = end;
         let records = (length as u64).saturating_sub(BATCH_HEADER - 12);
@@ -782,6 +773,16 @@ impl Skim {
         }
         self.records = count as u32;
         self.moved(c, state::RECORD);
+        Ok(())
+    }
+
+    /// A batch that runs past its records field: a fetch response's last batch, cut by the
+    /// broker's size limit, is copied as it is; in a request it makes no sense.
+    fn cut_batch(&mut self) -> Result<(), Miss> {
+        if self.side != side::RESPONSES {
+            return Err(Miss::Bad);
+        }
+        self.jump(self.records_end, state::BATCH);
         Ok(())
     }
 
