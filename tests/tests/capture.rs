@@ -74,6 +74,23 @@ impl Seen {
         }
     }
 
+    /// Drains until the closes of a connection's two ends have come, and checks they did. A
+    /// close record comes when the kernel frees the socket, after the last FIN and ACK; on a
+    /// loaded machine (guest kernels booting beside the test) one was still missing after 10 s
+    /// (cause not found yet), so the wait is long and a missing close reports what was seen.
+    async fn until_both_closed(&mut self, capture: &mut Capture) {
+        self.until(capture, Duration::from_secs(30), |s| s.closes.len() >= 2)
+            .await;
+        assert_eq!(
+            self.closes.len(),
+            2,
+            "close of both ends seen: opens {:?}, closes {:?}, kernel counters {:?}",
+            self.opens,
+            self.closes,
+            capture.counters()
+        );
+    }
+
     /// Rebuilds each (connection, direction) stream, settled against the close totals (so a
     /// stream none of whose records arrived still shows its loss).
     fn streams(&self) -> HashMap<(u64, Direction), Rebuilt> {
@@ -175,22 +192,8 @@ async fn byte_exact(mode: CaptureMode, bind: &str, copy_path: CopyPath) {
         "the server got what the client sent"
     );
 
-    // A close record comes when the kernel frees the socket, after the last FIN and ACK; on a
-    // loaded machine (guest kernels booting beside this test) one was still missing after 10 s
-    // (cause not found yet), so the wait is long and a missing close reports what was seen.
     let mut seen = Seen::default();
-    seen.until(&mut capture, Duration::from_secs(30), |s| {
-        s.closes.len() >= 2
-    })
-    .await;
-    assert_eq!(
-        seen.closes.len(),
-        2,
-        "close of both ends seen: opens {:?}, closes {:?}, kernel counters {:?}",
-        seen.opens,
-        seen.closes,
-        capture.counters()
-    );
+    seen.until_both_closed(&mut capture).await;
     assert!(
         seen.opens.len() >= 2,
         "open of both ends seen: {:?}",
@@ -799,16 +802,7 @@ async fn the_selective_copy_skips_exactly_the_record_values_both_ways() {
         skims: true,
         ..Seen::default()
     };
-    seen.until(&mut capture, Duration::from_secs(30), |s| {
-        s.closes.len() >= 2
-    })
-    .await;
-    assert_eq!(
-        seen.closes.len(),
-        2,
-        "close of both ends: {:?}",
-        seen.closes
-    );
+    seen.until_both_closed(&mut capture).await;
     let streams = seen.streams();
     for server in [false, true] {
         for (client_dir, bytes) in &expected {

@@ -154,7 +154,7 @@ pub fn replay_walked(
                 let sk = &mut walks[usize::from(dir == Direction::Ingress)];
                 skim_syscall(sk, &mut fetches, pos, data, *segment, &mut gave_up)
             }
-            _ => vec![(s.bytes + s.skipped_bytes, 0, data.to_vec())],
+            None => vec![(s.bytes + s.skipped_bytes, 0, data.to_vec())],
         };
         for (pos, skipped, run) in &runs {
             let piece = s.push_run(*pos, *skipped, run);
