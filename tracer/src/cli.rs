@@ -123,9 +123,17 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_MAX_BUFFERED_BYTES", default_value_t = 128 << 20)]
     pub max_buffered_bytes: usize,
 
-    /// Requests awaiting a response per connection (Kafka clients pipeline up to 5 by default).
-    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT", default_value_t = 256)]
+    /// Requests awaiting a response per connection. The Java and Go clients pipeline up to 5
+    /// by default; librdkafka sends as many as the socket takes while a broker is slow
+    /// (hundreds). Past it the oldest are given up and counted (evicted_requests).
+    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+
+    /// Bytes all connections' requests awaiting a response may hold together (estimated: the
+    /// frames' bytes and produce requests' record tables); past it the oldest of the
+    /// connection that gets a request are given up and counted (evicted_requests).
+    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT_BYTES", default_value_t = 64 << 20)]
+    pub max_in_flight_bytes: usize,
 
     /// Ask a broker for its topic metadata when traffic names a topic only by id (Produce and
     /// Fetch v13+) and no Metadata response naming it has been seen yet.
@@ -507,6 +515,7 @@ impl Args {
             max_connections: self.max_connections,
             max_frame_bytes: self.max_frame_bytes,
             max_in_flight: self.max_in_flight,
+            max_in_flight_bytes: self.max_in_flight_bytes,
             max_buffered_bytes: self.max_buffered_bytes,
             decode: DecodeOptions {
                 keys: self.record_keys != KeyMode::Off,

@@ -23,6 +23,9 @@ pub struct PipelineConfig {
     pub max_frame_bytes: usize,
     /// Requests awaiting a response, per connection.
     pub max_in_flight: usize,
+    /// What all connections' requests awaiting a response may weigh together (estimated
+    /// bytes).
+    pub max_in_flight_bytes: usize,
     /// Bytes buffered by all connections' framers together.
     pub max_buffered_bytes: usize,
     pub decode: DecodeOptions,
@@ -52,7 +55,8 @@ impl Default for PipelineConfig {
         Self {
             max_connections: 65536,
             max_frame_bytes: 16 << 20,
-            max_in_flight: 256,
+            max_in_flight: 1024,
+            max_in_flight_bytes: 64 << 20,
             max_buffered_bytes: 128 << 20,
             decode: DecodeOptions::default(),
             park: std::time::Duration::ZERO,
@@ -217,6 +221,8 @@ pub struct Pipeline {
     sessions: HashMap<u64, Session>,
     /// Bytes held by all sessions' framers.
     buffered: usize,
+    /// What all sessions' requests in flight weigh.
+    held: usize,
     /// Framing counters of sessions already gone.
     closed_framing: FramerCounters,
     sniffing: HashMap<u64, Sniff>,
@@ -248,6 +254,7 @@ impl Pipeline {
             cfg,
             sessions: HashMap::new(),
             buffered: 0,
+            held: 0,
             closed_framing: FramerCounters::default(),
             sniffing: HashMap::new(),
             verdicts: Vec::new(),
@@ -286,9 +293,7 @@ impl Pipeline {
                 self.counters.tls_connections += 1;
                 self.ciphertext.remove(&ev.conn_id);
                 self.sniffing.remove(&ev.conn_id);
-                if let Some(s) = self.sessions.remove(&ev.conn_id) {
-                    self.buffered -= s.buffered();
-                }
+                self.remove_session(ev.conn_id);
                 self.reassembly.close(ev.conn_id, ev.tx_bytes, ev.rx_bytes);
                 tracing::debug!(
                     conn = ev.conn_id,
@@ -392,7 +397,12 @@ impl Pipeline {
                 bytes: &[],
             };
         }
-        let before = session.buffered();
+        let (before, held_before) = (session.buffered(), session.held());
+        session.hold_at_most(
+            self.cfg
+                .max_in_flight_bytes
+                .saturating_sub(self.held - held_before),
+        );
         let (exchanges, parked, catalog, unknown) = (
             &mut self.exchanges,
             &mut self.parked,
@@ -433,13 +443,21 @@ impl Pipeline {
             },
         );
         self.buffered = self.buffered - before + session.buffered();
+        self.held = self.held - held_before + session.held();
+    }
+
+    /// Forgets a connection's session, and what its framers and requests in flight held.
+    fn remove_session(&mut self, conn_id: u64) -> Option<Session> {
+        let s = self.sessions.remove(&conn_id)?;
+        self.buffered -= s.buffered();
+        self.held -= s.held();
+        Some(s)
     }
 
     fn end_session(&mut self, conn_id: u64) {
-        let Some(mut s) = self.sessions.remove(&conn_id) else {
+        let Some(mut s) = self.remove_session(conn_id) else {
             return;
         };
-        self.buffered -= s.buffered();
         s.close_framers();
         for f in s.framers() {
             self.closed_framing.add(&f.counters);

@@ -244,6 +244,14 @@ impl PartitionRecords {
         self.last_error = Some(e);
     }
 
+    /// Bytes its tables hold on the heap (what keeping it costs).
+    pub fn heap_bytes(&self) -> usize {
+        self.batches.capacity() * size_of::<BatchInfo>()
+            + self.records.capacity() * size_of::<RecordInfo>()
+            + self.headers.capacity() * size_of::<HeaderSpan>()
+            + self.arena.capacity()
+    }
+
     fn push_arena(&mut self, bytes: &[u8]) -> Range<u32> {
         let start = self.arena.len() as u32;
         self.arena.extend_from_slice(bytes);

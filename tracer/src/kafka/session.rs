@@ -43,9 +43,13 @@ pub struct SessionCounters {
     pub undecodable_responses: u64,
     /// Responses whose request was never seen (lost, or before the tracer attached).
     pub unmatched_responses: u64,
-    /// Requests that never got a response (a later one was answered first, or the in-flight
-    /// table overflowed).
+    /// Requests that never got a response (a later one was answered first, the connection
+    /// closed, or the in-flight bounds gave them up).
     pub unanswered_requests: u64,
+    /// Of those, requests given up unanswered to keep within the in-flight bounds
+    /// (`--max-in-flight` per connection, `--max-in-flight-bytes` in all); a response that
+    /// comes for one later is unmatched.
+    pub evicted_requests: u64,
     /// Produce requests with acks=0 (no response, so no offsets).
     pub acks0_produces: u64,
     /// Frames seen before the connection's client side was known.
@@ -90,6 +94,11 @@ impl SessionCounters {
                 "unanswered_requests",
                 self.unanswered_requests,
                 "requests without a response",
+            ),
+            Counter::count(
+                "evicted_requests",
+                self.evicted_requests,
+                "requests given up unanswered to stay within --max-in-flight or --max-in-flight-bytes",
             ),
             Counter::count(
                 "acks0_produces",
@@ -149,6 +158,29 @@ struct Pending {
     request: Result<Request, DecodeError>,
     complete: bool,
     ns: (u64, u64),
+    /// Bytes it holds, estimated: see [`Pending::weight`].
+    weight: usize,
+}
+
+impl Pending {
+    /// What a request held until its response costs: the frame's bytes stand for what most
+    /// decoded fields keep (names, ids, lists of small structs), and a produce request's record
+    /// tables (a few dozen bytes per record, however small the record on the wire) are
+    /// counted as they are.
+    fn weight(
+        frame_bytes: usize,
+        header: &RequestHeader,
+        request: &Result<Request, DecodeError>,
+    ) -> usize {
+        let records = match request {
+            Ok(Request::Produce(p)) => p.partitions.iter().map(|p| p.records.heap_bytes()).sum(),
+            _ => 0,
+        };
+        size_of::<Pending>()
+            + frame_bytes
+            + header.client_id.as_ref().map_or(0, String::len)
+            + records
+    }
 }
 
 pub struct Session {
@@ -167,6 +199,10 @@ struct Pairing {
     client_id: Option<Option<String>>,
     inflight: VecDeque<Pending>,
     max_inflight: usize,
+    /// What the requests in flight weigh together, and what they may (the pipeline's share of
+    /// `--max-in-flight-bytes` left for this connection).
+    held: usize,
+    max_held: usize,
     /// After a SaslHandshake v0 request: raw SASL tokens (passwords, SCRAM proofs) follow,
     /// framed by a size prefix alone, until the client's next Kafka request.
     sasl_tokens: bool,
@@ -352,6 +388,7 @@ impl Pairing {
         counters.requests += 1;
         let client_side = dir == Direction::Egress;
         let pending = Pending {
+            weight: Pending::weight(f.body.len(), &header, &request),
             header,
             request,
             complete: f.complete,
@@ -364,14 +401,27 @@ impl Pairing {
             out(unanswered(pending, client_side));
             return true;
         }
-        if self.inflight.len() >= self.max_inflight
-            && let Some(old) = self.inflight.pop_front()
-        {
+        self.held += pending.weight;
+        self.inflight.push_back(pending);
+        // Past a bound the oldest go first (the one just added too, when it alone is over).
+        // Responses come in request order, so those are the next answered: giving up any other
+        // would lose as many, and the oldest are the likeliest never to be answered at all.
+        while self.inflight.len() > self.max_inflight || self.held > self.max_held {
+            let Some(old) = self.take_oldest() else {
+                break;
+            };
             counters.unanswered_requests += 1;
+            counters.evicted_requests += 1;
             out(unanswered(old, client_side));
         }
-        self.inflight.push_back(pending);
         true
+    }
+
+    /// The oldest request in flight, no longer held.
+    fn take_oldest(&mut self) -> Option<Pending> {
+        let p = self.inflight.pop_front()?;
+        self.held -= p.weight;
+        Some(p)
     }
 
     /// Handles a response frame; false rejects a frame found by resynchronising.
@@ -397,11 +447,15 @@ impl Pairing {
             return !f.after_resync;
         };
         // Responses come in request order: those before this one will never come.
-        for old in self.inflight.drain(..i) {
-            counters.unanswered_requests += 1;
-            out(unanswered(old, client_side));
+        for _ in 0..i {
+            if let Some(old) = self.take_oldest() {
+                counters.unanswered_requests += 1;
+                out(unanswered(old, client_side));
+            }
         }
-        let p = self.inflight.pop_front().expect("position found");
+        let Some(p) = self.take_oldest() else {
+            return true; // none: `i` was a position in the queue
+        };
         let (key, version) = (p.header.api_key, p.header.api_version);
         let opts = frame_options(&f, opts);
         let response = parse_response_header(f.body, key, version)
@@ -458,6 +512,8 @@ impl Session {
                 client_id: None,
                 inflight: VecDeque::new(),
                 max_inflight,
+                held: 0,
+                max_held: usize::MAX,
                 sasl_tokens: false,
                 sasl_mechanism: None,
             },
@@ -487,6 +543,17 @@ impl Session {
     /// Bytes buffered by this connection's framers.
     pub fn buffered(&self) -> usize {
         self.framers.iter().map(Framer::buffered).sum()
+    }
+
+    /// What this connection's requests in flight weigh (estimated bytes).
+    pub fn held(&self) -> usize {
+        self.pairing.held
+    }
+
+    /// Bounds what the requests in flight may weigh from the next frame on (the share of the
+    /// global bound the other connections leave).
+    pub fn hold_at_most(&mut self, bytes: usize) {
+        self.pairing.max_held = bytes;
     }
 
     /// Feeds a piece of one direction; completed exchanges go to `out`.
@@ -523,7 +590,7 @@ impl Session {
     /// The connection closed: requests still waiting will get no response.
     pub fn close(&mut self, counters: &mut SessionCounters, out: &mut dyn FnMut(Exchange)) {
         let client_side = self.pairing.request_dir != Some(Direction::Ingress);
-        for p in self.pairing.inflight.drain(..) {
+        while let Some(p) = self.pairing.take_oldest() {
             counters.unanswered_requests += 1;
             out(unanswered(p, client_side));
         }
@@ -701,6 +768,43 @@ mod tests {
             c.push(Direction::Egress, &request(18, 0, corr, b""));
         }
         assert_eq!(c.counters.unanswered_requests, 3);
+        assert_eq!(c.counters.evicted_requests, 2);
+    }
+
+    /// The bytes bound gives up the oldest requests, the one just added too when it alone is
+    /// over; what is held goes back to zero as responses come, and a response to a request
+    /// given up is unmatched, not paired with another.
+    #[test]
+    fn requests_in_flight_are_bounded_by_their_weight() {
+        let mut c = Conn::new();
+        let small = request(18, 0, 1, b"");
+        c.push(Direction::Egress, &small);
+        let one = c.session.held();
+        assert!(one > small.len(), "{one}");
+        // Room for two: the third pushes the first out.
+        c.session.hold_at_most(2 * one);
+        c.push(Direction::Egress, &request(18, 0, 2, b""));
+        c.push(Direction::Egress, &request(18, 0, 3, b""));
+        assert_eq!(c.session.held(), 2 * one);
+        assert_eq!(c.counters.evicted_requests, 1);
+        assert_eq!(
+            (c.out.len(), c.out[0].header.correlation_id),
+            (1, 1),
+            "the oldest goes, unanswered"
+        );
+        c.push(Direction::Ingress, &api_versions_response(1));
+        assert_eq!(c.counters.unmatched_responses, 1);
+        c.push(Direction::Ingress, &api_versions_response(2));
+        c.push(Direction::Ingress, &api_versions_response(3));
+        assert_eq!(c.session.held(), 0);
+        assert_eq!(c.out.len(), 3);
+        assert!(c.out[1..].iter().all(|e| e.response.is_some()));
+        // No room at all: a request is reported at once, unanswered.
+        c.session.hold_at_most(0);
+        c.push(Direction::Egress, &request(18, 0, 4, b""));
+        assert_eq!((c.out.len(), c.session.held()), (4, 0));
+        assert_eq!(c.counters.evicted_requests, 2);
+        assert_eq!(c.counters.unanswered_requests, 2);
     }
 
     /// Mid-stream, the response stream's bytes are searched for a request until the roles are
