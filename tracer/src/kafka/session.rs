@@ -406,13 +406,10 @@ impl Pairing {
         // Past a bound the oldest go first (the one just added too, when it alone is over).
         // Responses come in request order, so those are the next answered: giving up any other
         // would lose as many, and the oldest are the likeliest never to be answered at all.
-        while self.inflight.len() > self.max_inflight || self.held > self.max_held {
-            let Some(old) = self.take_oldest() else {
-                break;
-            };
-            counters.unanswered_requests += 1;
+        while (self.inflight.len() > self.max_inflight || self.held > self.max_held)
+            && self.give_up_oldest(client_side, counters, out)
+        {
             counters.evicted_requests += 1;
-            out(unanswered(old, client_side));
         }
         true
     }
@@ -422,6 +419,21 @@ impl Pairing {
         let p = self.inflight.pop_front()?;
         self.held -= p.weight;
         Some(p)
+    }
+
+    /// Reports the oldest request in flight as unanswered; false when none was.
+    fn give_up_oldest(
+        &mut self,
+        client_side: bool,
+        counters: &mut SessionCounters,
+        out: &mut dyn FnMut(Exchange),
+    ) -> bool {
+        let Some(old) = self.take_oldest() else {
+            return false;
+        };
+        counters.unanswered_requests += 1;
+        out(unanswered(old, client_side));
+        true
     }
 
     /// Handles a response frame; false rejects a frame found by resynchronising.
@@ -448,10 +460,7 @@ impl Pairing {
         };
         // Responses come in request order: those before this one will never come.
         for _ in 0..i {
-            if let Some(old) = self.take_oldest() {
-                counters.unanswered_requests += 1;
-                out(unanswered(old, client_side));
-            }
+            self.give_up_oldest(client_side, counters, out);
         }
         let Some(p) = self.take_oldest() else {
             return true; // none: `i` was a position in the queue
@@ -590,10 +599,7 @@ impl Session {
     /// The connection closed: requests still waiting will get no response.
     pub fn close(&mut self, counters: &mut SessionCounters, out: &mut dyn FnMut(Exchange)) {
         let client_side = self.pairing.request_dir != Some(Direction::Ingress);
-        while let Some(p) = self.pairing.take_oldest() {
-            counters.unanswered_requests += 1;
-            out(unanswered(p, client_side));
-        }
+        while self.pairing.give_up_oldest(client_side, counters, out) {}
     }
 }
 
