@@ -324,7 +324,10 @@ fn hostile_strings_leave_memory_and_metrics_bounded() {
     ));
     assert!(
         hostile_peak < attached + (16 << 10),
-        "memory: {attached} KiB -> {hostile_peak} KiB"
+        "memory: {attached} KiB -> {hostile_peak} KiB (lost to a full ring: {} records, {} opens and closes; {} connections evicted idle)",
+        logged(&log, "kernel_ringbuf_full_records"),
+        logged(&log, "kernel_ringbuf_full_conn_events"),
+        logged(&log, "evicted_connections"),
     );
     assert!(peak < BOUND_KIB, "{peak} KiB");
     assert!(body.len() < 1 << 20, "/metrics is {} bytes", body.len());

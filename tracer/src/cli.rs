@@ -110,29 +110,29 @@ pub struct Args {
 
     /// Connections followed at once in the daemon; records of further ones are counted and
     /// dropped, bounding memory.
-    #[arg(long, env = "KAFKA_TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
+    #[arg(long, env = "KAFKA_TRACER_MAX_CONNECTIONS", default_value_t = crate::pipeline::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Bytes of one Kafka frame kept for decoding; larger frames (big fetch responses) are
     /// decoded from their first part, and counted as partial.
-    #[arg(long, env = "KAFKA_TRACER_MAX_FRAME_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "KAFKA_TRACER_MAX_FRAME_BYTES", default_value_t = crate::pipeline::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
 
     /// Bytes all connections may hold in frame buffers together; past it, bytes are skipped
     /// and counted.
-    #[arg(long, env = "KAFKA_TRACER_MAX_BUFFERED_BYTES", default_value_t = 128 << 20)]
+    #[arg(long, env = "KAFKA_TRACER_MAX_BUFFERED_BYTES", default_value_t = crate::pipeline::DEFAULT_MAX_BUFFERED_BYTES)]
     pub max_buffered_bytes: usize,
 
     /// Requests awaiting a response per connection. The Java and Go clients pipeline up to 5
     /// by default; librdkafka sends as many as the socket takes while a broker is slow
     /// (hundreds). Past it the oldest are given up and counted (evicted_requests).
-    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT", default_value_t = 1024)]
+    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT", default_value_t = crate::pipeline::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
 
     /// Bytes all connections' requests awaiting a response may hold together (estimated: the
     /// frames' bytes and produce requests' record tables); past it the oldest of the
     /// connection that gets a request are given up and counted (evicted_requests).
-    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "KAFKA_TRACER_MAX_IN_FLIGHT_BYTES", default_value_t = crate::pipeline::DEFAULT_MAX_IN_FLIGHT_BYTES)]
     pub max_in_flight_bytes: usize,
 
     /// Ask a broker for its topic metadata when traffic names a topic only by id (Produce and

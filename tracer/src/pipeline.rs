@@ -50,14 +50,22 @@ const MAX_PARKED: usize = 4096;
 /// when their spans are built).
 const MAX_NEW_PROCESSES: usize = 4096;
 
+/// The bounds' defaults, written once: `--help` shows them and tests get them from
+/// `PipelineConfig::default`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65536;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 128 << 20;
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            max_connections: 65536,
-            max_frame_bytes: 16 << 20,
-            max_in_flight: 1024,
-            max_in_flight_bytes: 64 << 20,
-            max_buffered_bytes: 128 << 20,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             decode: DecodeOptions::default(),
             park: std::time::Duration::ZERO,
             ports: Vec::new(),
