@@ -14,6 +14,7 @@ use tests::{
     Broker, payload, produce_and_consume, summary,
     tracer::{PeakRss, Tracer, logged, named, rss_kib},
 };
+use tracer::pipeline::{DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_IN_FLIGHT};
 
 /// The memory bound the deployment promises (requests.memory of the DaemonSet), in KiB.
 const BOUND_KIB: u64 = 64 << 10;
@@ -80,7 +81,7 @@ fn hostile_connections_leave_memory_bounded_and_clients_traced() {
     // reserved what a frame announces would hold 320 MiB.
     for i in 0..20 {
         let mut s = TcpStream::connect(&addr).unwrap();
-        let mut head = ((16 << 20) - 1i32).to_be_bytes().to_vec();
+        let mut head = (DEFAULT_MAX_FRAME_BYTES as i32 - 1).to_be_bytes().to_vec();
         head.extend_from_slice(&api_versions(i)[4..]);
         s.write_all(&head).unwrap();
         held.push(s);
@@ -162,11 +163,11 @@ fn hostile_connections_leave_memory_bounded_and_clients_traced() {
     // the in-flight window overflowed, and the rest at the close.
     let unanswered = counted("unanswered_requests");
     assert!(
-        counted("evicted_requests") >= deaf_sent.saturating_sub(1024),
+        counted("evicted_requests") >= deaf_sent.saturating_sub(DEFAULT_MAX_IN_FLIGHT as u64),
         "evicted past --max-in-flight: {deaf_sent} deaf: {log}"
     );
     assert!(
-        unanswered_before_close >= deaf_sent.saturating_sub(1024)
+        unanswered_before_close >= deaf_sent.saturating_sub(DEFAULT_MAX_IN_FLIGHT as u64)
             && (deaf_sent..=deaf_sent + 1 + GOOD / 10).contains(&unanswered),
         "unanswered: {unanswered_before_close} before the close, {unanswered} after; {deaf_sent} deaf: {log}"
     );

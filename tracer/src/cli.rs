@@ -50,7 +50,7 @@ pub struct Args {
     pub detect_kafka: bool,
 
     /// Bytes per direction of a connection on another port examined before deciding it is Kafka.
-    #[arg(long, env = "KAFKA_TRACER_SNIFF_BYTES", default_value_t = 1024)]
+    #[arg(long, env = "KAFKA_TRACER_SNIFF_BYTES", default_value_t = crate::capture::DEFAULT_SNIFF_BYTES)]
     pub sniff_bytes: u32,
 
     /// Trace only these process ids (repeat or comma-separate; default: all processes).
@@ -65,14 +65,14 @@ pub struct Args {
     /// Bytes copied from one syscall at most; the rest is counted as truncated. Consumers read
     /// a fetch response of several MiB in one syscall when they are behind (librdkafka at
     /// 400k records/s: up to about 5 MiB), and records past the cap get no span.
-    #[arg(long, env = "KAFKA_TRACER_MAX_BYTES_PER_SYSCALL", default_value_t = 16 << 20)]
+    #[arg(long, env = "KAFKA_TRACER_MAX_BYTES_PER_SYSCALL", default_value_t = crate::capture::DEFAULT_MAX_BYTES_PER_SYSCALL)]
     pub max_bytes_per_syscall: u32,
 
     /// Size of the kernel-to-daemon ring buffer in bytes (a power of two). Larger absorbs
     /// longer bursts before records are dropped (and counted), and costs twice its size in
     /// RSS (the kernel maps its pages twice for wrap-around reads). 8 MiB carries a saturated
     /// librdkafka client on a 2-core node without a drop.
-    #[arg(long, env = "KAFKA_TRACER_RING_BUFFER_BYTES", default_value_t = 8 << 20)]
+    #[arg(long, env = "KAFKA_TRACER_RING_BUFFER_BYTES", default_value_t = crate::capture::DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
 
     /// How connections are identified: `sock` needs Linux 6.3+ (socket tracepoints) and BTF,

@@ -105,6 +105,11 @@ pub struct CaptureConfig {
     pub record_headers: RecordHeaders,
 }
 
+/// The capture's defaults that `--help` also shows, written once.
+pub const DEFAULT_SNIFF_BYTES: u32 = 1024;
+pub const DEFAULT_MAX_BYTES_PER_SYSCALL: u32 = 16 << 20;
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
+
 impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
@@ -112,11 +117,11 @@ impl Default for CaptureConfig {
             ports: vec![9092],
             server_side: false,
             detect_kafka: true,
-            sniff_bytes: 1024,
+            sniff_bytes: DEFAULT_SNIFF_BYTES,
             pids: Vec::new(),
             cgroup_ids: Vec::new(),
-            max_bytes_per_syscall: 16 << 20,
-            ring_buffer_bytes: 8 << 20,
+            max_bytes_per_syscall: DEFAULT_MAX_BYTES_PER_SYSCALL,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             exclude_self: true,
             tls: true,
             copy_path: CopyPath::Auto,
