@@ -123,13 +123,23 @@ pub fn hint(failure: &str, tls: bool, client_cert: bool) -> &'static str {
         " (the server's certificate is not signed by a trusted CA: set OTEL_EXPORTER_OTLP_CERTIFICATE to the CA that signed it)"
     } else if failure.contains("CertificateRequired") || failure.contains("certificate required") {
         " (the server requires a client certificate: set OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY)"
-    } else if tls && !client_cert && failure.contains("connection closed") {
+    } else if tls && !client_cert && closed_by_peer(failure) {
         // TLS 1.3 servers refuse a missing client certificate after the handshake: over
-        // HTTP/2 the client sees only the connection close.
+        // HTTP/2 the client sees only the connection close, or, when its first frames are
+        // still being written, a broken pipe or a reset.
         " (the server closed the connection: if it requires a client certificate, set OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY)"
     } else {
         ""
     }
+}
+
+/// Whether a failure's words say the peer closed the connection under the client, in the
+/// ways hyper, tonic and the OS (`Connection reset by peer`) report it.
+fn closed_by_peer(failure: &str) -> bool {
+    let failure = failure.to_ascii_lowercase();
+    ["connection closed", "broken pipe", "connection reset"]
+        .iter()
+        .any(|w| failure.contains(w))
 }
 
 #[cfg(test)]
@@ -191,6 +201,13 @@ mod tests {
         assert!(hint(closed, true, false).contains("if it requires a client certificate"));
         assert_eq!(hint(closed, true, true), "");
         assert_eq!(hint(closed, false, false), "");
+        // Seen from tonic when the refusal arrived while its first frames were being written.
+        let broken = "transport error: connection error: stream closed because of a broken pipe";
+        assert!(hint(broken, true, false).contains("CLIENT_KEY"));
+        assert_eq!(hint(broken, true, true), "");
+        assert!(
+            hint("Connection reset by peer (os error 104)", true, false).contains("CLIENT_KEY")
+        );
         assert_eq!(hint("connection refused", true, false), "");
     }
 }
