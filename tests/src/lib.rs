@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod certs;
 pub mod cpu_limit;
+pub mod frames;
 pub mod guest;
 pub mod jaeger;
 pub mod receiver;

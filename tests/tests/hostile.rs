@@ -1,6 +1,7 @@
 //! Hostile connections against the real tracer, broker and clients: a thousand idle Kafka
 //! connections, a hundred sending garbage, frames announced at the size cap and never sent, a
-//! client that never reads its responses, and a flood of tiny requests. The tracer's memory
+//! client that never reads its responses, a broker that never answers many connections' large
+//! requests, and a flood of tiny requests. The tracer's memory
 //! stays under its bound (the DaemonSet's 64 MiB request), every oddity lands in a counter, and
 //! a well-behaved producer and consumer running alongside are still traced and linked.
 
@@ -11,10 +12,14 @@ use std::{
 };
 
 use tests::{
-    Broker, payload, produce_and_consume, summary,
+    Broker,
+    frames::{compact, request_header, sized},
+    payload, produce_and_consume, summary,
     tracer::{PeakRss, Tracer, logged, named, rss_kib},
 };
-use tracer::pipeline::{DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_IN_FLIGHT};
+use tracer::pipeline::{
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES,
+};
 
 /// The memory bound the deployment promises (requests.memory of the DaemonSet), in KiB.
 const BOUND_KIB: u64 = 64 << 10;
@@ -28,9 +33,7 @@ fn api_versions(correlation_id: i32) -> Vec<u8> {
     body.extend_from_slice(&correlation_id.to_be_bytes());
     body.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
     body.extend_from_slice(client_id);
-    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
+    sized(body)
 }
 
 /// Reads one response frame.
@@ -211,38 +214,6 @@ fn hostile_connections_leave_memory_bounded_and_clients_traced() {
     }
 }
 
-/// A flexible (v2) request header: api key, version, correlation id, `client_id` (a plain
-/// nullable string, even here), no tagged fields.
-fn flexible_header(api_key: i16, version: i16, correlation_id: i32, client_id: &[u8]) -> Vec<u8> {
-    let mut h = api_key.to_be_bytes().to_vec();
-    h.extend_from_slice(&version.to_be_bytes());
-    h.extend_from_slice(&correlation_id.to_be_bytes());
-    h.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    h.extend_from_slice(client_id);
-    h.push(0);
-    h
-}
-
-/// A COMPACT_STRING.
-fn compact(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut n = s.len() as u64 + 1;
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-    out.extend_from_slice(s);
-    out
-}
-
-fn frame(header: Vec<u8>, body: Vec<u8>) -> Vec<u8> {
-    let mut f = ((header.len() + body.len()) as i32).to_be_bytes().to_vec();
-    f.extend(header);
-    f.extend(body);
-    f
-}
-
 /// A unique string of `len` bytes for request `i` (`illegal`: with characters no topic name
 /// may have).
 fn unique(i: usize, len: usize, illegal: bool) -> Vec<u8> {
@@ -291,11 +262,15 @@ fn hostile_strings_leave_memory_and_metrics_bounded() {
         body.push(2);
         body.extend_from_slice(&0i32.to_be_bytes());
         body.extend([0, 0, 0, 0]);
-        send(frame(flexible_header(0, 9, i as i32, &client_id), body));
+        send(sized(
+            [request_header(0, 9, i as i32, &client_id), body].concat(),
+        ));
         // FindCoordinator v3: a 1 MB group id.
         let mut body = compact(&unique(i, 1 << 20, true));
         body.extend([0, 0]);
-        send(frame(flexible_header(10, 3, i as i32, &client_id), body));
+        send(sized(
+            [request_header(10, 3, i as i32, &client_id), body].concat(),
+        ));
         // OffsetCommit v8: a 1 MB group id committing an offset of an illegally named topic.
         let mut body = compact(&unique(i, 1 << 20, true));
         body.extend_from_slice(&(-1i32).to_be_bytes()); // generation
@@ -309,7 +284,9 @@ fn hostile_strings_leave_memory_and_metrics_bounded() {
         body.extend_from_slice(&(-1i32).to_be_bytes()); // leader epoch
         body.push(0); // null metadata
         body.extend([0, 0, 0]);
-        send(frame(flexible_header(8, 8, i as i32, &client_id), body));
+        send(sized(
+            [request_header(8, 8, i as i32, &client_id), body].concat(),
+        ));
     }
     let hostile_peak = rss.peak();
     produce_and_consume(&broker.bootstrap(), "hostile-strings", "5", "none").unwrap();
@@ -348,4 +325,69 @@ fn hostile_strings_leave_memory_and_metrics_bounded() {
             .all(|s| s["name"].as_str().is_some_and(|n| n.len() < 300)),
         "span names bounded"
     );
+}
+
+/// A broker that takes requests and never answers, and eight connections sending it 64
+/// produce requests of 256 KiB each: 128 MiB in flight, while each connection stays far under
+/// the count bound (`--max-in-flight`, 1,024), so only the bound on what every connection's
+/// requests hold together (`--max-in-flight-bytes`, 64 MiB) can keep the tracer's memory in
+/// check. Past it exactly the requests over 64 MiB are given up, counted as evicted; the close
+/// reports the rest unanswered; memory stays under the deployment's bound.
+#[test]
+fn requests_in_flight_are_bounded_in_bytes_across_connections() {
+    const CONNECTIONS: usize = 8;
+    const PER_CONNECTION: usize = 64;
+    const VALUE: usize = 256 << 10;
+    let deaf = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = deaf.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in deaf.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
+        }
+    });
+    let tracer = Tracer::start(port, "hostile-in-flight");
+    let pid = tracer.child.id();
+    let attached = rss_kib(pid);
+    let rss = PeakRss::watch(pid);
+    let (batch, _) = tests::frames::batch(&[payload(7, VALUE)]);
+    let mut held = Vec::new();
+    let mut sent = 0;
+    for c in 0..CONNECTIONS {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for i in 0..PER_CONNECTION {
+            let (frame, _) = tests::frames::produce((c * PER_CONNECTION + i) as i32, &batch);
+            s.write_all(&frame).unwrap();
+            sent += 1;
+            // Paced to what the tracer has framed: a full ring buffer would lose requests,
+            // and the counts below are exact.
+            if sent % 16 == 0 {
+                tracer.wait_logged("requests", |n| n >= sent);
+            }
+        }
+        held.push(s);
+    }
+    tracer.wait_logged("requests", |n| n >= sent);
+    let evicted = tracer.wait_logged("evicted_requests", |_| true);
+    drop(held);
+    let unanswered = tracer.wait_logged("unanswered_requests", |n| n >= sent);
+    let (_, log) = tracer.stop_with_log();
+    let peak = rss.stop();
+    summary(&format!(
+        "e2e requests in flight: {CONNECTIONS} connections x {PER_CONNECTION} produce requests of {} KiB to a broker that never answers; {evicted} of {sent} evicted past --max-in-flight-bytes, {unanswered} unanswered in all; tracer RSS {attached} KiB attached, {peak} KiB peak",
+        VALUE >> 10
+    ));
+    assert_eq!(logged(&log, "kernel_ringbuf_full_records"), 0, "{log}");
+    assert_eq!(logged(&log, "requests"), sent, "{log}");
+    // Each request weighs its 256 KiB frame and under 4 KiB more (its decoded state, the
+    // client id, the record table), so 252 to 255 of them fit in 64 MiB.
+    let bound = DEFAULT_MAX_IN_FLIGHT_BYTES as u64;
+    let fit = bound / (VALUE as u64 + 4096)..=bound / VALUE as u64 - 1;
+    assert!(
+        fit.contains(&(sent - evicted)),
+        "{evicted} of {sent} evicted: {} held, {fit:?} fit in {bound} bytes: {log}",
+        sent - evicted
+    );
+    assert_eq!(unanswered, sent, "{log}");
+    assert!(peak < BOUND_KIB, "{peak} KiB");
 }
