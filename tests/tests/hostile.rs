@@ -17,9 +17,7 @@ use tests::{
     payload, produce_and_consume, summary,
     tracer::{PeakRss, Tracer, logged, named, rss_kib},
 };
-use tracer::pipeline::{
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT_BYTES,
-};
+use tracer::pipeline::{DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_IN_FLIGHT};
 
 /// The memory bound the deployment promises (requests.memory of the DaemonSet), in KiB.
 const BOUND_KIB: u64 = 64 << 10;
@@ -328,16 +326,17 @@ fn hostile_strings_leave_memory_and_metrics_bounded() {
 }
 
 /// A broker that takes requests and never answers, and eight connections sending it 64
-/// produce requests of 256 KiB each: 128 MiB in flight, while each connection stays far under
+/// produce requests of 64 KiB each: 32 MiB in flight, while each connection stays far under
 /// the count bound (`--max-in-flight`, 1,024), so only the bound on what every connection's
-/// requests hold together (`--max-in-flight-bytes`, 64 MiB) can keep the tracer's memory in
-/// check. Past it exactly the requests over 64 MiB are given up, counted as evicted; the close
-/// reports the rest unanswered; memory stays under the deployment's bound.
+/// requests hold together (`--max-in-flight-bytes`, set to 16 MiB here to keep the load light
+/// beside the other tests) can keep the tracer's memory in check. Past it exactly the requests
+/// over the bound are given up, counted as evicted; the close reports the rest unanswered.
 #[test]
 fn requests_in_flight_are_bounded_in_bytes_across_connections() {
     const CONNECTIONS: usize = 8;
     const PER_CONNECTION: usize = 64;
-    const VALUE: usize = 256 << 10;
+    const VALUE: usize = 64 << 10;
+    const BOUND: u64 = 16 << 20;
     let deaf = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = deaf.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -346,7 +345,11 @@ fn requests_in_flight_are_bounded_in_bytes_across_connections() {
             std::thread::spawn(move || std::io::copy(&mut s, &mut std::io::sink()));
         }
     });
-    let tracer = Tracer::start(port, "hostile-in-flight");
+    let tracer = Tracer::start_with(
+        port,
+        "hostile-in-flight",
+        &[("KAFKA_TRACER_MAX_IN_FLIGHT_BYTES", &BOUND.to_string())],
+    );
     let pid = tracer.child.id();
     let attached = rss_kib(pid);
     let rss = PeakRss::watch(pid);
@@ -359,15 +362,12 @@ fn requests_in_flight_are_bounded_in_bytes_across_connections() {
             let (frame, _) = tests::frames::produce((c * PER_CONNECTION + i) as i32, &batch);
             s.write_all(&frame).unwrap();
             sent += 1;
-            // Paced to what the tracer has framed: a full ring buffer would lose requests,
-            // and the counts below are exact.
-            if sent % 16 == 0 {
-                tracer.wait_logged("requests", |n| n >= sent);
-            }
         }
+        // Paced to what the tracer has framed (4 MiB at a time, half the ring buffer): a
+        // full ring would lose requests, and the counts below are exact.
+        tracer.wait_logged("requests", |n| n >= sent);
         held.push(s);
     }
-    tracer.wait_logged("requests", |n| n >= sent);
     let evicted = tracer.wait_logged("evicted_requests", |_| true);
     drop(held);
     let unanswered = tracer.wait_logged("unanswered_requests", |n| n >= sent);
@@ -379,13 +379,12 @@ fn requests_in_flight_are_bounded_in_bytes_across_connections() {
     ));
     assert_eq!(logged(&log, "kernel_ringbuf_full_records"), 0, "{log}");
     assert_eq!(logged(&log, "requests"), sent, "{log}");
-    // Each request weighs its 256 KiB frame and under 4 KiB more (its decoded state, the
-    // client id, the record table), so 252 to 255 of them fit in 64 MiB.
-    let bound = DEFAULT_MAX_IN_FLIGHT_BYTES as u64;
-    let fit = bound / (VALUE as u64 + 4096)..=bound / VALUE as u64 - 1;
+    // Each request weighs its 64 KiB frame and under 2 KiB more (its decoded state, the
+    // client id, the record table), so 248 to 255 of them fit in 16 MiB.
+    let fit = BOUND / (VALUE as u64 + 2048)..=BOUND / VALUE as u64 - 1;
     assert!(
         fit.contains(&(sent - evicted)),
-        "{evicted} of {sent} evicted: {} held, {fit:?} fit in {bound} bytes: {log}",
+        "{evicted} of {sent} evicted: {} held, {fit:?} fit in {BOUND} bytes: {log}",
         sent - evicted
     );
     assert_eq!(unanswered, sent, "{log}");
