@@ -69,9 +69,9 @@ pub fn sized(body: Vec<u8>) -> Vec<u8> {
     f
 }
 
-/// A request header v2 (flexible) of `api_key` v`version`: `client_id` is a plain nullable
-/// string even there, and no tagged fields follow it.
-pub fn request_header(
+/// A request header v1 (the one non-flexible requests take): api key, version, correlation
+/// id and `client_id` as a plain nullable string.
+pub fn request_header_v1(
     api_key: i16,
     version: i16,
     correlation_id: i32,
@@ -83,7 +83,19 @@ pub fn request_header(
     h.extend(correlation_id.to_be_bytes());
     h.extend((client_id.len() as i16).to_be_bytes());
     h.extend(client_id);
-    h.push(0); // no tagged fields
+    h
+}
+
+/// A request header v2 (flexible requests): v1's fields, `client_id` still a plain string,
+/// then an empty tagged-fields section.
+pub fn request_header(
+    api_key: i16,
+    version: i16,
+    correlation_id: i32,
+    client_id: &[u8],
+) -> Vec<u8> {
+    let mut h = request_header_v1(api_key, version, correlation_id, client_id);
+    h.push(0);
     h
 }
 

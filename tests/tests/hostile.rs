@@ -1,9 +1,9 @@
 //! Hostile connections against the real tracer, broker and clients: a thousand idle Kafka
 //! connections, a hundred sending garbage, frames announced at the size cap and never sent, a
 //! client that never reads its responses, a broker that never answers many connections' large
-//! requests, and a flood of tiny requests. The tracer's memory
-//! stays under its bound (the DaemonSet's 64 MiB request), every oddity lands in a counter, and
-//! a well-behaved producer and consumer running alongside are still traced and linked.
+//! requests, and a flood of tiny requests. The tracer's memory stays under its bound (the
+//! DaemonSet's 64 MiB request), every oddity lands in a counter, and a well-behaved producer
+//! and consumer running alongside are still traced and linked.
 
 use std::{
     io::{Read as _, Write as _},
@@ -13,7 +13,7 @@ use std::{
 
 use tests::{
     Broker,
-    frames::{compact, request_header, sized},
+    frames::{compact, request_header, request_header_v1, sized},
     payload, produce_and_consume, summary,
     tracer::{PeakRss, Tracer, logged, named, rss_kib},
 };
@@ -24,14 +24,7 @@ const BOUND_KIB: u64 = 64 << 10;
 
 /// An ApiVersions v0 request frame: the smallest request every broker answers.
 fn api_versions(correlation_id: i32) -> Vec<u8> {
-    let client_id = b"hostile";
-    let mut body = Vec::new();
-    body.extend_from_slice(&18i16.to_be_bytes());
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&correlation_id.to_be_bytes());
-    body.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    body.extend_from_slice(client_id);
-    sized(body)
+    sized(request_header_v1(18, 0, correlation_id, b"hostile"))
 }
 
 /// Reads one response frame.
