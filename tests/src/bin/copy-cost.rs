@@ -6,7 +6,12 @@
 //! programs took. Prints per path: traffic throughput, bytes copied, kernel time per MiB copied,
 //! and the bounded path's ratios to the loop's, all measured in this one run.
 //!
-//!   copy-cost [--runs N] [--mib N] [--write BYTES]
+//! Every process on a node pays for the capture on the syscalls it makes on other files too
+//! (pipes, eventfds, log files): the programs run before they know the fd is no traced socket.
+//! Each run also times `--calls` writes of 64 bytes to `/dev/null` and prints what the capture
+//! adds to one such call, in wall time and in its programs' kernel time.
+//!
+//!   copy-cost [--runs N] [--mib N] [--write BYTES] [--calls N]
 
 use std::{
     io::{Read as _, Write as _},
@@ -26,6 +31,19 @@ struct Run {
     lost: u64,
     /// Kernel time of every capture program during the run.
     kernel: Duration,
+    /// One write to `/dev/null`: its wall time, and the capture programs' kernel time.
+    null_call: Duration,
+    null_kernel: Duration,
+}
+
+/// `calls` writes of 64 bytes to `/dev/null`; the time one took, on average.
+fn null_writes(calls: u32) -> std::io::Result<Duration> {
+    let mut null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    let start = Instant::now();
+    for _ in 0..calls {
+        null.write_all(&[0u8; 64])?;
+    }
+    Ok(start.elapsed() / calls)
 }
 
 /// Streams `total` bytes in writes of `write` bytes from a client to a server thread on
@@ -55,7 +73,7 @@ fn stream(listener: TcpListener, total: u64, write: usize) -> std::io::Result<Du
 
 /// A run: with `path`, the capture is attached to the listener's port first and drained (as the
 /// daemon drains it) until the stream ends.
-fn run(path: Option<CopyPath>, total: u64, write: usize) -> anyhow::Result<Run> {
+fn run(path: Option<CopyPath>, total: u64, write: usize, calls: u32) -> anyhow::Result<Run> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let mib_s = |t: Duration| total as f64 / t.as_secs_f64() / 1048576.0;
     let Some(path) = path else {
@@ -64,6 +82,8 @@ fn run(path: Option<CopyPath>, total: u64, write: usize) -> anyhow::Result<Run> 
             copied: 0,
             lost: 0,
             kernel: Duration::ZERO,
+            null_call: null_writes(calls)?,
+            null_kernel: Duration::ZERO,
         });
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -92,24 +112,29 @@ fn run(path: Option<CopyPath>, total: u64, write: usize) -> anyhow::Result<Run> 
     capture.drain(|_| {});
     let after: Duration = capture.programs().iter().map(|p| p.run_time).sum();
     let k = capture.counters()?;
+    let null_call = null_writes(calls)?;
+    let after_null: Duration = capture.programs().iter().map(|p| p.run_time).sum();
     Ok(Run {
         mib_s: mib_s(elapsed),
         copied: k.bytes,
         lost: k.lost_bytes(),
         kernel: after.saturating_sub(before),
+        null_call,
+        null_kernel: after_null.saturating_sub(after) / calls,
     })
 }
 
 fn main() -> ExitCode {
     let args = tests::BenchArgs::parse(
         "copy-cost",
-        "[--runs N] [--mib N] [--write BYTES]",
-        &["--runs", "--mib", "--write"],
+        "[--runs N] [--mib N] [--write BYTES] [--calls N]",
+        &["--runs", "--mib", "--write", "--calls"],
         &[],
     );
     let runs = args.number("--runs", 3).max(1);
     let total = args.number("--mib", 256) << 20;
     let write = args.number("--write", 65536).clamp(1, 16 << 20) as usize;
+    let calls = args.number("--calls", 1_000_000).clamp(1, u32::MAX as u64) as u32;
     // Held for the whole benchmark: programs' run time is counted while it is open.
     let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => fd,
@@ -126,11 +151,11 @@ fn main() -> ExitCode {
     let mut results: Vec<Vec<Run>> = paths.iter().map(|_| Vec::new()).collect();
     for r in 0..runs {
         for (i, (name, path)) in paths.iter().enumerate() {
-            match run(*path, total, write) {
+            match run(*path, total, write, calls) {
                 Ok(run) => {
                     eprintln!(
-                        "run {r} {name}: {:.0} MiB/s, {} bytes copied, {} lost, kernel {:?}",
-                        run.mib_s, run.copied, run.lost, run.kernel
+                        "run {r} {name}: {:.0} MiB/s, {} bytes copied, {} lost, kernel {:?}; /dev/null write {:?} (kernel {:?})",
+                        run.mib_s, run.copied, run.lost, run.kernel, run.null_call, run.null_kernel
                     );
                     results[i].push(run);
                 }
@@ -169,6 +194,26 @@ fn main() -> ExitCode {
         }
         summary.push((mib_s, ns_per_mib));
     }
+    let ns = |d: &Duration| d.as_nanos() as f64;
+    let null: Vec<(f64, f64)> = results
+        .iter()
+        .map(|runs| {
+            (
+                tests::median(runs.iter().map(|r| ns(&r.null_call)).collect()),
+                tests::median(runs.iter().map(|r| ns(&r.null_kernel)).collect()),
+            )
+        })
+        .collect();
+    println!(
+        "  a 64-byte write to /dev/null ({calls} calls a run, medians): untraced {:.0} ns; bpf_loop {:.0} ns (+{:.0}, programs {:.0} ns); bounded {:.0} ns (+{:.0}, programs {:.0} ns)",
+        null[0].0,
+        null[1].0,
+        null[1].0 - null[0].0,
+        null[1].1,
+        null[2].0,
+        null[2].0 - null[0].0,
+        null[2].1,
+    );
     println!(
         "  bounded/bpf_loop: kernel time per MiB {:.2}, throughput {:.2}; traced/untraced throughput: bpf_loop {:.2}, bounded {:.2}",
         summary[2].1 / summary[1].1,
