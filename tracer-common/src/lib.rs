@@ -452,7 +452,8 @@ pub struct ProcPtr {
     pub ptr: u64,
 }
 
-/// Stash of a syscall's arguments between its entry and exit (`ARGS`, keyed by pid_tgid).
+/// Stash of a syscall's arguments between its entry and exit (`ARGS`, keyed by pid_tgid);
+/// `syscall` 0 once the exit has taken them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallArgs {

@@ -57,11 +57,17 @@ pub fn sys_exit_bounded(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn exit(ctx: &TracePointContext, walker: Walker) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(args) = (unsafe { ARGS.get(&id) }).copied() else {
+    let Some(slot) = ARGS.get_ptr_mut(&id) else {
         return 0;
     };
-    let _ = ARGS.remove(&id);
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    // SAFETY: map value pointer, valid for this program run. The entry stays for the thread's
+    // next syscall (`entry::stash`); `syscall` 0 marks it spent.
+    let args = unsafe { *slot };
+    if args.syscall == 0 {
+        return 0;
+    }
+    unsafe { (*slot).syscall = 0 };
+    let ret = field::<i64>(ctx, 16);
     if args.syscall >= Syscall::Connect as u8 {
         exit_setup(ctx, &args, ret);
     } else if args.conn_key != 0 && ret > 0 {

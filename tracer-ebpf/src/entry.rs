@@ -14,8 +14,8 @@ fn enter_data(ctx: &TracePointContext, syscall: Syscall, dir: Direction, flags_a
         return 0;
     }
     // Field layout shared by every data syscall's entry tracepoint: fd@16, pointer@24, count@32.
-    let fd = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(u64::MAX) as i32;
-    if flags_at != 0 && unsafe { ctx.read_at::<u64>(flags_at) }.unwrap_or(0) & MSG_PEEK != 0 {
+    let fd = field::<u64>(ctx, 16) as i32;
+    if flags_at != 0 && field::<u64>(ctx, flags_at) & MSG_PEEK != 0 {
         return 0;
     }
     let mut conn_key = 0;
@@ -31,8 +31,8 @@ fn enter_data(ctx: &TracePointContext, syscall: Syscall, dir: Direction, flags_a
         id,
         SyscallArgs {
             conn_key,
-            buf: unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0),
-            count: unsafe { ctx.read_at::<u64>(32) }.unwrap_or(0),
+            buf: field::<u64>(ctx, 24),
+            count: field::<u64>(ctx, 32),
             ts_enter_ns: now(),
             fd,
             syscall: syscall as u8,
@@ -43,9 +43,15 @@ fn enter_data(ctx: &TracePointContext, syscall: Syscall, dir: Direction, flags_a
     0
 }
 
+/// A thread's entry stays in `ARGS` from one syscall to the next and is overwritten in place;
+/// only a thread's first syscall inserts. An insert and a delete on every syscall (the LRU's
+/// bucket lock and free lists) cost more than the rest of the entry and exit programs.
 #[inline(always)]
 pub(crate) fn stash(id: u64, args: SyscallArgs) {
-    if ARGS.insert(&id, &args, 0).is_err() {
+    if let Some(slot) = ARGS.get_ptr_mut(&id) {
+        // SAFETY: map value pointer, valid for this program run.
+        unsafe { *slot = args };
+    } else if ARGS.insert(&id, &args, 0).is_err() {
         count(counter::ARGS_FULL, 1);
     }
 }

@@ -14,10 +14,10 @@ fn enter_setup(ctx: &TracePointContext, syscall: Syscall) -> u32 {
         id,
         SyscallArgs {
             conn_key: 0,
-            buf: unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0),
+            buf: field::<u64>(ctx, 24),
             count: 0,
             ts_enter_ns: now(),
-            fd: unsafe { ctx.read_at::<u64>(16) }.unwrap_or(u64::MAX) as i32,
+            fd: field::<u64>(ctx, 16) as i32,
             syscall: syscall as u8,
             direction: Direction::Egress as u8,
             _pad: [0; 2],
@@ -45,7 +45,7 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let fd = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(u64::MAX) as u32;
+    let fd = field::<u64>(&ctx, 16) as u32;
     let key = (id & 0xffff_ffff_0000_0000) | fd as u64;
     close_conn(&ctx, key, fd as i32);
     let _ = LISTENERS.remove(&key);

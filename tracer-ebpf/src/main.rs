@@ -32,6 +32,7 @@ use core::{
 };
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
@@ -120,10 +121,11 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU counter for connection ids.
 #[map]
 static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-/// Syscall arguments between entry and exit, by pid_tgid. LRU: a thread killed inside a
-/// syscall never reaches the exit that would remove its entry.
+/// Syscall arguments between entry and exit, by pid_tgid: one entry per thread that makes data
+/// syscalls, kept between its syscalls (`entry::stash`). LRU: threads that ended leave theirs
+/// behind, and the least recently used go first; room for as many threads as a busy node runs.
 #[map]
-static ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+static ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(65536, 0);
 /// Tracked (or sniffed) connections, by `struct sock` address (sock mode) or `tgid << 32 | fd`.
 /// LRU: in fd mode a process that exits without close() leaves its entries behind.
 #[map]
@@ -209,6 +211,17 @@ fn count(index: u32, n: u64) {
 fn now() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// A field of the tracepoint's record, at `offset` in its format, loaded from the context
+/// itself. Tracepoint programs may load from their record directly, which costs one
+/// instruction where `TracePointContext::read_at` calls `bpf_probe_read_kernel`, a helper with
+/// fault handling: four to eight of those ran on every read and write of every traced process.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: offsets are constants inside the tracepoint's format (the verifier refuses a
+    // load past the record), aligned to `T`.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().add(offset) as *const T) }
 }
 
 fn next_conn_id() -> u64 {

@@ -24,15 +24,17 @@ fn tie_to_sock(ctx: &TracePointContext, dir: Direction) {
     };
     // SAFETY: map value pointer, valid for this program run.
     let args = unsafe { &mut *args };
-    if args.direction != dir as u8 || args.conn_key != 0 {
-        return; // another socket call nested in this syscall, or an mmsg already tied
+    if args.syscall == 0 || args.direction != dir as u8 || args.conn_key != 0 {
+        // No syscall of ours under way, another socket call nested in this one, or an mmsg
+        // already tied.
+        return;
     }
-    let proto = unsafe { ctx.read_at::<u16>(18) }.unwrap_or(0);
-    let family = unsafe { ctx.read_at::<u16>(16) }.unwrap_or(0);
+    let proto = field::<u16>(ctx, 18);
+    let family = field::<u16>(ctx, 16);
     if proto != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return;
     }
-    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    let sk = field::<u64>(ctx, 8);
     if sk == 0 {
         return;
     }
@@ -110,28 +112,28 @@ fn tuple_from_sock(sk: u64, off: &SockOffsets) -> Option<ConnTuple> {
 /// bytes to receive, so the end of a connection is `tcp:tcp_destroy_sock` instead.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let proto = unsafe { ctx.read_at::<u16>(30) }.unwrap_or(0);
-    let newstate = unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0);
+    let proto = field::<u16>(&ctx, 30);
+    let newstate = field::<i32>(&ctx, 20);
     if proto != IPPROTO_TCP || newstate != TCP_ESTABLISHED {
         return 0;
     }
-    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    let sk = field::<u64>(&ctx, 8);
     if unsafe { CONNS.get(&sk) }.is_some() {
         return 0;
     }
-    let family = unsafe { ctx.read_at::<u16>(28) }.unwrap_or(0);
+    let family = field::<u16>(&ctx, 28);
     let mut t = ConnTuple {
         family,
-        lport: unsafe { ctx.read_at::<u16>(24) }.unwrap_or(0),
-        rport: unsafe { ctx.read_at::<u16>(26) }.unwrap_or(0),
+        lport: field::<u16>(&ctx, 24),
+        rport: field::<u16>(&ctx, 26),
         ..ConnTuple::default()
     };
     if family == AF_INET {
-        t.laddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(32) }.unwrap_or([0; 4]));
-        t.raddr[..4].copy_from_slice(&unsafe { ctx.read_at::<[u8; 4]>(36) }.unwrap_or([0; 4]));
+        t.laddr[..4].copy_from_slice(&field::<[u8; 4]>(&ctx, 32));
+        t.raddr[..4].copy_from_slice(&field::<[u8; 4]>(&ctx, 36));
     } else {
-        t.laddr = unsafe { ctx.read_at::<[u8; 16]>(40) }.unwrap_or([0; 16]);
-        t.raddr = unsafe { ctx.read_at::<[u8; 16]>(56) }.unwrap_or([0; 16]);
+        t.laddr = field::<[u8; 16]>(&ctx, 40);
+        t.raddr = field::<[u8; 16]>(&ctx, 56);
     }
     let cfg = config();
     match classify(&cfg, &t) {
@@ -148,7 +150,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// `tcp:tcp_destroy_sock` (skaddr@8): the socket is freed, nothing more can be read from it.
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    let sk = field::<u64>(&ctx, 8);
     close_conn(&ctx, sk, -1);
     let _ = IGNORED.remove(&sk);
     0
