@@ -36,6 +36,20 @@ struct Run {
     null_kernel: Duration,
 }
 
+/// One path's medians over its runs.
+struct Summary {
+    mib_s: f64,
+    ns_per_mib: f64,
+    /// A write to `/dev/null`: wall time, and the programs' kernel time.
+    null_ns: f64,
+    null_kernel_ns: f64,
+}
+
+/// Kernel time every capture program has taken since statistics were enabled.
+fn programs_time(capture: &Capture) -> Duration {
+    capture.programs().iter().map(|p| p.run_time).sum()
+}
+
 /// `calls` writes of 64 bytes to `/dev/null`; the time one took, on average.
 fn null_writes(calls: u32) -> std::io::Result<Duration> {
     let mut null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
@@ -100,7 +114,7 @@ fn run(path: Option<CopyPath>, total: u64, write: usize, calls: u32) -> anyhow::
         copy_path: path,
         ..CaptureConfig::default()
     })?;
-    let before: Duration = capture.programs().iter().map(|p| p.run_time).sum();
+    let before = programs_time(&capture);
     let writer = std::thread::spawn(move || stream(listener, total, write));
     while !writer.is_finished() {
         capture.drain(|_| {});
@@ -110,10 +124,10 @@ fn run(path: Option<CopyPath>, total: u64, write: usize, calls: u32) -> anyhow::
         .join()
         .map_err(|_| anyhow::anyhow!("the stream panicked"))??;
     capture.drain(|_| {});
-    let after: Duration = capture.programs().iter().map(|p| p.run_time).sum();
+    let after = programs_time(&capture);
     let k = capture.counters()?;
     let null_call = null_writes(calls)?;
-    let after_null: Duration = capture.programs().iter().map(|p| p.run_time).sum();
+    let after_null = programs_time(&capture);
     Ok(Run {
         mib_s: mib_s(elapsed),
         copied: k.bytes,
@@ -192,34 +206,33 @@ fn main() -> ExitCode {
                 ns_per_mib / 1000.0
             );
         }
-        summary.push((mib_s, ns_per_mib));
+        let ns = |d: fn(&Run) -> Duration| {
+            tests::median(runs.iter().map(|r| d(r).as_nanos() as f64).collect())
+        };
+        summary.push(Summary {
+            mib_s,
+            ns_per_mib,
+            null_ns: ns(|r| r.null_call),
+            null_kernel_ns: ns(|r| r.null_kernel),
+        });
     }
-    let ns = |d: &Duration| d.as_nanos() as f64;
-    let null: Vec<(f64, f64)> = results
-        .iter()
-        .map(|runs| {
-            (
-                tests::median(runs.iter().map(|r| ns(&r.null_call)).collect()),
-                tests::median(runs.iter().map(|r| ns(&r.null_kernel)).collect()),
-            )
-        })
-        .collect();
+    let (untraced, looped, bounded) = (&summary[0], &summary[1], &summary[2]);
     println!(
         "  a 64-byte write to /dev/null ({calls} calls a run, medians): untraced {:.0} ns; bpf_loop {:.0} ns (+{:.0}, programs {:.0} ns); bounded {:.0} ns (+{:.0}, programs {:.0} ns)",
-        null[0].0,
-        null[1].0,
-        null[1].0 - null[0].0,
-        null[1].1,
-        null[2].0,
-        null[2].0 - null[0].0,
-        null[2].1,
+        untraced.null_ns,
+        looped.null_ns,
+        looped.null_ns - untraced.null_ns,
+        looped.null_kernel_ns,
+        bounded.null_ns,
+        bounded.null_ns - untraced.null_ns,
+        bounded.null_kernel_ns,
     );
     println!(
         "  bounded/bpf_loop: kernel time per MiB {:.2}, throughput {:.2}; traced/untraced throughput: bpf_loop {:.2}, bounded {:.2}",
-        summary[2].1 / summary[1].1,
-        summary[2].0 / summary[1].0,
-        summary[1].0 / summary[0].0,
-        summary[2].0 / summary[0].0,
+        bounded.ns_per_mib / looped.ns_per_mib,
+        bounded.mib_s / looped.mib_s,
+        looped.mib_s / untraced.mib_s,
+        bounded.mib_s / untraced.mib_s,
     );
     ExitCode::SUCCESS
 }
