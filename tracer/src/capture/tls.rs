@@ -68,6 +68,9 @@ pub struct TlsProbes {
     searched: HashMap<u32, Searched>,
     attach_failures: u64,
     unreadable_objects: u64,
+    unsearchable_processes: u64,
+    /// The steps ([`Unread`], one bit each) whose refusal by permission was logged.
+    refusals_said: u8,
     /// False when the kernel refused the programs: nothing is probed (said once at start).
     enabled: bool,
     /// The kernel has no `bpf_loop`: the return programs' bounded variants copy.
@@ -125,7 +128,8 @@ impl TlsProbes {
         let mappings = match mappings(tgid) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(pid = tgid, "reading the process's mappings: {e:#}");
+                self.unsearchable_processes += 1;
+                self.not_read(Unread::Mappings, &format!("process {tgid}"), &e);
                 return false;
             }
         };
@@ -169,7 +173,7 @@ impl TlsProbes {
             Ok(None) => return Object::Plain,
             Err(e) => {
                 self.unreadable_objects += 1;
-                tracing::warn!(pid = tgid, object = %m.path, "TLS through this object is not read: {e:#}");
+                self.not_read(Unread::Object, &format!("{} (pid {tgid})", m.path), &e);
                 return Object::Plain;
             }
         };
@@ -177,12 +181,35 @@ impl TlsProbes {
             let program = probe_points::program(program, self.bounded);
             if let Err(e) = attach(ebpf, program, offsets, &path) {
                 self.attach_failures += 1;
-                tracing::warn!(object = %m.path, "TLS probe {program} not attached, TLS through this object is not read: {e:#}");
+                self.not_read(Unread::Probe, &format!("{} (probe {program})", m.path), &e);
                 return Object::Failed;
             }
         }
         tracing::info!(pid = tgid, object = %m.path, library = ?found.library, "reading TLS plaintext through this object");
         Object::Probed
+    }
+
+    /// Logs why TLS through `what` is not read. A refusal by permission is logged once for
+    /// each step with the capability that fixes it, then at debug level: a node without the
+    /// capability would otherwise log a line per library of every process. A mapping that
+    /// could not be read otherwise is a process gone meanwhile (debug); other failures warn.
+    fn not_read(&mut self, step: Unread, what: &str, e: &anyhow::Error) {
+        let denied = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        });
+        let bit = 1 << step as u8;
+        if denied && self.refusals_said & bit == 0 {
+            self.refusals_said |= bit;
+            let (fix, counter) = step.fix();
+            tracing::warn!(
+                "TLS through {what} is not read: {e:#} ({fix}; further refusals are logged at debug level and counted in {counter})"
+            );
+        } else if denied || matches!(step, Unread::Mappings) {
+            tracing::debug!("TLS through {what} is not read: {e:#}");
+        } else {
+            tracing::warn!("TLS through {what} is not read: {e:#}");
+        }
     }
 
     /// The probes' counters, for the stats line and `/metrics`.
@@ -204,7 +231,43 @@ impl TlsProbes {
                 self.unreadable_objects,
                 "mapped objects that could not be read to look for TLS functions",
             ),
+            Counter::count(
+                "tls_unsearchable_processes",
+                self.unsearchable_processes,
+                "processes whose mappings could not be read to look for TLS libraries (gone, or refused: CAP_SYS_PTRACE)",
+            ),
         ]
+    }
+}
+
+/// The step of probing a process that failed.
+#[derive(Clone, Copy)]
+enum Unread {
+    /// Reading its mappings.
+    Mappings,
+    /// Opening a mapped object through `/proc/PID/root`.
+    Object,
+    /// Attaching a uprobe to an object.
+    Probe,
+}
+
+impl Unread {
+    /// What the kernel wants for the step, and the counter of its failures.
+    fn fix(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Mappings => (
+                "reading another process's mappings needs CAP_SYS_PTRACE",
+                "tls_unsearchable_processes",
+            ),
+            Self::Object => (
+                "opening another process's files through /proc/PID/root needs CAP_SYS_PTRACE",
+                "tls_unreadable_objects",
+            ),
+            Self::Probe => (
+                "creating uprobes needs CAP_SYS_ADMIN on current kernels",
+                "tls_probe_failures",
+            ),
+        }
     }
 }
 
