@@ -1054,6 +1054,7 @@ fn the_check_reports_what_this_kernel_offers() {
     for what in [
         "kernel",
         "privileges",
+        "TLS privileges",
         "ring buffer",
         "tracefs",
         "syscall tracepoints",

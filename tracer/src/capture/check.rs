@@ -92,6 +92,14 @@ pub fn report(cfg: &CaptureConfig) -> Vec<Finding> {
         Verdict::Ok,
         "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)".into(),
     );
+    if cfg.tls {
+        r.check(
+            "TLS privileges",
+            preflight::check_tls_privileges()
+                .map(|()| "CAP_SYS_PTRACE and CAP_SYS_ADMIN: TLS libraries are probed".into()),
+            Verdict::Fallback,
+        );
+    }
     r.check(
         "ring buffer",
         preflight::require_ring_buffer().map(|()| "BPF ring buffer maps".into()),

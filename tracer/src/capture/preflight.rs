@@ -13,6 +13,7 @@ use crate::btf;
 /// Where tracefs is normally mounted; older systems only have it under debugfs.
 const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -39,6 +40,30 @@ pub fn check_privileges() -> anyhow::Result<()> {
         "missing privileges: loading eBPF tracing programs needs CAP_BPF and CAP_PERFMON (or \
          CAP_SYS_ADMIN); run as root (sudo kafka-tracer ...) or grant them, e.g. `setcap \
          cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_ptrace+ep kafka-tracer`"
+    )
+}
+
+/// Reading TLS plaintext needs CAP_SYS_PTRACE (opening the clients' libraries through
+/// `/proc/PID/root`) and CAP_SYS_ADMIN (since a 2025 fix, backported to the stable kernels,
+/// uprobes are created only for it).
+pub fn check_tls_privileges() -> anyhow::Result<()> {
+    let caps = effective_caps()?;
+    let missing: Vec<&str> = [
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| caps & (1 << c) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "missing {}: TLS plaintext is not read, TLS connections are only counted; grant \
+         CAP_SYS_PTRACE (to open clients' libraries) and CAP_SYS_ADMIN (to attach uprobes), \
+         e.g. the chart's readTls, or set --tls false",
+        missing.join(" and ")
     )
 }
 
