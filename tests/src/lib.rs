@@ -202,17 +202,30 @@ pub fn client(args: &[&str]) -> anyhow::Result<String> {
 
 /// librdkafka consuming `count` records of partition 0 of `topic` from the start (20 s at most).
 pub fn consume(bootstrap: &str, topic: &str, count: &str) -> anyhow::Result<String> {
-    client(&[
-        "consume",
-        "confluent",
-        bootstrap,
-        topic,
-        count,
-        "--partition",
-        "0",
-        "--timeout",
-        "20",
-    ])
+    consume_env(&[], bootstrap, topic, count)
+}
+
+/// The same with environment variables for the client (its security settings).
+pub fn consume_env(
+    env: &[(&str, &str)],
+    bootstrap: &str,
+    topic: &str,
+    count: &str,
+) -> anyhow::Result<String> {
+    client_env(
+        env,
+        &[
+            "consume",
+            "confluent",
+            bootstrap,
+            topic,
+            count,
+            "--partition",
+            "0",
+            "--timeout",
+            "20",
+        ],
+    )
 }
 
 /// librdkafka producing `count` records in `codec` to partition 0 of `topic`, each with the
@@ -223,19 +236,33 @@ pub fn produce_and_consume(
     count: &str,
     codec: &str,
 ) -> anyhow::Result<()> {
-    client(&[
-        "produce",
-        "confluent",
-        bootstrap,
-        topic,
-        count,
-        codec,
-        "--traceparent",
-        TRACEPARENT,
-        "--partition",
-        "0",
-    ])?;
-    consume(bootstrap, topic, count).map(drop)
+    produce_and_consume_env(&[], bootstrap, topic, count, codec)
+}
+
+/// The same with environment variables for the clients (their security settings).
+pub fn produce_and_consume_env(
+    env: &[(&str, &str)],
+    bootstrap: &str,
+    topic: &str,
+    count: &str,
+    codec: &str,
+) -> anyhow::Result<()> {
+    client_env(
+        env,
+        &[
+            "produce",
+            "confluent",
+            bootstrap,
+            topic,
+            count,
+            codec,
+            "--traceparent",
+            TRACEPARENT,
+            "--partition",
+            "0",
+        ],
+    )?;
+    consume_env(env, bootstrap, topic, count).map(drop)
 }
 
 /// The record offsets a send or poll span covers, from its attributes (`num` reads one as an

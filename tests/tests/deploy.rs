@@ -14,9 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tests::{
-    Broker, TRACEPARENT,
+    Broker,
     certs::Certs,
-    client_env, produce_and_consume,
+    client_env, produce_and_consume, produce_and_consume_env,
     tracer::{Tracer, logged, proc_status},
     venv,
 };
@@ -36,6 +36,11 @@ fn parse(text: &str) -> Vec<Value> {
 /// Every document of the plain manifest.
 fn manifest() -> Vec<Value> {
     parse(&std::fs::read_to_string(deploy_dir().join("kubernetes/kafka-tracer.yaml")).unwrap())
+}
+
+/// The DaemonSet's tracer container in `docs`.
+fn container(docs: &[Value]) -> &Value {
+    &find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
 }
 
 /// Runs Helm (installed by `cargo xtask setup`'s test environment) on the chart.
@@ -198,7 +203,7 @@ fn the_chart_lints_and_refuses_unknown_values() {
 #[test]
 fn chart_values_reach_the_daemon() {
     let env = |docs: &[Value]| -> Vec<(String, Value)> {
-        find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["env"]
+        container(docs)["env"]
             .as_array()
             .unwrap()
             .iter()
@@ -223,11 +228,7 @@ fn chart_values_reach_the_daemon() {
         Some(json!("all"))
     );
     // TLS is read by default, which needs CAP_SYS_PTRACE; without it, neither.
-    let caps = |docs: &[Value]| {
-        find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-            ["capabilities"]["add"]
-            .clone()
-    };
+    let caps = |docs: &[Value]| container(docs)["securityContext"]["capabilities"]["add"].clone();
     assert_eq!(
         value(&env_defaults, "KAFKA_TRACER_TLS"),
         Some(json!("true"))
@@ -327,8 +328,7 @@ fn chart_values_reach_the_daemon() {
 /// The DaemonSet's container security context: user and added capabilities.
 fn granted() -> (u64, Vec<String>) {
     let docs = manifest();
-    let sc =
-        &find(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    let sc = &container(&docs)["securityContext"];
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     let caps = sc["capabilities"]["add"]
@@ -442,42 +442,23 @@ fn the_daemonsets_capabilities_read_tls() {
         ("KT_SSL_CA", certs.ca.display().to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let client = |args: &[&str]| client_env(&env, args).unwrap();
     // The library is probed at the client's first connection, which a fast client can outrun
     // (see kafka_tls.rs): a first run, not asserted on.
     broker.create_topic("least-privilege-tls-first", 1).unwrap();
-    client(&[
-        "produce",
-        "confluent",
-        &bootstrap,
-        "least-privilege-tls-first",
-        "1",
-        "none",
-    ]);
+    client_env(
+        &env,
+        &[
+            "produce",
+            "confluent",
+            &bootstrap,
+            "least-privilege-tls-first",
+            "1",
+            "none",
+        ],
+    )
+    .unwrap();
     broker.create_topic("least-privilege-tls", 1).unwrap();
-    client(&[
-        "produce",
-        "confluent",
-        &bootstrap,
-        "least-privilege-tls",
-        "3",
-        "none",
-        "--traceparent",
-        TRACEPARENT,
-        "--partition",
-        "0",
-    ]);
-    client(&[
-        "consume",
-        "confluent",
-        &bootstrap,
-        "least-privilege-tls",
-        "3",
-        "--partition",
-        "0",
-        "--timeout",
-        "30",
-    ]);
+    produce_and_consume_env(&env, &bootstrap, "least-privilege-tls", "3", "none").unwrap();
     let (spans, log) = tracer.stop_with_log();
     assert!(logged(&log, "tls_probed_objects") >= 1, "{log}");
     let send: Vec<_> = spans
