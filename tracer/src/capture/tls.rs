@@ -128,7 +128,6 @@ impl TlsProbes {
         let mappings = match mappings(tgid) {
             Ok(m) => m,
             Err(e) => {
-                self.unsearchable_processes += 1;
                 self.not_read(Unread::Mappings, &format!("process {tgid}"), &e);
                 return false;
             }
@@ -172,7 +171,6 @@ impl TlsProbes {
             Ok(Some(f)) => f,
             Ok(None) => return Object::Plain,
             Err(e) => {
-                self.unreadable_objects += 1;
                 self.not_read(Unread::Object, &format!("{} (pid {tgid})", m.path), &e);
                 return Object::Plain;
             }
@@ -180,7 +178,6 @@ impl TlsProbes {
         for (program, offsets) in &found.points {
             let program = probe_points::program(program, self.bounded);
             if let Err(e) = attach(ebpf, program, offsets, &path) {
-                self.attach_failures += 1;
                 self.not_read(Unread::Probe, &format!("{} (probe {program})", m.path), &e);
                 return Object::Failed;
             }
@@ -189,11 +186,16 @@ impl TlsProbes {
         Object::Probed
     }
 
-    /// Logs why TLS through `what` is not read. A refusal by permission is logged once for
+    /// Counts a failed step and logs why TLS through `what` is not read. A refusal by permission is logged once for
     /// each step with the capability that fixes it, then at debug level: a node without the
     /// capability would otherwise log a line per library of every process. A mapping that
     /// could not be read otherwise is a process gone meanwhile (debug); other failures warn.
     fn not_read(&mut self, step: Unread, what: &str, e: &anyhow::Error) {
+        *match step {
+            Unread::Mappings => &mut self.unsearchable_processes,
+            Unread::Object => &mut self.unreadable_objects,
+            Unread::Probe => &mut self.attach_failures,
+        } += 1;
         let denied = e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
