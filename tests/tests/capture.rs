@@ -1063,6 +1063,28 @@ fn the_check_reports_what_this_kernel_offers() {
     }
     assert_eq!(line("load and detach"), "ok");
     assert!(report.contains("all gone after detach"), "{report}");
+    // With the selective copy, whose walk is the largest program: loaded, and with half the
+    // verifier's budget to spare, so that a kernel exploring more is seen here before one
+    // refuses it (Linux 6.18.44 refused the walk as it was, at 1M instructions).
+    let out = Command::new(tests::tracer::binary())
+        .args(["--check", "--ports", "9092", "--record-headers", "none"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(verdict(&report, "load and detach"), "ok", "{report}");
+    if version >= (5, 16) {
+        let share = report
+            .split_once("% of its budget")
+            .and_then(|(before, _)| before.rsplit_once('(')?.1.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no verifier share: {report}"));
+        assert!(share < 50.0, "{share}% of the verifier's budget: {report}");
+        if version >= (5, 17) {
+            assert!(report.contains("sys_exit_skim"), "{report}");
+        }
+    } else {
+        assert!(report.contains("does not report the verifier"), "{report}");
+    }
 
     let out = Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])

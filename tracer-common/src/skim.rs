@@ -415,13 +415,12 @@ impl Skim {
         if self.carry_len == 0 {
             return;
         }
-        // A loop of constant count over constant indexes: the verifier proves each access.
-        #[allow(clippy::needless_range_loop)]
-        for k in 0..FRESH {
-            if k < self.carry_len as usize {
-                win[k] = self.carry[k];
-            }
-        }
+        // All of it, whatever `carry_len`: bytes past it are overwritten by the fresh ones or
+        // lie past the field's end, which `step` never reads. A copy without a condition per
+        // byte is straight-line code the verifier walks once; the conditional loop it replaced
+        // was walked byte by byte for every state that reached it (6.18.44 refused `sys_exit`
+        // at the 1M-instruction limit).
+        win[..FRESH].copy_from_slice(&self.carry);
     }
 
     /// Reads the field at `at` from the window (the carry, then `fresh` bytes of the segment;
@@ -493,12 +492,11 @@ impl Skim {
         if n >= FRESH as u64 || self.at < start {
             return self.unparsed();
         }
-        let from = (self.at - start) as usize;
-        for k in 0..FRESH {
-            if k < n as usize {
-                self.carry[k] = win[opaque(from + k) & (WINDOW - 1)];
-            }
-        }
+        // `from + n <= FRESH`: the field lies in the window's first half. All FRESH bytes
+        // from `from` are carried (the ones past `n` are never read), unconditionally, for
+        // the reason given in `load`.
+        let from = opaque((self.at - start) as usize) & (FRESH - 1);
+        self.carry.copy_from_slice(&win[from..from + FRESH]);
         self.carry_len = n as u32;
         Parsed::Moved
     }

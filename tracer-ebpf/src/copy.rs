@@ -22,6 +22,10 @@ use super::*;
 pub(crate) enum Walker {
     /// `bpf_loop`.
     Loop,
+    /// `bpf_loop`, with the selective copy's steps on walked connections (`skim`). A program
+    /// of its own, loaded only when the selective copy is on: the walk multiplies what the
+    /// verifier explores, and a kernel whose verifier refuses it still runs the plain copy.
+    LoopSkim,
     /// Bounded loops continued by tail calls to the continuation in this map (a program of
     /// the caller's type).
     Bounded(&'static ProgramArray),
@@ -46,6 +50,13 @@ const BOUNDED_STEPS: u32 = 64;
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
     exit(&ctx, Walker::Loop)
+}
+
+/// The same, walking the connections the selective copy is on for (`--record-headers`,
+/// `--selective-copy`).
+#[tracepoint]
+pub fn sys_exit_skim(ctx: TracePointContext) -> u32 {
+    exit(&ctx, Walker::LoopSkim)
 }
 
 /// The same, for kernels without `bpf_loop`.
@@ -236,21 +247,20 @@ pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
 
     w.cap_left = captured;
     w.plaintext = plaintext as u64;
-    if matches!(walker, Walker::Loop) && !plaintext && conn.skim != 0 {
+    let skimmed = matches!(walker, Walker::LoopSkim);
+    if skimmed && !plaintext && conn.skim != 0 {
         let responses = conn.skim != args.direction + 1;
         skim::begin(s, args.conn_key, captured < total, responses);
     }
     match walker {
-        Walker::Loop => {
-            // SAFETY: the callback only touches the per-CPU scratch.
-            unsafe {
-                bpf_loop(
-                    MAX_WALK_STEPS,
-                    walk_step::<true> as *mut c_void,
-                    core::ptr::null_mut(),
-                    0,
-                )
+        Walker::Loop | Walker::LoopSkim => {
+            let step = if skimmed {
+                walk_step::<true> as *mut c_void
+            } else {
+                walk_step::<false> as *mut c_void
             };
+            // SAFETY: the callback only touches the per-CPU scratch.
+            unsafe { bpf_loop(MAX_WALK_STEPS, step, core::ptr::null_mut(), 0) };
         }
         Walker::Bounded(next) => {
             if !bounded_steps() {
@@ -260,22 +270,22 @@ pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
             }
         }
     }
-    finish_walk(s, matches!(walker, Walker::Loop));
+    finish_walk(s, skimmed);
 }
 
 /// After the walk: what it could not copy is counted, and a stream whose first bytes are a
 /// TLS record is marked (the rest of the connection is ciphertext, not copied unless a TLS call
 /// is tied to it; the daemon reads the same record and tells the user when none is).
-/// `loop_path`: the walk ran with `bpf_loop`, the only path with the selective copy.
+/// `skimmed`: the walk could take the selective copy's steps (`Walker::LoopSkim`).
 #[inline(always)]
-fn finish_walk(s: *mut Scratch, loop_path: bool) {
+fn finish_walk(s: *mut Scratch, skimmed: bool) {
     // SAFETY: per-CPU scratch; the first record's bytes are still at the start of `data`.
     let (w, hdr, d) = unsafe { (&(*s).walk, &(*s).hdr, &(*s).data) };
     if w.failed == 0 && w.cap_left > 0 {
         // The walk ran out of steps or of iovecs before `captured` bytes: report, never hide.
         count(counter::TRUNCATED_BYTES, w.cap_left);
     }
-    if loop_path && w.skim_on != 0 {
+    if skimmed && w.skim_on != 0 {
         skim::end(s, w.failed != 0 || w.cap_left > 0);
     }
     let captured = hdr.captured_len as u64;
@@ -342,7 +352,7 @@ fn start_walk(s: *mut Scratch, args: &SyscallArgs, ret: u64, walker: Walker) -> 
         m.ptr = args.buf;
         m.n = ret;
         m.total = 0;
-        if matches!(walker, Walker::Loop) {
+        if !matches!(walker, Walker::Bounded(_)) {
             // SAFETY: the callback only touches the per-CPU scratch.
             unsafe { bpf_loop(MAX_IOV, sum_mmsg as *mut c_void, core::ptr::null_mut(), 0) };
         } else {

@@ -12,9 +12,9 @@
 //! 3. `sys_exit_<call>` learns how many bytes moved, reserves that range of the connection's
 //!    directional stream (an atomic add on the stream offset, so any loss shows up as a gap), and
 //!    copies the user buffers into records of at most `CHUNK_SIZE` bytes, with `bpf_loop` or,
-//!    on kernels without it, bounded loops and tail calls (`copy`). On a walked connection the
-//!    `bpf_loop` copy follows each produce request and fetch response and skips record values
-//!    (`skim`).
+//!    on kernels without it, bounded loops and tail calls (`copy`). With the selective copy on,
+//!    a program of its own (`sys_exit_skim`) follows each produce request and fetch response of a
+//!    walked connection and skips record values (`skim`).
 //!
 //! TLS connections are read in the TLS library instead (uprobes: `tls` for OpenSSL, `gotls`
 //! for Go's crypto/tls), their ciphertext not copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.

@@ -95,7 +95,7 @@ pub(crate) fn step(s: *mut Scratch, w: &mut Walk) -> i64 {
     };
     match sk.plan(pos) {
         Plan::Parse => {
-            parse(s, w, avail);
+            skim_parse(avail);
             0
         }
         Plan::Skip(n) => {
@@ -115,11 +115,21 @@ pub(crate) fn step(s: *mut Scratch, w: &mut Walk) -> i64 {
 }
 
 /// Reads the window at the walk's position (the carry, then up to `FRESH` bytes of the
-/// segment) and lets the rule take its step.
-#[inline(always)]
-fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
-    // SAFETY: per-CPU scratch; `skim`, `fetches` and `win` are distinct fields.
-    let (sk, fetches, win) = unsafe { (&mut (*s).skim, &mut (*s).fetches, &mut (*s).win) };
+/// segment, `avail` of which are left) and lets the rule take its step.
+///
+/// A global function, so the verifier checks it once, on its own, with nothing known of the
+/// scratch, instead of once for every path of the copy walk that reaches a parse: the rule's
+/// branches times the walk's were past the 1M-instruction budget on Linux 6.18.44. It takes
+/// and returns plain integers (what a global function may) and finds the scratch itself.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn skim_parse(avail: u64) -> u64 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch; `walk`, `skim`, `fetches` and `win` are distinct fields.
+    let (w, sk, fetches, win) =
+        unsafe { (&(*s).walk, &mut (*s).skim, &mut (*s).fetches, &mut (*s).win) };
     sk.load(win);
     let fresh = opaque(if avail < FRESH as u64 {
         avail
@@ -127,7 +137,7 @@ fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
         FRESH as u64
     });
     if fresh > FRESH as u64 {
-        return;
+        return 0;
     }
     let at = sk.carry_len as usize & (FRESH - 1);
     // SAFETY: at < FRESH and fresh <= FRESH, inside the 2 * FRESH window.
@@ -149,6 +159,7 @@ fn parse(s: *mut Scratch, w: &Walk, avail: u64) {
         Parsed::Stopped => count(counter::SKIM_STOPPED_STREAMS, 1),
         Parsed::Moved | Parsed::Wait => {}
     }
+    0
 }
 
 /// Copies up to `n` bytes of the segment into the open run (opening one after a skip).

@@ -204,7 +204,8 @@ fn load_and_detach(cfg: &CaptureConfig) -> Finding {
         CopyPath::Loop => "bpf_loop",
         _ => "bounded",
     };
-    let ids: Vec<u32> = capture.programs().iter().map(|p| p.id).collect();
+    let programs = capture.programs();
+    let ids: Vec<u32> = programs.iter().map(|p| p.id).collect();
     drop(capture);
     // Listing programs needs CAP_SYS_ADMIN; without it the detach is not verified.
     let left = || -> Result<Vec<u32>, aya::programs::ProgramError> {
@@ -223,8 +224,9 @@ fn load_and_detach(cfg: &CaptureConfig) -> Finding {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let loaded = format!(
-        "{} programs loaded in {mode} mode with the {copy} copy",
-        ids.len()
+        "{} programs loaded in {mode} mode with the {copy} copy; {}",
+        ids.len(),
+        heaviest(&programs)
     );
     match left() {
         Ok(l) if l.is_empty() => finding(Verdict::Ok, format!("{loaded}, all gone after detach")),
@@ -236,6 +238,25 @@ fn load_and_detach(cfg: &CaptureConfig) -> Finding {
             Verdict::Ok,
             format!("{loaded} and detached (not verified: listing programs needs CAP_SYS_ADMIN)"),
         ),
+    }
+}
+
+/// The program the verifier took the most instructions to accept, against its budget: a
+/// kernel whose verifier explores more (a stable update did, for the selective copy) refuses
+/// a program at the budget, so what is left of it is worth seeing before that.
+fn heaviest(programs: &[super::LoadedProgram]) -> String {
+    match programs
+        .iter()
+        .filter_map(|p| Some((p.verified_insns?, &p.name)))
+        .max()
+    {
+        Some((n, name)) => format!(
+            "the verifier took {n} instructions for the largest, {name} ({:.1}% of its budget \
+             of {})",
+            100.0 * f64::from(n) / f64::from(super::VERIFIER_BUDGET),
+            super::VERIFIER_BUDGET
+        ),
+        None => "this kernel does not report the verifier's work (Linux 5.16+ does)".into(),
     }
 }
 

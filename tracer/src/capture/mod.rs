@@ -289,8 +289,15 @@ pub fn monotonic_ns() -> u64 {
 pub struct LoadedProgram {
     /// The kernel's id for it (never reused while the kernel runs).
     pub id: u32,
+    pub name: String,
     pub run_time: std::time::Duration,
+    /// Instructions the verifier walked to accept it (Linux 5.16+ reports them): how close it
+    /// came to the kernel's budget of [`VERIFIER_BUDGET`].
+    pub verified_insns: Option<u32>,
 }
+
+/// Instructions the kernel's verifier walks at most for one program before it refuses it.
+pub const VERIFIER_BUDGET: u32 = 1_000_000;
 
 /// A loaded and attached capture. Dropping it detaches every program and frees every map.
 pub struct Capture {
@@ -354,8 +361,9 @@ impl Capture {
             seed_fd_connections(&mut ebpf, cfg, &config)?;
         }
 
-        load_copy(&mut ebpf, copy_path)?;
-        attach_programs(&mut ebpf, mode, copy_path)?;
+        let exit = exit_program(copy_path, config.skim != 0);
+        load_copy(&mut ebpf, exit, copy_path)?;
+        attach_programs(&mut ebpf, mode, exit)?;
         let tls = if cfg.tls {
             let probes = tls::TlsProbes::load(&mut ebpf, copy_path == CopyPath::Bounded);
             if probes.enabled() {
@@ -418,11 +426,13 @@ impl Capture {
     pub fn programs(&self) -> Vec<LoadedProgram> {
         self.ebpf
             .programs()
-            .filter_map(|(_, p)| {
+            .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
                 Some(LoadedProgram {
                     id: info.id(),
+                    name: name.to_string(),
                     run_time: info.run_time(),
+                    verified_insns: info.verified_instruction_count(),
                 })
             })
             .collect()
@@ -583,17 +593,30 @@ fn pick_copy_path(asked: CopyPath) -> anyhow::Result<CopyPath> {
     })
 }
 
-/// Loads the syscall-exit copy of `path` (a resolved path, never `Auto`) and, for the bounded
-/// one, the walk's continuations.
-fn load_copy(ebpf: &mut Ebpf, path: CopyPath) -> anyhow::Result<()> {
-    load_tracepoint(
-        ebpf,
-        if path == CopyPath::Loop {
-            "sys_exit"
+/// The syscall-exit program of `path` (resolved, never `Auto`): on the `bpf_loop` path, the one
+/// with the selective copy's walk only when it is on (`skim`), since that walk is most of what
+/// the verifier explores.
+fn exit_program(path: CopyPath, skim: bool) -> &'static str {
+    match (path, skim) {
+        (CopyPath::Bounded, _) => "sys_exit_bounded",
+        (_, true) => "sys_exit_skim",
+        (_, false) => "sys_exit",
+    }
+}
+
+/// Loads the syscall-exit program `exit` of `path` and, for the bounded path, the walk's
+/// continuations.
+fn load_copy(ebpf: &mut Ebpf, exit: &str, path: CopyPath) -> anyhow::Result<()> {
+    load_tracepoint(ebpf, exit).map_err(|e| {
+        if exit == "sys_exit_skim" {
+            e.context(
+                "the selective copy (--record-headers uncompressed or none, --selective-copy) \
+                 is refused by this kernel; without it every byte is copied",
+            )
         } else {
-            "sys_exit_bounded"
-        },
-    )?;
+            e
+        }
+    })?;
     if path == CopyPath::Bounded {
         let more = load_tracepoint(ebpf, "copy_more_tp")?.fd()?.try_clone()?;
         set_continuation(ebpf, "COPY_MORE_TP", &more)?;
@@ -724,7 +747,7 @@ const FD_ENTRIES: [(&str, &[&str]); 4] = [
 
 /// Attaches the programs of `mode`: exits and socket ties first, entries last (an entry stashed
 /// before its exit is attached would only linger in the LRU stash).
-fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode, copy: CopyPath) -> anyhow::Result<()> {
+fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode, exit: &str) -> anyhow::Result<()> {
     let mut exits: Vec<String> = DATA_SYSCALLS
         .iter()
         .map(|s| format!("sys_exit_{s}"))
@@ -732,11 +755,6 @@ fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode, copy: CopyPath) -> anyhow
     if mode == CaptureMode::Fd {
         exits.extend(SETUP_SYSCALLS.iter().map(|s| format!("sys_exit_{s}")));
     }
-    let exit = if copy == CopyPath::Bounded {
-        "sys_exit_bounded"
-    } else {
-        "sys_exit"
-    };
     attach(ebpf, exit, "syscalls", &exits)?;
     if mode == CaptureMode::Sock {
         for (c, t) in SOCK_TRACEPOINTS {
