@@ -32,7 +32,11 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts the daemon on the broker's port and waits until its programs are attached.
+    /// Starts the daemon on the broker's port and waits until its programs are attached and its
+    /// loop runs: its first stats line comes after the start-up's heap (the kernel's BTF, the
+    /// eBPF object) is handed back, so a memory reading taken then is the attached tracer's,
+    /// not its start-up peak (read before it, "attached" RSS was 26 or 31 MiB by chance, and a
+    /// test's growth check could see memory fall below it).
     pub fn start(port: u16, name: &str) -> Self {
         Self::start_with(port, name, &[])
     }
@@ -96,7 +100,8 @@ impl Tracer {
         let end = Instant::now() + Duration::from_secs(20);
         while !std::fs::read_to_string(&t.stderr)
             .unwrap_or_default()
-            .contains("capture attached")
+            .split_once("capture attached")
+            .is_some_and(|(_, after)| after.contains("counters"))
         {
             assert!(
                 Instant::now() < end,
