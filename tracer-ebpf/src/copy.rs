@@ -24,7 +24,7 @@ pub(crate) enum Walker {
     Loop,
     /// `bpf_loop`, with the selective copy's steps on walked connections (`skim`). A program
     /// of its own, loaded only when the selective copy is on: the walk multiplies what the
-    /// verifier explores, and a kernel whose verifier refuses it still runs the plain copy.
+    /// verifier explores, and the default copy should not depend on a verifier taking it.
     LoopSkim,
     /// Bounded loops continued by tail calls to the continuation in this map (a program of
     /// the caller's type).
