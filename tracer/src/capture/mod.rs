@@ -593,13 +593,16 @@ fn pick_copy_path(asked: CopyPath) -> anyhow::Result<CopyPath> {
     })
 }
 
+/// The syscall-exit program with the selective copy's walk.
+const SKIM_EXIT: &str = "sys_exit_skim";
+
 /// The syscall-exit program of `path` (resolved, never `Auto`): on the `bpf_loop` path, the one
 /// with the selective copy's walk only when it is on (`skim`), since that walk is most of what
 /// the verifier explores.
 fn exit_program(path: CopyPath, skim: bool) -> &'static str {
     match (path, skim) {
         (CopyPath::Bounded, _) => "sys_exit_bounded",
-        (_, true) => "sys_exit_skim",
+        (_, true) => SKIM_EXIT,
         (_, false) => "sys_exit",
     }
 }
@@ -608,7 +611,7 @@ fn exit_program(path: CopyPath, skim: bool) -> &'static str {
 /// continuations.
 fn load_copy(ebpf: &mut Ebpf, exit: &str, path: CopyPath) -> anyhow::Result<()> {
     load_tracepoint(ebpf, exit).map_err(|e| {
-        if exit == "sys_exit_skim" {
+        if exit == SKIM_EXIT {
             e.context(
                 "the selective copy (--record-headers uncompressed or none, --selective-copy) \
                  is refused by this kernel; without it every byte is copied",
