@@ -544,9 +544,13 @@ fn an_unreachable_otlp_endpoint_is_counted_not_fatal() {
 }
 
 /// /metrics, scraped as Prometheus would: consumer lag and end-to-end latency for the topic,
-/// and the tracer's own health counters.
+/// the tracer's own health counters, and what it has cost (its CPU time, and with BPF
+/// statistics on, held here as `sysctl kernel.bpf_stats_enabled=1` would, its programs' time).
 #[test]
 fn metrics_show_lag_latency_and_health() {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .expect("turning BPF statistics on (Linux 5.8+, as root)");
+    let started = std::time::Instant::now();
     let broker = Broker::start().unwrap();
     broker.create_topic("e2e-metrics", 1).unwrap();
     let addr = format!("127.0.0.1:{}", tests::tracer::free_port());
@@ -638,4 +642,21 @@ fn metrics_show_lag_latency_and_health() {
     ] {
         assert_eq!(value(health, &[]), 0.0, "{health}");
     }
+    // What tracing cost: nanoseconds, within what the machine's cores could have spent since
+    // the test started (a unit off by a thousand fails one bound or the other).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ceiling = started.elapsed().as_nanos() as f64 * cores as f64;
+    let daemon = value("kafka_tracer_daemon_cpu_ns_total", &[]);
+    let ebpf = value("kafka_tracer_ebpf_run_ns_total", &[]);
+    let runs = value("kafka_tracer_ebpf_runs_total", &[]);
+    println!("e2e metrics: daemon CPU {daemon} ns, eBPF {ebpf} ns in {runs} runs");
+    assert!((1e6..ceiling).contains(&daemon), "daemon CPU {daemon} ns");
+    assert!(
+        runs >= 10.0,
+        "the programs ran for each Kafka syscall: {runs}"
+    );
+    assert!(
+        (runs..ceiling).contains(&ebpf),
+        "eBPF {ebpf} ns over {runs} runs"
+    );
 }

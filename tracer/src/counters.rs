@@ -12,6 +12,10 @@ pub enum Kind {
     Loss,
     /// A current level (a gauge): connections open, spans queued.
     Level,
+    /// What the tracer itself has used since the start (CPU time): a counter like `Count`, but
+    /// no news on its own, so it never makes the stats line log again by itself (an idle daemon
+    /// still wakes, and its CPU time moves on every tick).
+    Usage,
 }
 
 /// One counter: `name` is its key in the log line and, as `kafka_tracer_<name>_total` (or
@@ -51,6 +55,15 @@ impl Counter {
             kind: Kind::Level,
         }
     }
+
+    pub const fn usage(name: &'static str, value: u64, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            value,
+            kind: Kind::Usage,
+        }
+    }
 }
 
 /// The log form of a table: `name=value` pairs separated by spaces.
@@ -65,6 +78,17 @@ pub fn log_line(counters: &[Counter]) -> String {
         line.push_str(&c.value.to_string());
     }
     line
+}
+
+/// Whether anything but usage differs between two tables: worth a stats line.
+pub fn news(now: &[Counter], before: &[Counter]) -> bool {
+    let events = |t: &[Counter]| {
+        t.iter()
+            .filter(|c| c.kind != Kind::Usage)
+            .map(|c| (c.name, c.value))
+            .collect::<Vec<_>>()
+    };
+    events(now) != events(before)
 }
 
 /// The sum of the table's losses.
@@ -89,5 +113,19 @@ mod tests {
         ];
         assert_eq!(log_line(&t), "frames=3 dropped=2 queued=7 refused=1");
         assert_eq!(lost(&t), 3);
+    }
+
+    #[test]
+    fn only_events_are_news() {
+        let table = |frames, cpu| {
+            [
+                Counter::count("frames", frames, "frames"),
+                Counter::usage("daemon_cpu_ns", cpu, "cpu"),
+            ]
+        };
+        assert!(!news(&table(3, 20), &table(3, 10)), "CPU time alone");
+        assert!(news(&table(4, 10), &table(3, 10)), "a new frame");
+        assert!(news(&table(3, 10), &[]), "the first table");
+        assert_eq!(log_line(&table(3, 20)), "frames=3 daemon_cpu_ns=20");
     }
 }

@@ -90,7 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = stats.tick() => {
                 pipeline.evict_idle(monotonic_ns(), args.idle_timeout.as_nanos() as u64);
                 let now = counters(&capture, &pipeline, &traces, &metrics)?;
-                if now != logged {
+                if counters::news(&now, &logged) {
                     log_counters(&now);
                     logged = now;
                 }
@@ -289,7 +289,23 @@ fn counters(
     all.extend(metrics.named());
     all.extend(capture.counters()?.named());
     all.extend(capture.tls_named());
+    all.push(daemon_cpu());
+    all.extend(capture.usage());
     Ok(all)
+}
+
+/// The CPU time (user and system) the daemon has used: with `ebpf_run_ns`, what tracing costs
+/// a node, per node, from `/metrics`.
+fn daemon_cpu() -> Counter {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    Counter::usage(
+        "daemon_cpu_ns",
+        ns(u.ru_utime) + ns(u.ru_stime),
+        "nanoseconds of CPU time (user and system) the tracer's daemon has used",
+    )
 }
 
 /// The stats line: every counter; a warning when anything was lost.

@@ -438,6 +438,31 @@ impl Capture {
             .collect()
     }
 
+    /// What the capture's programs have cost the kernel: their run time and runs, summed. The
+    /// kernel counts them only while BPF statistics are on (`sysctl kernel.bpf_stats_enabled=1`,
+    /// or a process holding them on, as the benchmark does); otherwise both stay at 0.
+    pub fn usage(&self) -> Vec<Counter> {
+        let (mut ns, mut runs) = (0u64, 0u64);
+        for (_, p) in self.ebpf.programs() {
+            if let Ok(info) = p.info() {
+                ns = ns.saturating_add(info.run_time().as_nanos() as u64);
+                runs = runs.saturating_add(info.run_count());
+            }
+        }
+        vec![
+            Counter::usage(
+                "ebpf_run_ns",
+                ns,
+                "nanoseconds the tracer's eBPF programs ran in the kernel, counted while kernel.bpf_stats_enabled is 1 (else 0)",
+            ),
+            Counter::usage(
+                "ebpf_runs",
+                runs,
+                "runs of the tracer's eBPF programs, counted while kernel.bpf_stats_enabled is 1 (else 0)",
+            ),
+        ]
+    }
+
     /// Waits until the ring buffer may have records: a wake-up from the kernel, or the re-read
     /// due after a drain that found some (records written since woke nobody).
     pub async fn readable(&mut self) -> anyhow::Result<()> {
