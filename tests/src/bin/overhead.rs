@@ -264,12 +264,12 @@ fn one(
     })
 }
 
-/// The median of `v` with its spread, as text: `median (min-max)`.
-fn spread(v: Vec<f64>) -> String {
+/// The median of `v` with its spread, as text with `digits` decimals: `median (min-max)`.
+fn spread(v: Vec<f64>, digits: usize) -> String {
     let (lo, hi) = v
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    format!("{:.0} ({lo:.0}-{hi:.0})", median(v))
+    format!("{:.digits$} ({lo:.digits$}-{hi:.digits$})", median(v))
 }
 
 fn main() -> ExitCode {
@@ -350,6 +350,20 @@ fn main() -> ExitCode {
     };
     let produce = pick(true, |r| r.produce_rps) / pick(false, |r| r.produce_rps);
     let consume = pick(true, |r| r.consume_rps) / pick(false, |r| r.consume_rps);
+    // Each pair's own ratio (its two runs back to back): their spread is how far apart one
+    // setting's ratios fall on this machine, the resolution of the medians above.
+    let pairs = |f: fn(&Run) -> f64| -> Vec<f64> {
+        all.chunks(2)
+            .filter_map(|p| {
+                let (t, u) = match p {
+                    [a, b] if a.traced => (a, b),
+                    [a, b] => (b, a),
+                    _ => return None,
+                };
+                Some(f(t) / f(u))
+            })
+            .collect()
+    };
     let traced: Vec<&Run> = all.iter().filter(|r| r.traced).collect();
     // Each record is produced once and consumed once: CPU per 10k records through the tracer.
     let cpu_per_10k = median(
@@ -381,8 +395,8 @@ fn main() -> ExitCode {
     ] {
         println!(
             "  {name}  untraced {}  traced {}",
-            spread(of(false, f)),
-            spread(of(true, f))
+            spread(of(false, f), 0),
+            spread(of(true, f), 0)
         );
     }
     // CPU per million records (each produced and consumed once): steadier than wall clock.
@@ -430,8 +444,14 @@ fn main() -> ExitCode {
         );
     }
     println!("\nmedians, traced / untraced:");
-    println!("  produce throughput ratio  {produce:.3}  (goal >= 0.98)");
-    println!("  consume throughput ratio  {consume:.3}  (goal >= 0.98)");
+    println!(
+        "  produce throughput ratio  {produce:.3}  (goal >= 0.98); pair by pair {}",
+        spread(pairs(|r| r.produce_rps), 3)
+    );
+    println!(
+        "  consume throughput ratio  {consume:.3}  (goal >= 0.98); pair by pair {}",
+        spread(pairs(|r| r.consume_rps), 3)
+    );
     println!(
         "  tracer CPU per 10k records  {:.3} s (saturated: batches are large; --rate measures a steady load, where they are small)",
         cpu_per_10k,
