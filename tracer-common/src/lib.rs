@@ -424,7 +424,10 @@ pub mod counter {
     pub const SKIM_UNPARSED_FRAMES: u32 = 18;
     /// Streams whose walk lost the framing (or a byte of the stream): copied whole from then.
     pub const SKIM_STOPPED_STREAMS: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// Bytes a traced connection moved in calls whose buffers cannot be read in sock mode
+    /// (sendfile, splice, io_uring, the mmsg calls): a gap in the stream.
+    pub const UNCOPYABLE_BYTES: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// A TLS library call between its entry and its return (`TLS_CALLS`, keyed by pid_tgid).

@@ -1,5 +1,6 @@
-//! Syscall entry: each data syscall's arguments (fd, buffer or iovec/msghdr pointer) are stashed
-//! in `ARGS` by thread, for the exit to copy from; in fd mode the connection is found here.
+//! fd mode's syscall entry: a data syscall on a tracked `(tgid, fd)` has its arguments (fd,
+//! buffer or iovec/msghdr pointer) stashed in `ARGS` by thread, for the exit to copy from.
+//! (Sock mode copies at the socket tracepoints, `sock`, and attaches no syscall tracepoint.)
 
 use super::*;
 
@@ -18,15 +19,11 @@ fn enter_data(ctx: &TracePointContext, syscall: Syscall, dir: Direction, flags_a
     if flags_at != 0 && field::<u64>(ctx, flags_at) & MSG_PEEK != 0 {
         return 0;
     }
-    let mut conn_key = 0;
-    if cfg.mode == mode::FD {
-        let key = ((tgid as u64) << 32) | (fd as u32 as u64);
-        if unsafe { CONNS.get(&key) }.is_none() {
-            return 0;
-        }
-        conn_key = key;
-        tls::nested(ctx, id, key);
+    let conn_key = ((tgid as u64) << 32) | (fd as u32 as u64);
+    if unsafe { CONNS.get(&conn_key) }.is_none() {
+        return 0;
     }
+    tls::nested(ctx, id, conn_key);
     stash(
         id,
         SyscallArgs {

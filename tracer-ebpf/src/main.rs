@@ -1,20 +1,22 @@
 //! Kernel side of kafka-tracer: copies the bytes that processes send and receive on TCP sockets
 //! into the `EVENTS` ring buffer, built only on tracepoints (no kprobes, no fentry), so it runs on
-//! every kernel that has the syscall tracepoints.
+//! every kernel that has the syscall tracepoints (fd mode) or the socket ones (sock mode).
 //!
-//! The life of one captured syscall:
-//! 1. `sys_enter_<call>` stashes the arguments (fd, buffer or iovec/msghdr pointer) in `ARGS`,
-//!    keyed by thread.
-//! 2. The stash is tied to a TCP connection: in sock mode by `sock:sock_send_length` /
-//!    `sock:sock_recv_length`, which fire inside the syscall with the `struct sock`; in fd mode at
-//!    entry, by the `(tgid, fd)` that connect/accept/close tracking (and /proc, at startup) put in
-//!    `CONNS`.
-//! 3. `sys_exit_<call>` learns how many bytes moved, reserves that range of the connection's
-//!    directional stream (an atomic add on the stream offset, so any loss shows up as a gap), and
-//!    copies the user buffers into records of at most `CHUNK_SIZE` bytes, with `bpf_loop` or,
-//!    on kernels without it, bounded loops and tail calls (`copy`). With the selective copy on,
-//!    a program of its own (`sys_exit_skim`) follows each produce request and fetch response of a
-//!    walked connection and skips record values (`skim`).
+//! The life of one captured call, in one of two modes:
+//! - sock mode (Linux 6.3+): `sock:sock_send_length` / `sock:sock_recv_length` fire inside the
+//!   syscall, after the bytes moved, with the `struct sock` and the byte count; the syscall's
+//!   buffers are read from the task's saved registers, and the copy happens there (`sock`).
+//!   No syscall tracepoint is attached.
+//! - fd mode: `sys_enter_<call>` stashes the arguments (fd, buffer or iovec/msghdr pointer) of a
+//!   call on a `(tgid, fd)` that connect/accept/close tracking (and /proc, at startup) put in
+//!   `CONNS`, keyed by thread in `ARGS`; `sys_exit_<call>` learns how many bytes moved.
+//!
+//! Either way the copy (`copy`) reserves that range of the connection's directional stream (an
+//! atomic add on the stream offset, so any loss shows up as a gap), and copies the user buffers
+//! into records of at most `CHUNK_SIZE` bytes, with `bpf_loop` or, on kernels without it,
+//! bounded loops and tail calls. With the selective copy on, programs of their own (the `_skim`
+//! variants) follow each produce request and fetch response of a walked connection and skip
+//! record values (`skim`).
 //!
 //! TLS connections are read in the TLS library instead (uprobes: `tls` for OpenSSL, `gotls`
 //! for Go's crypto/tls), their ciphertext not copied. Nothing is dropped silently: every byte not delivered is counted in `COUNTERS`.

@@ -1,32 +1,54 @@
-//! Sock mode: the `sock:sock_*_length` tracepoints tie a stashed syscall to its `struct sock`
-//! (endpoints read at BTF offsets), and the TCP state tracepoints open and close connections.
+//! Sock mode: `sock:sock_send_length` and `sock:sock_recv_length` fire inside the syscall that
+//! moved bytes on a socket, with its `struct sock` (endpoints read at BTF offsets) and the byte
+//! count, so the bytes are copied right there: which buffers the syscall used is read from the
+//! task's saved user registers. No syscall tracepoint is attached, so the reads and writes of
+//! files, pipes and untraced sockets, every process's, run none of the tracer's programs. The
+//! TCP state tracepoints open and close connections.
 
-use super::*;
+use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
 
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    tie_to_sock(&ctx, Direction::Egress);
-    0
-}
+use super::{
+    copy::{COPY_MORE_TP, Walker, exit_data},
+    *,
+};
 
-#[tracepoint]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    tie_to_sock(&ctx, Direction::Ingress);
-    0
-}
-
-/// `sock:sock_{send,recv}_length` (sk@8, family@16, protocol@18) fire in the syscall's task,
-/// so the stash of the current thread belongs to the socket `sk`.
-fn tie_to_sock(ctx: &TracePointContext, dir: Direction) {
-    let id = bpf_get_current_pid_tgid();
-    let Some(args) = ARGS.get_ptr_mut(&id) else {
-        return;
+/// One copy program per direction and copy walk (`copy::Walker`): each is verified with only
+/// the walk it runs, as the syscall exits are.
+macro_rules! sock_copy {
+    ($name:ident, $dir:ident, $walker:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            on_sock(&ctx, Direction::$dir, $walker);
+            0
+        }
     };
-    // SAFETY: map value pointer, valid for this program run.
-    let args = unsafe { &mut *args };
-    if args.syscall == 0 || args.direction != dir as u8 || args.conn_key != 0 {
-        // No syscall of ours under way, another socket call nested in this one, or an mmsg
-        // already tied.
+}
+
+sock_copy!(sock_send_length, Egress, Walker::Loop);
+sock_copy!(sock_send_length_skim, Egress, Walker::LoopSkim);
+sock_copy!(
+    sock_send_length_bounded,
+    Egress,
+    Walker::Bounded(&COPY_MORE_TP)
+);
+sock_copy!(sock_recv_length, Ingress, Walker::Loop);
+sock_copy!(sock_recv_length_skim, Ingress, Walker::LoopSkim);
+sock_copy!(
+    sock_recv_length_bounded,
+    Ingress,
+    Walker::Bounded(&COPY_MORE_TP)
+);
+
+/// `sock:sock_{send,recv}_length` (sk@8, family@16, protocol@18, ret@20, flags@24) fire in the
+/// task that made the call, after the bytes moved: the connection's stream grows by `ret`.
+#[inline(always)]
+fn on_sock(ctx: &TracePointContext, dir: Direction, walker: Walker) {
+    let ret = field::<i32>(ctx, 20);
+    if ret <= 0 {
+        return;
+    }
+    if dir == Direction::Ingress && field::<i32>(ctx, 24) as u32 as u64 & MSG_PEEK != 0 {
+        // Peeked bytes are read again by a later call.
         return;
     }
     let proto = field::<u16>(ctx, 18);
@@ -38,18 +60,23 @@ fn tie_to_sock(ctx: &TracePointContext, dir: Direction) {
     if sk == 0 {
         return;
     }
+    let cfg = config();
+    let id = bpf_get_current_pid_tgid();
+    if !task_traced(&cfg, (id >> 32) as u32) {
+        return;
+    }
+    let call = current_call(dir);
     if unsafe { CONNS.get(&sk) }.is_none() {
-        // First syscall seen on a connection that was established before the tracer started.
+        // First call seen on a connection that was established before the tracer started.
         if unsafe { IGNORED.get(&sk) }.is_some() {
             return;
         }
-        let cfg = config();
         let Some(tuple) = tuple_from_sock(sk, &cfg.sock) else {
             return;
         };
         match classify(&cfg, &tuple) {
             Some(how) => {
-                if !open_conn(ctx, sk, tuple, how, flags::MIDSTREAM, args.fd) {
+                if !open_conn(ctx, sk, tuple, how, flags::MIDSTREAM, call.fd) {
                     return;
                 }
             }
@@ -59,23 +86,89 @@ fn tie_to_sock(ctx: &TracePointContext, dir: Direction) {
             }
         }
     }
-    args.conn_key = sk;
-    if let Some(st) = CONNS.get_ptr_mut(&sk) {
-        // SAFETY: map value pointer, valid for this program run.
-        let st = unsafe { &mut *st };
-        if st.fd_noted == 0 {
-            // The connection's first syscall (a client's ClientHello on a TLS connection,
-            // before any TLS call on it): its process is one whose TLS calls are read.
-            let _ = tls::FD_SOCKS.insert(
-                &((id & 0xffff_ffff_0000_0000) | args.fd as u32 as u64),
-                &sk,
-                0,
-            );
-            tls::note_process((id >> 32) as u32);
-            st.fd_noted = 1;
-        }
+    let Some(conn) = CONNS.get_ptr_mut(&sk) else {
+        return;
+    };
+    // SAFETY: map value pointer, valid for this program run.
+    let conn = unsafe { &mut *conn };
+    if conn.fd_noted == 0 && call.fd >= 0 {
+        // The connection's first call (a client's ClientHello on a TLS connection, before any
+        // TLS call on it): its process is one whose TLS calls are read.
+        let _ = tls::FD_SOCKS.insert(
+            &((id & 0xffff_ffff_0000_0000) | call.fd as u32 as u64),
+            &sk,
+            0,
+        );
+        tls::note_process((id >> 32) as u32);
+        conn.fd_noted = 1;
     }
     tls::nested(ctx, id, sk);
+    if call.syscall == 0 {
+        // sendfile, splice, io_uring, sendmmsg/recvmmsg: no user buffer to copy. The stream
+        // still moved on: a gap the daemon sees, counted here.
+        let dir_counter = if dir == Direction::Egress {
+            &raw mut conn.tx_bytes
+        } else {
+            &raw mut conn.rx_bytes
+        };
+        // SAFETY: the map value outlives this call; the add is atomic (see `exit_data`).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dir_counter, ret as u64) };
+        count(counter::UNCOPYABLE_BYTES, ret as u64);
+        return;
+    }
+    let args = SyscallArgs {
+        conn_key: sk,
+        ..call
+    };
+    exit_data(ctx, &args, ret as u64, false, walker);
+}
+
+/// `struct pt_regs` offsets (x86-64, the architecture the tracer is built for): the syscall
+/// number as it entered (`orig_ax`) and its first three arguments (`di`, `si`, `dx`).
+const REGS_ORIG_AX: u64 = 120;
+const REGS_DI: u64 = 112;
+const REGS_SI: u64 = 104;
+const REGS_DX: u64 = 96;
+
+/// The data syscall this task is in, read from its saved user registers: its fd, buffer (or
+/// iovec array, or msghdr) and length (or iovec count). `syscall` 0 when the bytes moved
+/// without one whose buffers can be read (sendfile, splice, io_uring, the mmsg calls).
+#[inline(always)]
+fn current_call(dir: Direction) -> SyscallArgs {
+    let mut call = SyscallArgs {
+        conn_key: 0,
+        buf: 0,
+        count: 0,
+        ts_enter_ns: now(),
+        fd: -1,
+        syscall: 0,
+        direction: dir as u8,
+        _pad: [0; 2],
+    };
+    // SAFETY: helpers without side effects; the registers are read with the checked helper.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let reg = |off: u64| unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.ok();
+    let (Some(nr), Some(fd), Some(buf), Some(count)) =
+        (reg(REGS_ORIG_AX), reg(REGS_DI), reg(REGS_SI), reg(REGS_DX))
+    else {
+        return call;
+    };
+    let syscall = match (dir, nr) {
+        (Direction::Egress, 1) => Syscall::Write,
+        (Direction::Egress, 20) => Syscall::Writev,
+        (Direction::Egress, 44) => Syscall::Sendto,
+        (Direction::Egress, 46) => Syscall::Sendmsg,
+        (Direction::Ingress, 0) => Syscall::Read,
+        (Direction::Ingress, 19) => Syscall::Readv,
+        (Direction::Ingress, 45) => Syscall::Recvfrom,
+        (Direction::Ingress, 47) => Syscall::Recvmsg,
+        _ => return call,
+    };
+    call.syscall = syscall as u8;
+    call.fd = fd as i32;
+    call.buf = buf;
+    call.count = count;
+    call
 }
 
 /// Endpoints of a socket read from its `struct sock_common`, at offsets from the kernel's BTF.

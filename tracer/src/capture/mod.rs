@@ -138,13 +138,15 @@ const DATA_SYSCALLS: [&str; 10] = [
 ];
 /// fd mode: connection setup syscalls whose exits go to the shared `sys_exit` program.
 const SETUP_SYSCALLS: [&str; 4] = ["connect", "accept", "accept4", "bind"];
-/// sock mode: the socket tracepoints.
+/// sock mode: the socket tracepoints, the two that copy (each served by the program of its
+/// name, in the copy variant) and the two that open and close connections.
 const SOCK_TRACEPOINTS: [(&str, &str); 4] = [
     ("sock", "sock_send_length"),
     ("sock", "sock_recv_length"),
     ("sock", "inet_sock_set_state"),
     ("tcp", "tcp_destroy_sock"),
 ];
+const SOCK_COPIES: usize = 2;
 
 /// Totals of the kernel-side counters (see `tracer_common::counter`), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,6 +170,7 @@ pub struct KernelCounters {
     pub skipped_bytes: u64,
     pub skim_unparsed_frames: u64,
     pub skim_stopped_streams: u64,
+    pub uncopyable_bytes: u64,
 }
 
 impl KernelCounters {
@@ -177,6 +180,7 @@ impl KernelCounters {
             + self.truncated_bytes
             + self.read_failure_bytes
             + self.tls_untied_bytes
+            + self.uncopyable_bytes
     }
 
     /// Every counter, for the stats line and `/metrics`.
@@ -268,6 +272,11 @@ impl KernelCounters {
                 "kernel_skim_stopped_streams",
                 self.skim_stopped_streams,
                 "request streams whose walk lost its place, copied whole from then on",
+            ),
+            Counter::loss(
+                "kernel_uncopyable_bytes",
+                self.uncopyable_bytes,
+                "bytes of traced connections moved by calls whose buffers cannot be read (sendfile, splice, io_uring, sendmmsg/recvmmsg in sock mode)",
             ),
         ]
     }
@@ -361,9 +370,9 @@ impl Capture {
             seed_fd_connections(&mut ebpf, cfg, &config)?;
         }
 
-        let exit = exit_program(copy_path, config.skim != 0);
-        load_copy(&mut ebpf, exit, copy_path)?;
-        attach_programs(&mut ebpf, mode, exit)?;
+        let copies = copy_programs(mode, copy_path, config.skim != 0);
+        load_copy(&mut ebpf, &copies, copy_path)?;
+        attach_programs(&mut ebpf, mode, &copies)?;
         let tls = if cfg.tls {
             let probes = tls::TlsProbes::load(&mut ebpf, copy_path == CopyPath::Bounded);
             if probes.enabled() {
@@ -538,6 +547,7 @@ impl Capture {
             skipped_bytes: sum(counter::SKIPPED_BYTES)?,
             skim_unparsed_frames: sum(counter::SKIM_UNPARSED_FRAMES)?,
             skim_stopped_streams: sum(counter::SKIM_STOPPED_STREAMS)?,
+            uncopyable_bytes: sum(counter::UNCOPYABLE_BYTES)?,
         })
     }
 
@@ -618,33 +628,62 @@ fn pick_copy_path(asked: CopyPath) -> anyhow::Result<CopyPath> {
     })
 }
 
-/// The syscall-exit program with the selective copy's walk.
-const SKIM_EXIT: &str = "sys_exit_skim";
+/// The name suffix of the copy programs with the selective copy's walk.
+const SKIM: &str = "_skim";
 
-/// The syscall-exit program of `path` (resolved, never `Auto`): on the `bpf_loop` path, the one
-/// with the selective copy's walk only when it is on (`skim`), since that walk is most of what
-/// the verifier explores.
-fn exit_program(path: CopyPath, skim: bool) -> &'static str {
-    match (path, skim) {
-        (CopyPath::Bounded, _) => "sys_exit_bounded",
-        (_, true) => SKIM_EXIT,
-        (_, false) => "sys_exit",
-    }
+/// A program that copies, and the tracepoints (of one category) it serves.
+struct CopyProgram {
+    name: String,
+    category: &'static str,
+    points: Vec<String>,
 }
 
-/// Loads the syscall-exit program `exit` of `path` and, for the bounded path, the walk's
-/// continuations.
-fn load_copy(ebpf: &mut Ebpf, exit: &str, path: CopyPath) -> anyhow::Result<()> {
-    load_tracepoint(ebpf, exit).map_err(|e| {
-        if exit == SKIM_EXIT {
-            e.context(
-                "the selective copy (--record-headers uncompressed or none, --selective-copy) \
-                 is refused by this kernel; without it every byte is copied",
-            )
-        } else {
-            e
-        }
-    })?;
+/// The programs that copy in `mode`: the syscall exits in fd mode, the two socket length
+/// tracepoints in sock mode; each in the variant of `path` (resolved, never `Auto`): on the
+/// `bpf_loop` path, the one with the selective copy's walk only when it is on (`skim`), since
+/// that walk is most of what the verifier explores.
+fn copy_programs(mode: CaptureMode, path: CopyPath, skim: bool) -> Vec<CopyProgram> {
+    let variant = match (path, skim) {
+        (CopyPath::Bounded, _) => "_bounded",
+        (_, true) => SKIM,
+        (_, false) => "",
+    };
+    if mode == CaptureMode::Sock {
+        return SOCK_TRACEPOINTS[..SOCK_COPIES]
+            .iter()
+            .map(|&(category, point)| CopyProgram {
+                name: format!("{point}{variant}"),
+                category,
+                points: vec![point.to_string()],
+            })
+            .collect();
+    }
+    let points = DATA_SYSCALLS
+        .iter()
+        .chain(&SETUP_SYSCALLS)
+        .map(|s| format!("sys_exit_{s}"))
+        .collect();
+    vec![CopyProgram {
+        name: format!("sys_exit{variant}"),
+        category: "syscalls",
+        points,
+    }]
+}
+
+/// Loads the copy programs of `path` and, for the bounded path, the walk's continuations.
+fn load_copy(ebpf: &mut Ebpf, copies: &[CopyProgram], path: CopyPath) -> anyhow::Result<()> {
+    for copy in copies {
+        load_tracepoint(ebpf, &copy.name).map_err(|e| {
+            if copy.name.ends_with(SKIM) {
+                e.context(
+                    "the selective copy (--record-headers uncompressed or none, --selective-copy) \
+                     is refused by this kernel; without it every byte is copied",
+                )
+            } else {
+                e
+            }
+        })?;
+    }
     if path == CopyPath::Bounded {
         let more = load_tracepoint(ebpf, "copy_more_tp")?.fd()?.try_clone()?;
         set_continuation(ebpf, "COPY_MORE_TP", &more)?;
@@ -688,15 +727,12 @@ fn pick_mode(asked: CaptureMode) -> anyhow::Result<CaptureMode> {
         CaptureMode::Auto => CaptureMode::Fd,
         m => m,
     };
+    // Sock mode copies at the socket tracepoints: it needs no syscall tracepoint.
     let mut points: Vec<(&str, String)> = Vec::new();
-    for s in DATA_SYSCALLS {
-        points.push(("syscalls", format!("sys_enter_{s}")));
-        points.push(("syscalls", format!("sys_exit_{s}")));
-    }
     match mode {
         CaptureMode::Sock => points.extend(SOCK_TRACEPOINTS.map(|(c, t)| (c, t.to_string()))),
         _ => {
-            for s in SETUP_SYSCALLS {
+            for s in DATA_SYSCALLS.iter().chain(&SETUP_SYSCALLS) {
                 points.push(("syscalls", format!("sys_enter_{s}")));
                 points.push(("syscalls", format!("sys_exit_{s}")));
             }
@@ -773,26 +809,26 @@ const FD_ENTRIES: [(&str, &[&str]); 4] = [
     ),
 ];
 
-/// Attaches the programs of `mode`: exits and socket ties first, entries last (an entry stashed
-/// before its exit is attached would only linger in the LRU stash).
-fn attach_programs(ebpf: &mut Ebpf, mode: CaptureMode, exit: &str) -> anyhow::Result<()> {
-    let mut exits: Vec<String> = DATA_SYSCALLS
-        .iter()
-        .map(|s| format!("sys_exit_{s}"))
-        .collect();
-    if mode == CaptureMode::Fd {
-        exits.extend(SETUP_SYSCALLS.iter().map(|s| format!("sys_exit_{s}")));
+/// Attaches the programs of `mode`: the copies first; in sock mode the connection tracepoints,
+/// in fd mode the syscall entries last (an entry stashed before its exit is attached would only
+/// linger in the LRU stash).
+fn attach_programs(
+    ebpf: &mut Ebpf,
+    mode: CaptureMode,
+    copies: &[CopyProgram],
+) -> anyhow::Result<()> {
+    for copy in copies {
+        attach(ebpf, &copy.name, copy.category, &copy.points)?;
     }
-    attach(ebpf, exit, "syscalls", &exits)?;
     if mode == CaptureMode::Sock {
-        for (c, t) in SOCK_TRACEPOINTS {
+        for (c, t) in &SOCK_TRACEPOINTS[SOCK_COPIES..] {
             attach(ebpf, t, c, &[t.to_string()])?;
         }
-    } else {
-        for (program, points) in FD_ENTRIES {
-            let points: Vec<String> = points.iter().map(|p| p.to_string()).collect();
-            attach(ebpf, program, "syscalls", &points)?;
-        }
+        return Ok(());
+    }
+    for (program, points) in FD_ENTRIES {
+        let points: Vec<String> = points.iter().map(|p| p.to_string()).collect();
+        attach(ebpf, program, "syscalls", &points)?;
     }
     for s in DATA_SYSCALLS {
         let name = format!("sys_enter_{s}");
