@@ -65,26 +65,27 @@ fn on_sock(ctx: &TracePointContext, dir: Direction, walker: Walker) {
     if !task_traced(&cfg, (id >> 32) as u32) {
         return;
     }
-    let call = current_call(dir);
+    // First call seen on a connection that was established before the tracer started: opened
+    // here, or ignored from now on (before the registers are read).
+    let mut open = None;
     if unsafe { CONNS.get(&sk) }.is_none() {
-        // First call seen on a connection that was established before the tracer started.
         if unsafe { IGNORED.get(&sk) }.is_some() {
             return;
         }
         let Some(tuple) = tuple_from_sock(sk, &cfg.sock) else {
             return;
         };
-        match classify(&cfg, &tuple) {
-            Some(how) => {
-                if !open_conn(ctx, sk, tuple, how, flags::MIDSTREAM, call.fd) {
-                    return;
-                }
-            }
-            None => {
-                let _ = IGNORED.insert(&sk, &1, 0);
-                return;
-            }
-        }
+        let Some(how) = classify(&cfg, &tuple) else {
+            let _ = IGNORED.insert(&sk, &1, 0);
+            return;
+        };
+        open = Some((tuple, how));
+    }
+    let call = current_call(dir);
+    if let Some((tuple, how)) = open
+        && !open_conn(ctx, sk, tuple, how, flags::MIDSTREAM, call.fd)
+    {
+        return;
     }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return;
@@ -105,7 +106,7 @@ fn on_sock(ctx: &TracePointContext, dir: Direction, walker: Walker) {
     tls::nested(ctx, id, sk);
     if call.syscall == 0 {
         // sendfile, splice, io_uring, sendmmsg/recvmmsg: no user buffer to copy. The stream
-        // still moved on: a gap the daemon sees, counted here.
+        // still moved on: a gap the daemon sees, counted as lost on a connection it reads.
         let dir_counter = if dir == Direction::Egress {
             &raw mut conn.tx_bytes
         } else {
@@ -113,7 +114,9 @@ fn on_sock(ctx: &TracePointContext, dir: Direction, walker: Walker) {
         };
         // SAFETY: the map value outlives this call; the add is atomic (see `exit_data`).
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dir_counter, ret as u64) };
-        count(counter::UNCOPYABLE_BYTES, ret as u64);
+        if conn.track == track::FULL {
+            count(counter::UNCOPYABLE_BYTES, ret as u64);
+        }
         return;
     }
     let args = SyscallArgs {

@@ -149,11 +149,12 @@ fn tracepoints(r: &mut Report, tracefs: &std::path::Path, btf: bool) {
         .filter(|(c, t)| !preflight::has_tracepoint(tracefs, c, t))
         .map(|(c, t)| format!("{c}:{t}"))
         .collect();
-    if missing.is_empty() && btf {
+    let sock = missing.is_empty() && btf;
+    if sock {
         r.add(
             "connections",
             Verdict::Ok,
-            "sock mode: syscalls tied to their socket".into(),
+            "sock mode: socket calls copied at the socket tracepoints".into(),
         );
     } else {
         let why = if missing.is_empty() {
@@ -167,10 +168,15 @@ fn tracepoints(r: &mut Report, tracefs: &std::path::Path, btf: bool) {
             format!("{why}: fd mode, connections tracked by process and file descriptor"),
         );
     }
+    // fd mode's: sock mode attaches none.
     r.check(
         "syscall tracepoints",
-        pick_mode(CaptureMode::Fd).map(|_| "socket reads, writes and set-up".into()),
-        Verdict::Missing,
+        pick_mode(CaptureMode::Fd).map(|_| "fd mode's reads, writes and set-up".into()),
+        if sock {
+            Verdict::Fallback
+        } else {
+            Verdict::Missing
+        },
     );
     if preflight::has_uprobes(tracefs) {
         r.add(
