@@ -82,13 +82,12 @@ pub fn log_line(counters: &[Counter]) -> String {
 
 /// Whether anything but usage differs between two tables: worth a stats line.
 pub fn news(now: &[Counter], before: &[Counter]) -> bool {
-    let events = |t: &[Counter]| {
+    fn events(t: &[Counter]) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         t.iter()
             .filter(|c| c.kind != Kind::Usage)
             .map(|c| (c.name, c.value))
-            .collect::<Vec<_>>()
-    };
-    events(now) != events(before)
+    }
+    !events(now).eq(events(before))
 }
 
 /// The sum of the table's losses.
