@@ -306,8 +306,9 @@ pub struct SockOffsets {
 
 /// How connections are identified; see `Config::mode`.
 pub mod mode {
-    /// `sock:sock_send_length`/`sock_recv_length` tie each syscall to its `struct sock`
-    /// (kernels 6.3 on); `sock:inet_sock_set_state` gives opens and closes.
+    /// `sock:sock_send_length`/`sock_recv_length` carry each socket call's `struct sock` and
+    /// byte count, and the copy runs there (kernels 6.3 on); `sock:inet_sock_set_state` gives
+    /// opens and closes.
     pub const SOCK: u32 = 0;
     /// Connections keyed by (tgid, fd), learnt from connect/accept/bind/close syscalls and
     /// from /proc at startup: for kernels without the sock length tracepoints.

@@ -463,8 +463,8 @@ pub(crate) fn flush(s: *mut Scratch, w: &mut Walk) {
 
 /// One step of the copy: move to the next mmsg message or iovec, or copy one piece of the
 /// current segment into the scratch buffer (sending it when full). Returns 1 to stop. `SKIM`:
-/// walked streams take the selective copy's steps; only `sys_exit_skim` has them (the
-/// default `bpf_loop` copy should not pay the verifier for a walk it does not run, and the
+/// walked streams take the selective copy's steps; only the `_skim` copy programs have them
+/// (the default `bpf_loop` copy should not pay the verifier for a walk it does not run, and the
 /// bounded path's 64 inlined steps per program would not fit the budget with them, so
 /// userspace turns the selective copy off there).
 unsafe extern "C" fn walk_step<const SKIM: bool>(_i: u32, _ctx: *mut c_void) -> i64 {

@@ -123,9 +123,10 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU counter for connection ids.
 #[map]
 static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-/// Syscall arguments between entry and exit, by pid_tgid: one entry per thread that makes data
-/// syscalls, kept between its syscalls (`entry::stash`). LRU: threads that ended leave theirs
-/// behind, and the least recently used go first; room for as many threads as a busy node runs.
+/// fd mode's syscall arguments between entry and exit, by pid_tgid: one entry per thread that
+/// makes data syscalls on a tracked fd, kept between its syscalls (`entry::stash`). LRU:
+/// threads that ended leave theirs behind, and the least recently used go first; room for as
+/// many threads as a busy node runs.
 #[map]
 static ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(65536, 0);
 /// Tracked (or sniffed) connections, by `struct sock` address (sock mode) or `tgid << 32 | fd`.
