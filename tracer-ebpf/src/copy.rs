@@ -192,18 +192,7 @@ pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
         return;
     }
 
-    let dir_counter = if args.direction == Direction::Egress as u8 {
-        &raw mut conn.tx_bytes
-    } else {
-        &raw mut conn.rx_bytes
-    };
-    // SAFETY: the map value outlives this call. The add is atomic so the stream length never
-    // drifts; the offset is read just before it because the generic BPF CPU that aya-build
-    // targets cannot return the old value from an atomic add. Only two threads writing the same
-    // socket at the same instant could see one offset twice, which userspace treats as an
-    // overlap and resyncs on.
-    let stream_offset = unsafe { core::ptr::read_volatile(dir_counter) };
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dir_counter, total) };
+    let stream_offset = reserve(conn, args.direction, total);
 
     let Some(cap) = copy_cap(conn, args.conn_key, stream_offset, total) else {
         return;
@@ -271,6 +260,26 @@ pub(crate) fn exit_data<C: aya_ebpf::EbpfContext>(
         }
     }
     finish_walk(s, skimmed);
+}
+
+/// Reserves the next `n` bytes of the connection's stream in direction `dir` (a `Direction`)
+/// and returns where they start. The add is atomic so the stream length never drifts; the
+/// offset is read just before it because the generic BPF CPU that aya-build targets cannot
+/// return the old value from an atomic add. Only two threads writing the same socket at the
+/// same instant could see one offset twice, which userspace treats as an overlap and resyncs on.
+#[inline(always)]
+pub(crate) fn reserve(conn: &mut ConnState, dir: u8, n: u64) -> u64 {
+    let counter = if dir == Direction::Egress as u8 {
+        &raw mut conn.tx_bytes
+    } else {
+        &raw mut conn.rx_bytes
+    };
+    // SAFETY: a field of the map value `conn`, which outlives this call.
+    unsafe {
+        let offset = core::ptr::read_volatile(counter);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n);
+        offset
+    }
 }
 
 /// After the walk: what it could not copy is counted, and a stream whose first bytes are a

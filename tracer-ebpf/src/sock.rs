@@ -8,7 +8,7 @@
 use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
 
 use super::{
-    copy::{COPY_MORE_TP, Walker, exit_data},
+    copy::{COPY_MORE_TP, Walker, exit_data, reserve},
     *,
 };
 
@@ -107,13 +107,7 @@ fn on_sock(ctx: &TracePointContext, dir: Direction, walker: Walker) {
     if call.syscall == 0 {
         // sendfile, splice, io_uring, sendmmsg/recvmmsg: no user buffer to copy. The stream
         // still moved on: a gap the daemon sees, counted as lost on a connection it reads.
-        let dir_counter = if dir == Direction::Egress {
-            &raw mut conn.tx_bytes
-        } else {
-            &raw mut conn.rx_bytes
-        };
-        // SAFETY: the map value outlives this call; the add is atomic (see `exit_data`).
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dir_counter, ret as u64) };
+        reserve(conn, dir as u8, ret as u64);
         if conn.track == track::FULL {
             count(counter::UNCOPYABLE_BYTES, ret as u64);
         }
