@@ -11,8 +11,6 @@
 //! The object is mapped, not read: only the pages of its symbol tables and of the two Go
 //! functions are touched.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
@@ -76,14 +74,12 @@ pub struct ProbePoints {
     pub points: Vec<(&'static str, Vec<u64>)>,
 }
 
-/// The probe points of the object at `path`, or `None` when it holds no TLS library the
+/// The probe points of an object the caller opened, or `None` when it holds no TLS library the
 /// tracer reads (a Go program built before 1.18 is reported as an error, to be logged).
-pub fn find(path: &Path) -> anyhow::Result<Option<ProbePoints>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+pub fn find(file: &std::fs::File) -> anyhow::Result<Option<ProbePoints>> {
     // SAFETY: a read-only private mapping; a file changed under it can only give wrong
     // offsets, which is no worse than a stale library.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("mapping {}", path.display()))?;
+    let map = unsafe { memmap2::Mmap::map(file) }.context("mapping it")?;
     let Ok(elf) = object::File::parse(&*map) else {
         return Ok(None);
     };
@@ -310,10 +306,12 @@ mod tests {
             "/lib/x86_64-linux-gnu/libssl.so.3",
         ]
         .into_iter()
-        .map(Path::new)
+        .map(std::path::Path::new)
         .find(|p| p.exists())
         .expect("Debian's libssl3 (a dependency of the test machine's apt)");
-        let p = find(lib).unwrap().expect("libssl defines SSL_write");
+        let p = find(&std::fs::File::open(lib).unwrap())
+            .unwrap()
+            .expect("libssl defines SSL_write");
         assert_eq!(p.library, Library::OpenSsl);
         let programs: Vec<&str> = p.points.iter().map(|(n, _)| *n).collect();
         assert_eq!(programs, OPENSSL.map(|(p, _)| p));
@@ -321,6 +319,7 @@ mod tests {
         let rets = &p.points.iter().find(|(n, _)| *n == "ssl_ret").unwrap().1;
         assert_eq!(rets.len(), 2, "SSL_write and SSL_read");
         // A program that only imports them, or defines none, has none.
-        assert_eq!(find(Path::new("/proc/self/exe")).unwrap(), None);
+        let exe = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(find(&exe).unwrap(), None);
     }
 }

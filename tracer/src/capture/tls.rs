@@ -9,13 +9,17 @@
 //! the confluent-kafka wheel carries; Go's crypto/tls in a Go program). Each object is parsed
 //! once, by device and inode, opened through `/proc/PID/root` (or `map_files` for a deleted
 //! file) so containers work, and probed for every process that maps it: a process
-//! started later is read from its first call, with no race against the tracer. The kernel
+//! started later is read from its first call, with no race against the tracer. The probes go
+//! through the file the tracer opened (a short-lived process cannot take the path away
+//! halfway), all of an object's or none, and a process that exits before its files are opened
+//! leaves nothing remembered against them: the next process that maps them tries again. The kernel
 //! notes the processes with a traced connection (at its first syscall, before any TLS call on
 //! it); the probes return at once in any other process (the cost there is the breakpoint trap,
 //! a microsecond or two per TLS call).
 
 use std::{
     collections::{HashMap, HashSet},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -28,7 +32,7 @@ use aya::{
     maps::HashMap as BpfHashMap,
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
 
@@ -137,7 +141,10 @@ impl TlsProbes {
             let state = match self.objects.get(&m.id) {
                 Some(known) => *known,
                 None => {
-                    let state = self.add(ebpf, tgid, &m);
+                    let Some(state) = self.add(ebpf, tgid, start, &m) else {
+                        // Gone: its other objects cannot be opened through it either.
+                        return false;
+                    };
                     if self.objects.len() < MAX_OBJECTS {
                         self.objects.insert(m.id.clone(), state);
                     }
@@ -163,27 +170,57 @@ impl TlsProbes {
         probed
     }
 
-    /// Parses an object first seen in process `tgid` and, when it defines TLS functions,
-    /// probes them.
-    fn add(&mut self, ebpf: &mut Ebpf, tgid: u32, m: &Mapping) -> Object {
-        let path = m.open_path(tgid);
-        let found = match probe_points::find(&path) {
+    /// Parses an object first seen in process `tgid` (started at `start`) and, when it defines
+    /// TLS functions, probes them. `None` when the process exited before its file was opened.
+    fn add(&mut self, ebpf: &mut Ebpf, tgid: u32, start: u64, m: &Mapping) -> Option<Object> {
+        let file = match self.open(tgid, start, m)? {
+            Some(file) => file,
+            None => return Some(Object::Plain),
+        };
+        let found = match probe_points::find(&file) {
             Ok(Some(f)) => f,
-            Ok(None) => return Object::Plain,
+            Ok(None) => return Some(Object::Plain),
             Err(e) => {
                 self.not_read(Unread::Object, &format!("{} (pid {tgid})", m.path), &e);
-                return Object::Plain;
+                return Some(Object::Plain);
             }
         };
+        // The kernel resolves the path when it creates a probe: the tracer's own descriptor
+        // still names the file when the process, and its /proc/PID/root, are gone by then.
+        let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let mut links = Vec::with_capacity(found.points.len());
         for (program, offsets) in &found.points {
             let program = probe_points::program(program, self.bounded);
-            if let Err(e) = attach(ebpf, program, offsets, &path) {
-                self.not_read(Unread::Probe, &format!("{} (probe {program})", m.path), &e);
-                return Object::Failed;
+            match attach(ebpf, program, offsets, &opened) {
+                Ok(link) => links.push((program, link)),
+                Err(e) => {
+                    // All or none: an object half probed would miss the returns of the calls
+                    // it copies, or copy calls twice once probed again.
+                    detach(ebpf, links);
+                    self.not_read(Unread::Probe, &format!("{} (probe {program})", m.path), &e);
+                    return Some(Object::Failed);
+                }
             }
         }
         tracing::info!(pid = tgid, object = %m.path, library = ?found.library, "reading TLS plaintext through this object");
-        Object::Probed
+        Some(Object::Probed)
+    }
+
+    /// Opens a mapped object through process `tgid` (started at `start`); `Some(None)` when it
+    /// cannot be read, `None` when the process exited first: that says nothing about the object
+    /// (counted with the processes not searched), and the next process that maps it tries again.
+    fn open(&mut self, tgid: u32, start: u64, m: &Mapping) -> Option<Option<std::fs::File>> {
+        let path = m.open_path(tgid);
+        let e = match std::fs::File::open(&path) {
+            Ok(file) => return Some(Some(file)),
+            Err(e) => anyhow::Error::new(e).context(format!("opening {}", path.display())),
+        };
+        if start_time(tgid) != Some(start) {
+            self.not_read(Unread::Mappings, &format!("process {tgid} (exited)"), &e);
+            return None;
+        }
+        self.not_read(Unread::Object, &format!("{} (pid {tgid})", m.path), &e);
+        Some(None)
     }
 
     /// Counts a failed step and logs why TLS through `what` is not read. A refusal by permission is logged once for
@@ -286,11 +323,9 @@ pub fn note_processes(ebpf: &mut Ebpf, tgids: &[u32]) -> anyhow::Result<()> {
 
 fn load_programs(ebpf: &mut Ebpf, bounded: bool) -> anyhow::Result<()> {
     let load = |ebpf: &mut Ebpf, name: &str| -> anyhow::Result<()> {
-        let p: &mut UProbe = ebpf
-            .program_mut(name)
-            .with_context(|| format!("eBPF object has no program {name}"))?
-            .try_into()?;
-        p.load().with_context(|| format!("loading {name}"))
+        uprobe(ebpf, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))
     };
     for name in probe_points::PROGRAMS {
         load(ebpf, probe_points::program(name, bounded))?;
@@ -298,30 +333,44 @@ fn load_programs(ebpf: &mut Ebpf, bounded: bool) -> anyhow::Result<()> {
     if bounded {
         // The continuation of the return programs' bounded walks.
         load(ebpf, "copy_more_probe")?;
-        let p: &mut UProbe = ebpf
-            .program_mut("copy_more_probe")
-            .context("eBPF object has no program copy_more_probe")?
-            .try_into()?;
-        let fd = p.fd()?.try_clone()?;
+        let fd = uprobe(ebpf, "copy_more_probe")?.fd()?.try_clone()?;
         super::set_continuation(ebpf, "COPY_MORE_PROBE", &fd)?;
     }
     Ok(())
 }
 
+/// The uprobe program `name`.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("eBPF object has no program {name}"))?
+        .try_into()?)
+}
+
 /// Attaches `program` at `offsets` of the object at `path`, for every process.
-fn attach(ebpf: &mut Ebpf, program: &str, offsets: &[u64], path: &Path) -> anyhow::Result<()> {
-    let p: &mut UProbe = ebpf
-        .program_mut(program)
-        .with_context(|| format!("eBPF object has no program {program}"))?
-        .try_into()?;
-    p.attach(
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    offsets: &[u64],
+    path: &Path,
+) -> anyhow::Result<UProbeLinkId> {
+    let link = uprobe(ebpf, program)?.attach(
         offsets
             .iter()
             .map(|o| UProbeAttachLocation::AbsoluteOffset(*o)),
         path,
         UProbeScope::AllProcesses,
     )?;
-    Ok(())
+    Ok(link)
+}
+
+/// Detaches the probes already attached to an object whose other probes failed.
+fn detach(ebpf: &mut Ebpf, links: Vec<(&str, UProbeLinkId)>) {
+    for (program, link) in links {
+        if let Err(e) = uprobe(ebpf, program).and_then(|p| Ok(p.detach(link)?)) {
+            tracing::warn!("detaching {program} from an object half probed: {e:#}");
+        }
+    }
 }
 
 /// A file-backed executable mapping of a process.
@@ -422,6 +471,43 @@ mod tests {
             m[1].open_path(42),
             PathBuf::from("/proc/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3")
         );
+    }
+
+    /// The mappings of a process that exits between reading its maps and opening its files:
+    /// the failure is the process's, not the object's.
+    #[test]
+    fn a_process_that_exits_mid_search_leaves_its_objects_to_the_next() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let tgid = child.id();
+        let start = start_time(tgid).unwrap();
+        let maps = (0..100)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                mappings(tgid).unwrap()
+            })
+            .find(|m| m.iter().any(|m| m.path.contains("libc")))
+            .expect("sleep maps libc");
+        let mut probes = TlsProbes::default();
+        assert!(matches!(probes.open(tgid, start, &maps[0]), Some(Some(_))));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(probes.open(tgid, start, &maps[0]).is_none());
+        assert_eq!(probes.unsearchable_processes, 1);
+        assert_eq!(probes.unreadable_objects, 0);
+        // A process still there whose file cannot be opened: the object is unreadable.
+        let me = std::process::id();
+        let missing = Mapping {
+            path: "/nonexistent/libssl.so.3".into(),
+            ..maps[0].clone()
+        };
+        assert!(matches!(
+            probes.open(me, start_time(me).unwrap(), &missing),
+            Some(None)
+        ));
+        assert_eq!(probes.unreadable_objects, 1);
     }
 
     #[test]
