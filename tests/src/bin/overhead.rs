@@ -418,6 +418,25 @@ fn main() -> ExitCode {
         per_m(|r| r.tracer_cpu_s, true),
         per_m(|r| r.ebpf_s, true),
     );
+    if steady == 0 {
+        // Saturated, with client, broker and tracer sharing the cores, throughput follows the
+        // CPU they spend together: this is the throughput ratio the CPU times predict, without
+        // the wall clock's noise. The eBPF time is inside the client's and broker's (their
+        // syscalls run the programs).
+        let spent = |traced: bool| {
+            per_m(|r| r.client_cpu_s, traced)
+                + per_m(|r| r.broker_cpu_s, traced)
+                + if traced {
+                    per_m(|r| r.tracer_cpu_s, true)
+                } else {
+                    0.0
+                }
+        };
+        println!(
+            "  CPU ratio (client + broker untraced / client + broker + daemon traced)  {:.3}",
+            spent(false) / spent(true)
+        );
+    }
     let mb_per_m = |f: fn(&Run) -> u64| {
         median(
             traced
