@@ -273,7 +273,7 @@ impl TlsProbes {
             Counter::count(
                 "tls_unsearchable_processes",
                 self.unsearchable_processes,
-                "processes whose mappings could not be read to look for TLS libraries (gone, or refused: CAP_SYS_PTRACE)",
+                "processes not searched for TLS libraries: gone before their mappings or files were read, or refused (CAP_SYS_PTRACE)",
             ),
         ]
     }
