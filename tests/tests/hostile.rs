@@ -1,9 +1,10 @@
 //! Hostile connections against the real tracer, broker and clients: a thousand idle Kafka
 //! connections, a hundred sending garbage, frames announced at the size cap and never sent, a
 //! client that never reads its responses, a broker that never answers many connections' large
-//! requests, and a flood of tiny requests. The tracer's memory stays under its bound (the
-//! DaemonSet's 64 MiB request), every oddity lands in a counter, and a well-behaved producer
-//! and consumer running alongside are still traced and linked.
+//! requests, a flood of tiny requests, and more connections than the kernel's connection table
+//! holds. The tracer's memory stays under its bound (the DaemonSet's 64 MiB request), every
+//! oddity lands in a counter, and a well-behaved producer and consumer running alongside are
+//! still traced and linked.
 
 use std::{
     io::{Read as _, Write as _},
@@ -382,4 +383,66 @@ fn requests_in_flight_are_bounded_in_bytes_across_connections() {
     );
     assert_eq!(unanswered, sent, "{log}");
     assert!(peak < BOUND_KIB, "{peak} KiB");
+}
+
+/// More connections than the kernel's connection table holds (`--kernel-connections`, 128
+/// here): the kernel drops the least recently used, and the daemon counts each such connection
+/// when it goes idle (`forgotten_connections`), while connections the kernel still follows go
+/// idle uncounted. Each connection sends one request to a listener that never answers.
+#[test]
+fn connections_the_kernels_full_table_drops_are_counted() {
+    const TABLE: u64 = 128;
+    raise_fd_limit();
+    let deaf = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = deaf.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in deaf.incoming() {
+            let Ok(s) = s else { return };
+            held.push(s);
+        }
+    });
+    let tracer = Tracer::start_with(
+        port,
+        "kernel-table",
+        &[
+            ("KAFKA_TRACER_KERNEL_CONNECTIONS", &TABLE.to_string()),
+            ("KAFKA_TRACER_IDLE_TIMEOUT", "2s"),
+        ],
+    );
+    let mut sent = 0u64;
+    let mut open = |n: u64| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.write_all(&api_versions(sent as i32)).unwrap();
+                sent += 1;
+                s
+            })
+            .collect()
+    };
+    // Within the table: the kernel still follows them when they go idle.
+    let few = open(50);
+    tracer.wait_logged("requests", |n| n >= 50);
+    tracer.wait_logged("evicted_connections", |n| n >= 50);
+    // A connection the kernel no longer follows is counted one eviction pass (a stats
+    // interval, 1 s) after it goes idle, unless its close comes in between.
+    std::thread::sleep(Duration::from_secs(3));
+    let within = tracer.wait_logged("forgotten_connections", |_| true);
+    // Past it: of 400 more, all but at most a table's worth were dropped by the kernel.
+    let many = open(400);
+    tracer.wait_logged("requests", |n| n >= 450);
+    tracer.wait_logged("evicted_connections", |n| n >= 450);
+    let forgotten = tracer.wait_logged("forgotten_connections", |n| n >= 400 - TABLE);
+    drop((few, many));
+    let (_, log) = tracer.stop_with_log();
+    summary(&format!(
+        "e2e kernel connection table of {TABLE}: 50 connections idle within it, {within} forgotten; 400 more, {forgotten} forgotten by the kernel and counted"
+    ));
+    assert_eq!(within, 0, "{log}");
+    assert!(
+        (400 - TABLE..=400).contains(&forgotten),
+        "{forgotten} of 400 forgotten: {log}"
+    );
+    assert_eq!(logged(&log, "requests"), 450, "{log}");
 }

@@ -75,6 +75,14 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_RING_BUFFER_BYTES", default_value_t = crate::capture::DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
 
+    /// Connections the kernel follows at once (about 150 bytes of kernel memory each). Past
+    /// it the least recently used is dropped: its later bytes are not copied (fd mode) or come
+    /// back as a new connection joined midstream (sock mode), counted in
+    /// `forgotten_connections` when it goes idle. With Kafka detection on (the default), every
+    /// open TCP connection of the traced processes holds an entry, Kafka or not.
+    #[arg(long, env = "KAFKA_TRACER_KERNEL_CONNECTIONS", default_value_t = crate::capture::DEFAULT_KERNEL_CONNECTIONS)]
+    pub kernel_connections: u32,
+
     /// How connections are identified: `sock` needs Linux 6.3+ (socket tracepoints) and BTF,
     /// `fd` works on any kernel with syscall tracepoints, `auto` picks sock when it can.
     #[arg(long, env = "KAFKA_TRACER_CAPTURE_MODE", value_enum, default_value_t = CaptureMode::Auto)]
@@ -349,6 +357,7 @@ impl Args {
             cgroup_ids: crate::capture::cgroup_ids(&self.cgroups)?,
             max_bytes_per_syscall: self.max_bytes_per_syscall,
             ring_buffer_bytes: self.ring_buffer_bytes,
+            kernel_connections: self.kernel_connections,
             exclude_self: true,
             tls: self.tls,
             copy_path: self.copy_path,

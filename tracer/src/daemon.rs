@@ -88,7 +88,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 metrics.publish(counters(&capture, &pipeline, &traces, &metrics)?);
             }
             _ = stats.tick() => {
-                pipeline.evict_idle(monotonic_ns(), args.idle_timeout.as_nanos() as u64);
+                pipeline.evict_idle(monotonic_ns(), args.idle_timeout.as_nanos() as u64, |key, id| {
+                    capture.follows(key, id)
+                });
                 let now = counters(&capture, &pipeline, &traces, &metrics)?;
                 if counters::news(&now, &logged) {
                     log_counters(&now);

@@ -85,6 +85,8 @@ pub struct PipelineCounters {
     pub detected_other: u64,
     /// Connections forgotten after --idle-timeout without a record.
     pub evicted_idle: u64,
+    /// Of those, connections the kernel had stopped following with no close seen.
+    pub forgotten_connections: u64,
     /// Bytes not framed because all framers together held --max-buffered-bytes.
     pub buffer_full_bytes: u64,
     /// Catalog entries (topic ids, clusters, groups) refused because a table was full.
@@ -128,6 +130,11 @@ impl PipelineCounters {
                 "evicted_connections",
                 self.evicted_idle,
                 "connections forgotten after --idle-timeout",
+            ),
+            Counter::loss(
+                "forgotten_connections",
+                self.forgotten_connections,
+                "connections the kernel stopped following with no close seen (dropped from its full table, --kernel-connections, or the close record lost): their later bytes were not copied (fd mode) or came under a new connection (sock mode)",
             ),
             Counter::loss(
                 "buffer_full_bytes",
@@ -234,6 +241,9 @@ pub struct Pipeline {
     /// Framing counters of sessions already gone.
     closed_framing: FramerCounters,
     sniffing: HashMap<u64, Sniff>,
+    /// Connections gone idle that the kernel no longer followed: counted as forgotten at the
+    /// next eviction pass unless their close, still in the ring buffer then, came meanwhile.
+    unfollowed: std::collections::HashSet<u64>,
     /// Verdicts to write to the kernel after the current drain, as (conn key, is Kafka).
     verdicts: Vec<(u64, bool)>,
     exchanges: Vec<ConnExchange>,
@@ -265,6 +275,7 @@ impl Pipeline {
             held: 0,
             closed_framing: FramerCounters::default(),
             sniffing: HashMap::new(),
+            unfollowed: Default::default(),
             verdicts: Vec::new(),
             exchanges: Vec::new(),
             parked: std::collections::VecDeque::new(),
@@ -309,6 +320,7 @@ impl Pipeline {
                 );
             }
             RingRecord::Close(ev) => {
+                self.unfollowed.remove(&ev.conn_id);
                 self.ciphertext.remove(&ev.conn_id);
                 self.sniffing.remove(&ev.conn_id);
                 self.end_session(ev.conn_id);
@@ -575,17 +587,25 @@ impl Pipeline {
     }
 
     /// Forgets connections with no record for `idle_ns` before `now_ns` (kernel clock).
-    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64) {
+    /// `follows(key, id)` says whether the kernel still follows a connection under that id: one
+    /// it does not, and whose close does not follow before the next pass, was dropped from the
+    /// kernel's full table (or its close record was lost), and that is counted.
+    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, follows: impl Fn(u64, u64) -> bool) {
         // A ciphertext connection sends no records after its first: it goes at its close, or
         // when its process is gone (one that exits without close(), in fd mode).
         self.ciphertext.retain(|_, c| {
             now_ns.saturating_sub(c.since_ns) < idle_ns
                 || std::path::Path::new(&format!("/proc/{}", c.tgid)).exists()
         });
+        self.counters.forgotten_connections += self.unfollowed.len() as u64;
+        self.unfollowed.clear();
         let evicted = self.reassembly.evict_idle(now_ns, idle_ns);
-        for id in &evicted {
-            self.sniffing.remove(id);
-            self.end_session(*id);
+        for &(id, key) in &evicted {
+            self.sniffing.remove(&id);
+            self.end_session(id);
+            if !follows(key, id) {
+                self.unfollowed.insert(id);
+            }
         }
         self.counters.evicted_idle += evicted.len() as u64;
     }

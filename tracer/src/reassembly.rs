@@ -82,6 +82,8 @@ impl Stream {
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub tuple: ConnTuple,
+    /// The kernel's key for it in `CONNS`: whether the kernel still follows it is asked there.
+    pub key: u64,
     /// Process and thread name of the last data record (the owner).
     pub tgid: u32,
     pub comm: [u8; 16],
@@ -121,6 +123,7 @@ impl Reassembler {
             }
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Connection {
                 tuple: rec.hdr.tuple,
+                key: rec.hdr.conn_key,
                 tgid: 0,
                 comm: [0; 16],
                 streams: Default::default(),
@@ -146,18 +149,19 @@ impl Reassembler {
         Some(c)
     }
 
-    /// Drops connections with no record since `now_ns - idle_ns` and returns their ids. No close
-    /// record comes for a socket whose process exited without close() in fd mode (the kernel
-    /// closes its files without the syscall), so silence is the only sign left.
-    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64) -> Vec<u64> {
+    /// Drops connections with no record since `now_ns - idle_ns` and returns their ids and
+    /// kernel keys. No close record comes for a socket whose process exited without close() in
+    /// fd mode (the kernel closes its files without the syscall), nor for one the kernel
+    /// dropped from its full table, so silence is the only sign left.
+    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64) -> Vec<(u64, u64)> {
         let cutoff = now_ns.saturating_sub(idle_ns);
-        let idle: Vec<u64> = self
+        let idle: Vec<(u64, u64)> = self
             .conns
             .iter()
             .filter(|(_, c)| c.last_ns < cutoff)
-            .map(|(id, _)| *id)
+            .map(|(id, c)| (*id, c.key))
             .collect();
-        for id in &idle {
+        for (id, _) in &idle {
             self.conns.remove(id);
         }
         idle
@@ -189,6 +193,7 @@ mod tests {
         let mut hdr: tracer_common::DataHeader = unsafe { std::mem::zeroed() };
         hdr.kind = tracer_common::kind::DATA;
         hdr.conn_id = conn_id;
+        hdr.conn_key = conn_id + 100;
         hdr.ts_exit_ns = ts;
         hdr.chunk_len = payload.len() as u32;
         hdr.captured_len = payload.len() as u32;
@@ -211,7 +216,7 @@ mod tests {
             "third connection refused"
         );
         assert_eq!(r.refused_records, 1);
-        assert_eq!(r.evict_idle(1000, 600), vec![1]);
+        assert_eq!(r.evict_idle(1000, 600), vec![(1, 101)]);
         assert!(r.get(1).is_none() && r.get(2).is_some());
         assert!(
             place(&mut r, &record(3, 700, b"c")).is_some(),

@@ -91,6 +91,9 @@ pub struct CaptureConfig {
     pub max_bytes_per_syscall: u32,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
+    /// Connections the kernel follows at once (its `CONNS` table); past it, the least recently
+    /// used is dropped, which the daemon counts when that connection goes idle.
+    pub kernel_connections: u32,
     /// Leave out this process's own connections (the daemon's Kafka requests and exports).
     /// Off only where this process is itself the traffic under test.
     pub exclude_self: bool,
@@ -109,6 +112,10 @@ pub struct CaptureConfig {
 pub const DEFAULT_SNIFF_BYTES: u32 = 1024;
 pub const DEFAULT_MAX_BYTES_PER_SYSCALL: u32 = 16 << 20;
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
+pub const DEFAULT_KERNEL_CONNECTIONS: u32 = 65536;
+/// Below this, the kernel's LRU lists (a batch of free entries per CPU) would drop connections
+/// long before the table is full.
+const MIN_KERNEL_CONNECTIONS: u32 = 64;
 
 impl Default for CaptureConfig {
     fn default() -> Self {
@@ -122,6 +129,7 @@ impl Default for CaptureConfig {
             cgroup_ids: Vec::new(),
             max_bytes_per_syscall: DEFAULT_MAX_BYTES_PER_SYSCALL,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            kernel_connections: DEFAULT_KERNEL_CONNECTIONS,
             exclude_self: true,
             tls: true,
             copy_path: CopyPath::Auto,
@@ -348,6 +356,12 @@ impl Capture {
                 cfg.ring_buffer_bytes
             );
         }
+        if cfg.kernel_connections < MIN_KERNEL_CONNECTIONS {
+            bail!(
+                "invalid --kernel-connections {}: it must be at least {MIN_KERNEL_CONNECTIONS}",
+                cfg.kernel_connections
+            );
+        }
         preflight::check_privileges()?;
         preflight::require_ring_buffer()?;
         let mode = pick_mode(cfg.mode)?;
@@ -356,6 +370,7 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
+            .map_max_entries("CONNS", cfg.kernel_connections)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel failed")?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -584,6 +599,17 @@ impl Capture {
     /// The TLS probes' counters.
     pub fn tls_named(&self) -> Vec<Counter> {
         self.tls.named()
+    }
+
+    /// Whether the kernel still follows the connection at `key` (a `CONNS` key) as `conn_id`:
+    /// not when its full table dropped it, or it closed.
+    pub fn follows(&self, key: u64, conn_id: u64) -> bool {
+        let Some(map) = self.ebpf.map("CONNS") else {
+            return true;
+        };
+        BpfHashMap::<_, u64, ConnState>::try_from(map)
+            .and_then(|conns| conns.get(&key, 0))
+            .is_ok_and(|st| st.conn_id == conn_id)
     }
 
     /// Forgets the verdict of a closed connection (its key may be reused).
