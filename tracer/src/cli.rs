@@ -75,7 +75,7 @@ pub struct Args {
     #[arg(long, env = "KAFKA_TRACER_RING_BUFFER_BYTES", default_value_t = crate::capture::DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
 
-    /// Connections the kernel follows at once (about 150 bytes of kernel memory each). Past
+    /// Connections the kernel follows at once (144 bytes of kernel memory each). Past
     /// it the least recently used is dropped: its later bytes are not copied (fd mode) or come
     /// back as a new connection joined midstream (sock mode), counted in
     /// `forgotten_connections` when it goes idle. With Kafka detection on (the default), every
