@@ -13,6 +13,10 @@
 /// 32 KiB by the kernel.
 pub const CHUNK_SIZE: usize = 8 * 1024;
 
+/// Connections the kernel's `CONNS` table holds by default (userspace sets the size at load,
+/// `--kernel-connections`).
+pub const DEFAULT_KERNEL_CONNECTIONS: u32 = 65536;
+
 /// A record wakes the daemon only if it was last woken this long ago, or the ring buffer holds
 /// more than `Config::wake_bytes`; the daemon looks again this long after every read that found
 /// records, so a record that woke nobody waits at most this long. At a steady load that is

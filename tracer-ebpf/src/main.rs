@@ -130,9 +130,12 @@ static NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(65536, 0);
 /// Tracked (or sniffed) connections, by `struct sock` address (sock mode) or `tgid << 32 | fd`.
-/// LRU: in fd mode a process that exits without close() leaves its entries behind.
+/// LRU: in fd mode a process that exits without close() leaves its entries behind. Its size is
+/// set at load (`--kernel-connections`); a connection a full table drops is counted by the
+/// daemon when it goes idle (`forgotten_connections`).
 #[map]
-static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+static CONNS: LruHashMap<u64, ConnState> =
+    LruHashMap::with_max_entries(tracer_common::DEFAULT_KERNEL_CONNECTIONS, 0);
 /// Sockets already found to be outside the filter, so the filter is evaluated once per socket.
 #[map]
 static IGNORED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);

@@ -112,7 +112,7 @@ pub struct CaptureConfig {
 pub const DEFAULT_SNIFF_BYTES: u32 = 1024;
 pub const DEFAULT_MAX_BYTES_PER_SYSCALL: u32 = 16 << 20;
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
-pub const DEFAULT_KERNEL_CONNECTIONS: u32 = 65536;
+pub use tracer_common::DEFAULT_KERNEL_CONNECTIONS;
 /// Below this, the kernel's LRU lists (a batch of free entries per CPU) would drop connections
 /// long before the table is full.
 const MIN_KERNEL_CONNECTIONS: u32 = 64;
